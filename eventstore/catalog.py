@@ -1,0 +1,303 @@
+"""The message catalog: every msg_type, its fields, validation and normalization.
+
+``examine`` turns a raw message into a ``Verdict``: the indexed envelope columns, and either the
+normalized message (``data``) or a precise ``reason`` it was rejected. It never raises on bad
+input. Normalization folds the upstream testbed's variants into one shape (DESIGN section 4);
+since the store keeps raw bodies and re-examines them on read, a later change of this catalog is
+an upcaster here, never a data migration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .envelope import format_time, parse_time
+
+SCHEMA_VERSION = 1
+MAX_BODY_BYTES = 1 << 20  # larger bodies are stored but rejected unread
+
+STR, INT, FLOAT, DICT, LIST, BOOL = "str", "int", "float", "dict", "list", "bool"
+_KIND_NAMES = {STR: "a string", INT: "an integer", FLOAT: "a number", DICT: "an object",
+               LIST: "an array", BOOL: "a boolean"}
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    kind: str
+    required: bool = False
+    nullable: bool = True
+
+
+def _req(kind: str) -> Field:
+    return Field(kind, required=True, nullable=False)
+
+
+def _opt(kind: str) -> Field:
+    return Field(kind)
+
+
+_RUN_STATE = {"state": _opt(STR), "substate": _opt(STR)}
+_DDM = {"scope": _req(STR), "dataset": _req(STR), "outcome": _opt(STR), "error": _opt(STR)}
+
+# msg_type -> payload fields beyond the envelope. Unlisted fields pass through untouched.
+CATALOG: dict[str, dict[str, Field]] = {
+    "run_imminent": {**_RUN_STATE, "workflow": _opt(STR), "workflow_params": _opt(DICT),
+                     "dataset": _opt(STR)},
+    "start_run": dict(_RUN_STATE),
+    "stf_gen": {**_RUN_STATE, "filename": _req(STR), "sequence": _opt(INT),
+                "file_url": _opt(STR)},
+    "pause_run": {**_RUN_STATE, "reason": _opt(STR)},
+    "resume_run": dict(_RUN_STATE),
+    "end_run": {**_RUN_STATE, "total_stf_files": _opt(INT)},
+    "stf_ready": {"filename": _req(STR), "file_url": _opt(STR), "checksum": _opt(STR),
+                  "size_bytes": _opt(INT), "sequence": _opt(INT)},
+    "tf_file_registered": {"tf_filename": _req(STR), "stf_filename": _req(STR),
+                           "tf_first": _req(INT), "tf_last": _req(INT), "tf_count": _opt(INT)},
+    "slice": {"slice_id": _req(INT), "tf_filename": _req(STR), "stf_filename": _opt(STR),
+              "start": _req(INT), "end": _req(INT), "tf_count": _opt(INT), "retry": _opt(INT)},
+    "slice_result": {"slice_id": _req(INT), "tf_filename": _opt(STR), "status": _req(STR),
+                     "worker": _opt(STR), "error": _opt(STR), "retry": _opt(INT)},
+    "dataset_opened": dict(_DDM),
+    "file_attached": {**_DDM, "name": _req(STR), "size_bytes": _opt(INT),
+                      "checksum": _opt(STR)},
+    "dataset_closed": {**_DDM, "file_count": _opt(INT), "size_bytes": _opt(INT),
+                       "reason": _opt(STR)},
+    "panda_task_submitted": {"task_id": _opt(INT), "status": _req(STR),
+                             "input_dataset": _opt(STR), "error": _opt(STR),
+                             "metadata": _opt(DICT)},
+    "panda_task_status": {"task_id": _opt(INT), "status": _req(STR), "error": _opt(STR)},
+    # Not in the upstream catalog: explicit completion facts, so an execution's status is derived
+    # from the log instead of being repaired by hand when a run goes quiet.
+    "sampling_complete": {"stf_count": _req(INT), "sample_count": _req(INT)},
+    "run_processed": {"status": _req(STR), "slices_completed": _opt(INT),
+                      "slices_failed": _opt(INT), "task_id": _opt(INT), "error": _opt(STR)},
+    "agent_heartbeat": {"agent_type": _req(STR), "status": _opt(STR),
+                        "operational_state": _opt(STR), "pid": _opt(INT), "hostname": _opt(STR)},
+    "agent_log": {"level": _req(STR), "message": _req(STR), "module": _opt(STR)},
+}
+
+# Messages that belong to no run; every other type needs a run_id.
+RUNLESS = frozenset({"agent_heartbeat", "agent_log"})
+SLICE_STATUSES = frozenset({"processing", "completed", "failed"})
+RUN_OUTCOMES = frozenset({"completed", "failed"})
+ENVELOPE_STRINGS = ("msg_id", "namespace", "execution_id", "sender")
+_UPSTREAM_RESULT_STATES = {"done": "completed", "finished": "completed", "completed": "completed",
+                           "failed": "failed", "error": "failed", "processing": "processing",
+                           "running": "processing", "started": "processing"}
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What ``examine`` found. The envelope columns are filled as far as they could be read."""
+
+    msg_type: str | None = None
+    msg_id: str | None = None
+    namespace: str | None = None
+    execution_id: str | None = None
+    run_id: int | None = None
+    sender: str | None = None
+    sent_at: str | None = None
+    data: dict[str, Any] | None = None
+    reason: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+
+class Rejected(Exception):
+    """Internal: raised with the reason a message is invalid."""
+
+
+def examine(body: bytes, destination: str = "", expected_namespace: str | None = None
+            ) -> Verdict:
+    """Validate and normalize one raw message. Never raises."""
+    verdict = Verdict()
+    try:
+        message = _decode(body)
+        _read_envelope(message, verdict)
+        data = _normalize(message, destination, verdict)
+        if expected_namespace is not None and verdict.namespace != expected_namespace:
+            raise Rejected(
+                f"namespace {verdict.namespace!r} is not this store's {expected_namespace!r}")
+        verdict.data = data
+    except Rejected as problem:
+        verdict.reason = str(problem)
+        verdict.data = None
+    return verdict
+
+
+def _decode(body: bytes) -> dict[str, Any]:
+    if len(body) > MAX_BODY_BYTES:
+        raise Rejected(f"body is {len(body)} bytes, over the {MAX_BODY_BYTES}-byte limit")
+    if not body.strip():
+        raise Rejected("empty body")
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as problem:
+        raise Rejected(f"not JSON: {problem}") from None
+    if not isinstance(message, dict):
+        kind = "array" if isinstance(message, list) else type(message).__name__
+        raise Rejected(f"a JSON {kind}, not an object")
+    return message
+
+
+def _read_envelope(message: dict[str, Any], verdict: Verdict) -> None:
+    """Fill the envelope columns; tolerate what can be tolerated, reject what cannot."""
+    msg_type = message.get("msg_type")
+    if isinstance(msg_type, str):
+        verdict.msg_type = msg_type
+    content = message.get("content")
+    for name in ENVELOPE_STRINGS:
+        value = message.get(name)
+        if value is None and isinstance(content, dict):
+            value = content.get(name)
+        if value is not None and not isinstance(value, str):
+            raise Rejected(f"{name} must be a string, got {_describe(value)}")
+        setattr(verdict, name, value or None)
+    run_id = message.get("run_id", message.get("run_number"))
+    if run_id is None and isinstance(content, dict):
+        run_id = content.get("run_id")
+    verdict.run_id = _run_number(run_id)
+    stamp = message.get("timestamp", message.get("created_at"))
+    if stamp is not None:
+        if not isinstance(stamp, str):
+            raise Rejected(f"timestamp must be an ISO-8601 string, got {_describe(stamp)}")
+        try:
+            verdict.sent_at = format_time(parse_time(stamp))
+        except ValueError:
+            raise Rejected(f"timestamp {stamp!r} is not an ISO-8601 time") from None
+    if msg_type is None:
+        raise Rejected("missing msg_type")
+    if not isinstance(msg_type, str):
+        raise Rejected(f"msg_type must be a string, got {_describe(msg_type)}")
+    if msg_type not in CATALOG:
+        raise Rejected(f"unknown msg_type {msg_type!r}")
+    if verdict.run_id is None and msg_type not in RUNLESS:
+        raise Rejected(f"{msg_type} needs a run_id")
+
+
+def _run_number(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise Rejected(f"run_id must be an integer or a string of digits, got {_describe(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise Rejected(f"run_id must be an integer or a string of digits, got {_describe(value)}")
+
+
+def _normalize(message: dict[str, Any], destination: str, verdict: Verdict) -> dict[str, Any]:
+    msg_type = verdict.msg_type
+    assert msg_type is not None
+    data = dict(message)
+    if isinstance(data.get("content"), dict):
+        _unwrap_upstream(data, msg_type)
+    _apply_aliases(data)
+    for name, spec in CATALOG[msg_type].items():
+        _check_field(data, name, spec, msg_type)
+    if msg_type == "stf_ready" or msg_type == "file_attached":
+        data["checksum"] = _normalize_checksum(data.get("checksum"))
+    if msg_type == "slice_result" and data["status"] not in SLICE_STATUSES:
+        raise Rejected(f"slice_result status {data['status']!r} is not one of "
+                       f"{', '.join(sorted(SLICE_STATUSES))}")
+    if msg_type == "slice" and data["retry"] is None:
+        data["retry"] = 0
+    if msg_type == "run_processed" and data["status"] not in RUN_OUTCOMES:
+        raise Rejected(f"run_processed status {data['status']!r} is not completed or failed")
+    for name in ("size_bytes", "total_stf_files", "sequence", "tf_count"):
+        value = data.get(name)
+        if isinstance(value, int) and value < 0:
+            raise Rejected(f"{name} must not be negative, got {value}")
+    data.update(msg_type=msg_type, msg_id=verdict.msg_id, namespace=verdict.namespace,
+                execution_id=verdict.execution_id, run_id=verdict.run_id,
+                sender=verdict.sender, timestamp=verdict.sent_at)
+    data.pop("created_at", None)
+    data.pop("run_number", None)
+    return data
+
+
+def _unwrap_upstream(data: dict[str, Any], msg_type: str) -> None:
+    """Fold the upstream testbed's ``content``-wrapped slice and slice_result forms."""
+    content: dict[str, Any] = data.pop("content")
+    if msg_type == "slice":
+        for name, value in content.items():
+            data.setdefault(name, value)
+        if "stf_filename" not in data and "filename" in data:
+            data["stf_filename"] = data.pop("filename")
+    elif msg_type == "slice_result":
+        outer = content.get("result") if isinstance(content.get("result"), dict) else {}
+        inner = outer.get("result") if isinstance(outer.get("result"), dict) else {}
+        for source in (inner, outer, content):
+            for name, value in source.items():
+                if not isinstance(value, dict):
+                    data.setdefault(name, value)
+        state = content.get("state") or inner.get("state")
+        if "status" not in data or data["status"] == state:
+            if isinstance(state, str) and state in _UPSTREAM_RESULT_STATES:
+                data["status"] = _UPSTREAM_RESULT_STATES[state]
+            elif inner.get("processed"):
+                data["status"] = "completed"
+        data.pop("state", None)
+    else:
+        for name, value in content.items():
+            data.setdefault(name, value)
+
+
+def _apply_aliases(data: dict[str, Any]) -> None:
+    if "size_bytes" not in data and "size" in data:
+        data["size_bytes"] = data.pop("size")
+    if "total_stf_files" not in data and "total_files" in data:
+        data["total_stf_files"] = data.pop("total_files")
+
+
+def _check_field(data: dict[str, Any], name: str, spec: Field, msg_type: str) -> None:
+    value = data.get(name)
+    if value is None:
+        if spec.required:
+            raise Rejected(f"{msg_type} is missing required field {name!r}")
+        data[name] = None
+        return
+    if not _is_kind(value, spec.kind):
+        raise Rejected(f"{msg_type}.{name} must be {_KIND_NAMES[spec.kind]}, "
+                       f"got {_describe(value)}")
+    if spec.kind == FLOAT:
+        data[name] = float(value)
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == FLOAT:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == STR:
+        return isinstance(value, str)
+    if kind == DICT:
+        return isinstance(value, dict)
+    if kind == LIST:
+        return isinstance(value, list)
+    return isinstance(value, bool)
+
+
+def _normalize_checksum(value: str | None) -> str | None:
+    """``ad:<hex>``, plain hex or empty -> lowercase hex (or None). Malformed text is kept as is:
+    judging it is the catalog's (Rucio's) job, and its rejection is a recorded outcome."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.lower().startswith("ad:"):
+        text = text[3:]
+    if not text:
+        return None
+    if all(c in "0123456789abcdefABCDEF" for c in text) and len(text) <= 8:
+        return text.lower().zfill(8)
+    return text
+
+
+def _describe(value: Any) -> str:
+    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"

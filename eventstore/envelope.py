@@ -1,0 +1,98 @@
+"""The event envelope: what arrives (``Incoming``) and what is stored and read back (``Event``).
+
+Every message seen on the bus becomes exactly one stored event. The raw body is kept byte for
+byte; everything else on an ``Event`` is derived from it (and from the headers) at append time
+(the indexed columns) or at read time (``data``, the catalog-normalized message).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+# The destinations the pipeline uses (DESIGN section 4).
+TOPIC = "/topic/epictopic"
+SLICE_QUEUE = "/queue/panda.transformer.slices"
+RESULT_QUEUE = "/queue/panda.results.fastprocessing"
+# Broker-side copies of the queues, so the recorder sees queue traffic without consuming it.
+SLICE_MONITOR_TOPIC = "/topic/monitor.panda.transformer.slices"
+RESULT_MONITOR_TOPIC = "/topic/monitor.panda.results.fastprocessing"
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A message as received from a transport (or an import file), before it is stored."""
+
+    destination: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, message: dict[str, Any], destination: str = TOPIC, **headers: str) -> Incoming:
+        """Encode a message dict the way our senders do (orjson, no whitespace)."""
+        return cls(destination=destination, body=orjson.dumps(message), headers=dict(headers))
+
+
+@dataclass(slots=True)
+class Event:
+    """One stored event. ``data`` is the normalized message (None when the event is rejected)."""
+
+    position: int
+    event_id: str
+    recorded_at: str  # store clock, ISO-8601 UTC
+    destination: str
+    headers: dict[str, str]
+    body: bytes
+    msg_type: str | None
+    namespace: str | None
+    execution_id: str | None
+    run_id: int | None
+    sender: str | None
+    sent_at: str | None  # sender's timestamp, ISO-8601 UTC, None when absent or unreadable
+    schema_version: int
+    reject_reason: str | None  # None means valid
+    data: dict[str, Any] | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.reject_reason is None
+
+    @property
+    def time(self) -> str:
+        """The event's time for decisions and projections: the sender's stamp, else the store's."""
+        return self.sent_at or self.recorded_at
+
+
+def event_id_for(msg_id: str | None, headers: dict[str, str], destination: str, body: bytes) -> str:
+    """Idempotency key: the sender's msg_id, else the broker message-id, else a content hash."""
+    if msg_id:
+        return str(msg_id)
+    broker_id = headers.get("message-id")
+    if broker_id:
+        return f"broker:{broker_id}"
+    digest = hashlib.blake2b(destination.encode() + b"\0" + body, digest_size=16).hexdigest()
+    return f"sha:{digest}"
+
+
+def format_time(moment: datetime) -> str:
+    """The one textual form of a time in this project: ISO-8601, UTC, microseconds, 'Z'."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO-8601 time (naive means UTC) into an aware datetime; ValueError if not one."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def utc_now() -> str:
+    """The store clock. Only the store and transports call this, never decision code."""
+    return format_time(datetime.now(UTC))
