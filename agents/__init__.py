@@ -1,0 +1,1 @@
+"""Agents: decision functions, runtimes, transports, external-system adapters and the CLI."""

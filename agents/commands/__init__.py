@@ -1,0 +1,1 @@
+"""Command modules of the ``swf`` CLI, one per area."""

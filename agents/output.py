@@ -1,0 +1,52 @@
+"""Rendering rows for people (aligned tables) and machines (JSON arrays), for all commands."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import click
+import orjson
+
+
+def echo_json(value: Any) -> None:
+    """Deterministic JSON: sorted keys, so the same input always prints the same bytes."""
+    click.echo(orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).decode())
+
+
+def echo_rows(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], as_json: bool) -> None:
+    """Print rows as a JSON array of objects keyed by column name, or as an aligned table."""
+    materialized = [{name: row.get(name) for name in columns} for row in rows]
+    if as_json:
+        echo_json(materialized)
+        return
+    if not materialized:
+        click.echo("(no rows)")
+        return
+    cells = [[_cell(row[name]) for name in columns] for row in materialized]
+    widths = [max(len(name), *(len(line[i]) for line in cells)) for i, name in enumerate(columns)]
+    click.echo("  ".join(name.ljust(width) for name, width in zip(columns, widths, strict=True)))
+    click.echo("  ".join("-" * width for width in widths))
+    for line in cells:
+        click.echo("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True))
+                   .rstrip())
+
+
+def echo_mapping(values: Mapping[str, Any], as_json: bool) -> None:
+    """A single record: 'key: value' lines, or one JSON object."""
+    if as_json:
+        echo_json(dict(values))
+        return
+    width = max((len(key) for key in values), default=0)
+    for key, value in values.items():
+        click.echo(f"{key.ljust(width)}  {_cell(value)}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)

@@ -1,0 +1,1 @@
+"""Replay: rebuild, step through, re-drive and export recorded executions."""
