@@ -43,4 +43,9 @@ def run() -> None:
 
 
 # Command modules register themselves on import; keep this list sorted.
-from agents.commands import store_commands  # noqa: E402, F401
+from agents.commands import (  # noqa: E402, F401
+    projection_commands,
+    query_commands,
+    run_commands,
+    store_commands,
+)

@@ -9,6 +9,7 @@ an upcaster here, never a data migration.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,18 @@ _UPSTREAM_RESULT_STATES = {"done": "completed", "finished": "completed", "comple
                            "running": "processing", "started": "processing"}
 
 
+_TYPES = {STR: (str,), INT: (int,), FLOAT: (int, float), DICT: (dict,), LIST: (list,),
+          BOOL: (bool,)}  # exact types: bool is not an int here
+# Per msg_type, the field checks flattened into tuples: examine() is on every hot path.
+_CHECKS = {msg_type: tuple((name, _TYPES[spec.kind], spec.required, spec.kind)
+                           for name, spec in fields.items())
+           for msg_type, fields in CATALOG.items()}
+_NON_NEGATIVE = frozenset({"size_bytes", "total_stf_files", "sequence", "tf_count"})
+_CANONICAL_CHECKSUM = re.compile(r"[0-9a-f]{8}\Z")
+_SHORT_HEX = re.compile(r"[0-9a-fA-F]{1,8}\Z")
+_CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+
+
 @dataclass(slots=True)
 class Verdict:
     """What ``examine`` found. The envelope columns are filled as far as they could be read."""
@@ -144,37 +157,58 @@ def _decode(body: bytes) -> dict[str, Any]:
 
 def _read_envelope(message: dict[str, Any], verdict: Verdict) -> None:
     """Fill the envelope columns; tolerate what can be tolerated, reject what cannot."""
-    msg_type = message.get("msg_type")
-    if isinstance(msg_type, str):
+    get = message.get
+    msg_type = get("msg_type")
+    content = get("content")
+    if type(content) is not dict:
+        content = None
+    if type(msg_type) is str:
         verdict.msg_type = msg_type
-    content = message.get("content")
-    for name in ENVELOPE_STRINGS:
-        value = message.get(name)
-        if value is None and isinstance(content, dict):
-            value = content.get(name)
-        if value is not None and not isinstance(value, str):
-            raise Rejected(f"{name} must be a string, got {_describe(value)}")
-        setattr(verdict, name, value or None)
-    run_id = message.get("run_id", message.get("run_number"))
-    if run_id is None and isinstance(content, dict):
-        run_id = content.get("run_id")
-    verdict.run_id = _run_number(run_id)
-    stamp = message.get("timestamp", message.get("created_at"))
+    verdict.msg_id = _envelope_string(message, content, "msg_id")
+    verdict.namespace = _envelope_string(message, content, "namespace")
+    verdict.execution_id = _envelope_string(message, content, "execution_id")
+    verdict.sender = _envelope_string(message, content, "sender")
+    run_id = get("run_id")
+    if run_id is None:
+        run_id = get("run_number")
+        if run_id is None and content is not None:
+            run_id = content.get("run_id")
+    verdict.run_id = run_id if type(run_id) is int else _run_number(run_id)
+    stamp = get("timestamp")
+    if stamp is None:
+        stamp = get("created_at")
     if stamp is not None:
-        if not isinstance(stamp, str):
-            raise Rejected(f"timestamp must be an ISO-8601 string, got {_describe(stamp)}")
-        try:
-            verdict.sent_at = format_time(parse_time(stamp))
-        except ValueError:
-            raise Rejected(f"timestamp {stamp!r} is not an ISO-8601 time") from None
+        verdict.sent_at = _canonical_time(stamp)
     if msg_type is None:
         raise Rejected("missing msg_type")
-    if not isinstance(msg_type, str):
+    if type(msg_type) is not str:
         raise Rejected(f"msg_type must be a string, got {_describe(msg_type)}")
     if msg_type not in CATALOG:
         raise Rejected(f"unknown msg_type {msg_type!r}")
     if verdict.run_id is None and msg_type not in RUNLESS:
         raise Rejected(f"{msg_type} needs a run_id")
+
+
+def _envelope_string(message: dict[str, Any], content: dict[str, Any] | None,
+                     name: str) -> str | None:
+    value = message.get(name)
+    if value is None and content is not None:
+        value = content.get(name)
+    if value is None or type(value) is str:
+        return value or None
+    raise Rejected(f"{name} must be a string, got {_describe(value)}")
+
+
+def _canonical_time(stamp: Any) -> str:
+    """Our own senders already write the canonical form: keep it without a parse/format."""
+    if type(stamp) is not str:
+        raise Rejected(f"timestamp must be an ISO-8601 string, got {_describe(stamp)}")
+    if _CANONICAL_TIME.match(stamp):
+        return stamp
+    try:
+        return format_time(parse_time(stamp))
+    except ValueError:
+        raise Rejected(f"timestamp {stamp!r} is not an ISO-8601 time") from None
 
 
 def _run_number(value: Any) -> int | None:
@@ -193,30 +227,60 @@ def _normalize(message: dict[str, Any], destination: str, verdict: Verdict) -> d
     msg_type = verdict.msg_type
     assert msg_type is not None
     data = dict(message)
-    if isinstance(data.get("content"), dict):
+    if type(data.get("content")) is dict:
         _unwrap_upstream(data, msg_type)
-    _apply_aliases(data)
-    for name, spec in CATALOG[msg_type].items():
-        _check_field(data, name, spec, msg_type)
-    if msg_type == "stf_ready" or msg_type == "file_attached":
-        data["checksum"] = _normalize_checksum(data.get("checksum"))
-    if msg_type == "slice_result" and data["status"] not in SLICE_STATUSES:
-        raise Rejected(f"slice_result status {data['status']!r} is not one of "
-                       f"{', '.join(sorted(SLICE_STATUSES))}")
-    if msg_type == "slice" and data["retry"] is None:
-        data["retry"] = 0
-    if msg_type == "run_processed" and data["status"] not in RUN_OUTCOMES:
-        raise Rejected(f"run_processed status {data['status']!r} is not completed or failed")
-    for name in ("size_bytes", "total_stf_files", "sequence", "tf_count"):
+    if "size" in data or "total_files" in data:
+        _apply_aliases(data)
+    for name, types, required, kind in _CHECKS[msg_type]:
         value = data.get(name)
-        if isinstance(value, int) and value < 0:
+        if value is None:
+            if required:
+                raise Rejected(f"{msg_type} is missing required field {name!r}")
+            data[name] = None
+        elif type(value) not in types:
+            raise Rejected(f"{msg_type}.{name} must be {_KIND_NAMES[kind]}, "
+                           f"got {_describe(value)}")
+        elif kind is INT and value < 0 and name in _NON_NEGATIVE:
             raise Rejected(f"{name} must not be negative, got {value}")
+        elif kind is FLOAT:
+            data[name] = float(value)
+    finish = _FINISH.get(msg_type)
+    if finish is not None:
+        finish(data)
     data.update(msg_type=msg_type, msg_id=verdict.msg_id, namespace=verdict.namespace,
                 execution_id=verdict.execution_id, run_id=verdict.run_id,
                 sender=verdict.sender, timestamp=verdict.sent_at)
-    data.pop("created_at", None)
-    data.pop("run_number", None)
+    if "created_at" in data:
+        del data["created_at"]
+    if "run_number" in data:
+        del data["run_number"]
     return data
+
+
+def _finish_checksum(data: dict[str, Any]) -> None:
+    data["checksum"] = _normalize_checksum(data["checksum"])
+
+
+def _finish_slice(data: dict[str, Any]) -> None:
+    if data["retry"] is None:
+        data["retry"] = 0
+
+
+def _finish_slice_result(data: dict[str, Any]) -> None:
+    if data["status"] not in SLICE_STATUSES:
+        raise Rejected(f"slice_result status {data['status']!r} is not one of "
+                       f"{', '.join(sorted(SLICE_STATUSES))}")
+
+
+def _finish_run_processed(data: dict[str, Any]) -> None:
+    if data["status"] not in RUN_OUTCOMES:
+        raise Rejected(f"run_processed status {data['status']!r} is not completed or failed")
+
+
+# Type-specific normalization after the generic field checks.
+_FINISH = {"stf_ready": _finish_checksum, "file_attached": _finish_checksum,
+           "slice": _finish_slice, "slice_result": _finish_slice_result,
+           "run_processed": _finish_run_processed}
 
 
 def _unwrap_upstream(data: dict[str, Any], msg_type: str) -> None:
@@ -253,45 +317,17 @@ def _apply_aliases(data: dict[str, Any]) -> None:
         data["total_stf_files"] = data.pop("total_files")
 
 
-def _check_field(data: dict[str, Any], name: str, spec: Field, msg_type: str) -> None:
-    value = data.get(name)
-    if value is None:
-        if spec.required:
-            raise Rejected(f"{msg_type} is missing required field {name!r}")
-        data[name] = None
-        return
-    if not _is_kind(value, spec.kind):
-        raise Rejected(f"{msg_type}.{name} must be {_KIND_NAMES[spec.kind]}, "
-                       f"got {_describe(value)}")
-    if spec.kind == FLOAT:
-        data[name] = float(value)
-
-
-def _is_kind(value: Any, kind: str) -> bool:
-    if kind == INT:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == FLOAT:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind == STR:
-        return isinstance(value, str)
-    if kind == DICT:
-        return isinstance(value, dict)
-    if kind == LIST:
-        return isinstance(value, list)
-    return isinstance(value, bool)
-
-
 def _normalize_checksum(value: str | None) -> str | None:
     """``ad:<hex>``, plain hex or empty -> lowercase hex (or None). Malformed text is kept as is:
     judging it is the catalog's (Rucio's) job, and its rejection is a recorded outcome."""
-    if value is None:
-        return None
+    if value is None or _CANONICAL_CHECKSUM.match(value):
+        return value
     text = value.strip()
-    if text.lower().startswith("ad:"):
+    if text[:3].lower() == "ad:":
         text = text[3:]
     if not text:
         return None
-    if all(c in "0123456789abcdefABCDEF" for c in text) and len(text) <= 8:
+    if _SHORT_HEX.match(text):
         return text.lower().zfill(8)
     return text
 

@@ -1,1 +1,20 @@
-"""Projections: all workflow state as rebuildable folds over the event log, and audit queries."""
+"""Projections: all workflow state as rebuildable folds over the event log, and audit queries.
+
+    from projections import Projector, queries
+    projector = Projector(store_or_engine)   # creates/upgrades the tables (own alembic history)
+    projector.catch_up()                     # apply new events; returns how many
+    projector.rebuild(["tf_slices"])         # or rebuild() for all; from position 0
+    projector.status()                       # [{name, position, head, lag}]
+    queries.execution_summary(engine, "exec-id")
+    queries.runs(engine, execution_id=..., run=..., status=..., since=..., limit=...)
+
+Modules: ``tables`` (schema), ``records``/``fold`` (the fold), ``derive`` (statuses, counters,
+rows), ``load`` (rows back into the fold for catch-up), ``source`` (fast log reading),
+``projector`` (checkpoints, catch-up, rebuild), ``queries`` (audit queries).
+"""
+
+from . import queries
+from .fold import Fold
+from .projector import NAMES, Projector, upgrade_projections
+
+__all__ = ["NAMES", "Fold", "Projector", "queries", "upgrade_projections"]

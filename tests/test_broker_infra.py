@@ -97,7 +97,8 @@ class Collector(stomp.ConnectionListener):
 
     def __init__(self) -> None:
         self.messages: queue.Queue[stomp.utils.Frame] = queue.Queue()
-        self.receipts: queue.Queue[str] = queue.Queue()
+        # receipt ids, or the ERROR frame if the broker refused a command
+        self.receipts: queue.Queue[str | stomp.utils.Frame] = queue.Queue()
         self.errors: queue.Queue[stomp.utils.Frame] = queue.Queue()
         self.disconnected = threading.Event()
 
@@ -109,6 +110,7 @@ class Collector(stomp.ConnectionListener):
 
     def on_error(self, frame):
         self.errors.put(frame)
+        self.receipts.put(frame)
 
     def on_disconnected(self):
         self.disconnected.set()
@@ -119,6 +121,10 @@ class Collector(stomp.ConnectionListener):
                 got = self.receipts.get(timeout=timeout)
             except queue.Empty:
                 raise AssertionError(f"no RECEIPT {receipt} within {timeout}s") from None
+            if isinstance(got, stomp.utils.Frame):
+                raise AssertionError(
+                    f"ERROR instead of RECEIPT {receipt}: {got.headers.get('message')}"
+                )
             if got == receipt:
                 return
 
@@ -163,8 +169,14 @@ class Client:
         self._n += 1
         return f"r-{self._n}-{uuid.uuid4().hex[:8]}"
 
-    def subscribe(self, destination: str, sub_id: str, *, durable_name: str | None = None,
-                  ack: str = "client-individual") -> None:
+    def subscribe(
+        self,
+        destination: str,
+        sub_id: str,
+        *,
+        durable_name: str | None = None,
+        ack: str = "client-individual",
+    ) -> None:
         headers = {}
         if durable_name:
             headers["activemq.subscriptionName"] = durable_name
@@ -175,6 +187,11 @@ class Client:
         assert not self.listener.error_texts()
 
     def unsubscribe_durable(self, sub_id: str, durable_name: str) -> None:
+        """Delete a durable subscription: ActiveMQ refuses ("Durable consumer is in use")
+        while it has a consumer, so first close the consumer, then remove the subscription."""
+        receipt = self._receipt()
+        self.conn.unsubscribe(id=sub_id, headers={"receipt": receipt})
+        self.listener.wait_receipt(receipt)
         receipt = self._receipt()
         self.conn.unsubscribe(
             id=sub_id, headers={"activemq.subscriptionName": durable_name, "receipt": receipt}

@@ -1,0 +1,174 @@
+"""``swf query ...``: audit queries over the projections (the lead's store_commands adds
+``messages`` and ``rejected`` to the same group)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+import sqlalchemy as sa
+
+from agents.cli import db_option, main
+from agents.commands.options import time_window_options
+from agents.output import echo_mapping, echo_rows
+from eventstore.store import EventStore
+from projections import queries
+from projections.projector import Projector
+
+# What the readable table shows; --json prints every column (queries.COLUMNS).
+DISPLAY = {
+    "executions": ("execution_id", "workflow", "namespace", "status", "start_time", "end_time",
+                   "runs", "stf_count", "stf_samples_received", "slices_created",
+                   "slices_completed", "slices_failed"),
+    "runs": ("run_number", "execution_id", "phase", "state", "substate", "stf_count",
+             "stf_samples_received", "slices_created", "slices_queued", "slices_processing",
+             "slices_completed", "slices_failed", "state_changed_at"),
+    "stf_files": ("run_number", "filename", "sequence", "size_bytes", "checksum", "status",
+                  "updated_at"),
+    "tf_samples": ("run_number", "tf_filename", "stf_filename", "tf_first", "tf_last",
+                   "tf_count", "status", "updated_at"),
+    "slices": ("run_number", "tf_filename", "slice_id", "start", "end", "status", "retries",
+               "worker", "updated_at"),
+    "datasets": ("run_number", "scope", "name", "state", "file_count", "size_bytes", "error"),
+    "tasks": ("run_number", "task_id", "status", "input_dataset", "error", "updated_at"),
+    "agents": ("name", "agent_type", "namespace", "status", "operational_state", "hostname",
+               "pid", "last_heartbeat"),
+    "logs": ("time", "level", "agent", "module", "execution_id", "run_number", "message"),
+}
+
+
+@main.group()
+def query() -> None:
+    """Audit queries: workflow state from the projections, messages from the log."""
+
+
+@contextmanager
+def projected(db_url: str | None, catch_up: bool) -> Iterator[sa.Engine]:
+    """The store's engine, with the projections brought up to date first unless told not to."""
+    with EventStore(db_url) as store:
+        projector = Projector(store)
+        if catch_up:
+            projector.catch_up()
+        yield store.engine
+
+
+def _common(function: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed((
+        db_option,
+        click.option("--namespace", help="Only this namespace."),
+        time_window_options,
+        click.option("--limit", type=click.IntRange(min=0), help="At most this many rows."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="A JSON array of row objects keyed by column name."),
+        click.option("--no-catch-up", "stale", is_flag=True,
+                     help="Read the tables as they are, without applying new events first."),
+    )):
+        function = option(function)
+    return function
+
+
+def _run_filters(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option("--run", "run", type=int, help="Only this run number.")(function)
+    return click.option("--execution-id", help="Only this execution.")(function)
+
+
+def _table_command(name: str, cli_name: str, status_help: str, summary: str) -> None:
+    @query.command(cli_name, help=f"{summary} Time filters apply to "
+                                  f"{queries.TIME_COLUMNS[name]}.")
+    @_run_filters
+    @click.option("--status", help=status_help)
+    @_common
+    def command(db_url: str | None, stale: bool, as_json: bool, **filters: Any) -> None:
+        with projected(db_url, not stale) as engine:
+            rows = queries.query(engine, name, **filters)
+        echo_rows(rows, queries.COLUMNS[name] if as_json else DISPLAY[name], as_json)
+
+
+_table_command("runs", "runs", "Only runs in this phase (imminent/physics/standby/completed).",
+               "One row per run: phase, state and the STF/sample/slice counters.")
+_table_command("stf_files", "stf-files",
+               "Only files with this status (registered/processing/processed/failed).",
+               "STF files.")
+_table_command("tf_samples", "tf-samples",
+               "Only samples with this status (registered/processing/processed/failed).",
+               "TF samples (fastmon).")
+_table_command("slices", "slices",
+               "Only slices with this status (queued/processing/completed/failed).",
+               "TF slices with their status, retries and worker.")
+_table_command("datasets", "datasets", "Only datasets in this state (open/closed).",
+               "DDM datasets, one per run.")
+_table_command("tasks", "tasks", "Only tasks with this status.", "PanDA tasks.")
+
+
+@query.command("executions")
+@click.option("--execution-id", help="Only this execution.")
+@click.option("--status", help="Only executions with this status "
+                               "(running/completed/failed/terminated).")
+@_common
+def query_executions(db_url: str | None, stale: bool, as_json: bool, **filters: Any) -> None:
+    """Workflow executions (with --limit: the latest). Time filters apply to start_time."""
+    with projected(db_url, not stale) as engine:
+        rows = queries.executions(engine, **filters)
+    echo_rows(rows, queries.COLUMNS["executions"] if as_json else DISPLAY["executions"],
+              as_json)
+
+
+@query.command("agents")
+@click.option("--status", help="Only agents with this status (EXITED: no heartbeat for 3 min).")
+@click.option("--now", help="Judge staleness at this ISO-8601 time (default: now).")
+@_common
+def query_agents(db_url: str | None, stale: bool, as_json: bool, **filters: Any) -> None:
+    """Agents by their heartbeats. Time filters apply to last_heartbeat."""
+    with projected(db_url, not stale) as engine:
+        rows = queries.agents(engine, **filters)
+    echo_rows(rows, queries.COLUMNS["agents"] if as_json else DISPLAY["agents"], as_json)
+
+
+@query.command("logs")
+@_run_filters
+@click.option("--level", help="Only records of this level (e.g. ERROR).")
+@_common
+def query_logs(db_url: str | None, stale: bool, as_json: bool, **filters: Any) -> None:
+    """Agent log records (with --limit: the latest). Time filters apply to the record time."""
+    with projected(db_url, not stale) as engine:
+        rows = queries.logs(engine, **filters)
+    echo_rows(rows, queries.COLUMNS["logs"] if as_json else DISPLAY["logs"], as_json)
+
+
+@query.command("execution")
+@click.argument("execution_id")
+@db_option
+@click.option("--namespace", help="The execution's namespace (when its id is in several).")
+@click.option("--now", help="For a running execution: its duration up to this ISO-8601 time.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--no-catch-up", "stale", is_flag=True,
+              help="Read the tables as they are, without applying new events first.")
+def query_execution(execution_id: str, db_url: str | None, namespace: str | None,
+                    now: str | None, as_json: bool, stale: bool) -> None:
+    """One execution's summary: status, phase, counters, datasets, tasks, errors, duration."""
+    with projected(db_url, not stale) as engine:
+        try:
+            summary = queries.execution_summary(engine, execution_id, namespace=namespace,
+                                                now=now)
+        except queries.AmbiguousExecution as problem:
+            raise click.ClickException(str(problem)) from None
+    if summary is None:
+        raise click.ClickException(f"no execution {execution_id!r}"
+                                   + (f" in namespace {namespace!r}" if namespace else ""))
+    if as_json:
+        echo_mapping(summary, True)
+        return
+    readable = dict(summary)
+    readable["datasets"] = "; ".join(
+        f"{d['scope']}:{d['name']} {d['state'] or '-'} ({d['file_count']} files, "
+        f"{d['size_bytes']} bytes)" for d in summary["datasets"]) or None
+    readable["tasks"] = "; ".join(f"{t['task_id'] or '-'} {t['status']}"
+                                  for t in summary["tasks"]) or None
+    readable["runs"] = ", ".join(str(run) for run in summary["runs"]) or None
+    errors = readable.pop("errors")
+    readable["errors"] = len(errors)
+    echo_mapping(readable, False)
+    for line in errors:
+        click.echo(f"  {line}")

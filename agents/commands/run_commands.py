@@ -1,0 +1,151 @@
+"""``swf run`` (one embedded execution of a workflow) and ``swf workflows``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agents.cli import db_option, main
+from agents.config import (
+    ConfigError,
+    WorkflowConfig,
+    describe,
+    load_workflow,
+    shipped_workflows,
+)
+from agents.output import echo_mapping, echo_rows
+from agents.registry import workflow_agents
+from agents.runtime import ExecutionResult, Progress, prepare
+
+
+@main.command("run")
+@click.argument("workflow", required=False, default="fast_processing",
+                metavar="[WORKFLOW|PATH.toml]")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a workflow setting (repeatable), e.g. fast_processing.stf_count=20.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of every random decision; the same seed and config give the same "
+                   "events.")
+@click.option("--realtime", is_flag=True, help="Pace the run by the wall clock, like the DAQ.")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="With --realtime: simulated seconds per wall second.")
+@click.option("--start-time", callback=lambda _c, _p, value: _time(value),
+              help="Simulated start time (default: from the store's latest event).")
+@click.option("--data-dir", envvar="SWF_DATA", type=click.Path(file_okay=False, path_type=Path),
+              help="Where STF files and local DDM/batch state go (default: $SWF_DATA or "
+                   "./swf-data).")
+@click.option("--progress/--no-progress", default=None,
+              help="Live progress line on stderr (default: when stderr is a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@db_option
+def run_command(workflow: str, overrides: tuple[str, ...], seed: int, realtime: bool,
+                speed: float, start_time: str | None, data_dir: Path | None,
+                progress: bool | None, as_json: bool, db_url: str | None) -> None:
+    """Run one execution of a workflow (default: fast_processing) to completion, embedded:
+    all agents in this process, every message appended to the store before delivery. Then
+    print the execution summary (as `swf query execution ID` does). Exit status 1 when the
+    execution did not complete."""
+    from eventstore.store import EventStore
+
+    config = _load(workflow, overrides)
+    show = progress if progress is not None else sys.stderr.isatty()
+    line = _ProgressLine() if show else None
+    with EventStore(db_url) as store:
+        runtime = prepare(store, config, seed=seed, data_dir=data_dir, start_time=start_time,
+                          realtime=realtime, speed=speed, progress=line)
+        if line is not None:
+            line.start = runtime.start_time
+        try:
+            result = runtime.run()
+        finally:
+            if line is not None:
+                line.close()
+        summary = execution_summary(store, result)
+    echo_mapping(summary, as_json)
+    if summary.get("status") != "completed":
+        sys.exit(1)
+
+
+@main.command("workflows")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def workflows_command(as_json: bool) -> None:
+    """List the shipped workflows, their agents and their resolved parameters."""
+    rows: list[dict[str, Any]] = []
+    for name in shipped_workflows():
+        config = _load(name, ())
+        agents = ", ".join(workflow_agents(config.enabled))
+        rows.append({"workflow": name, "setting": "(agents)", "value": agents})
+        rows.extend({"workflow": name, "setting": key, "value": value}
+                    for key, value in describe(config))
+    echo_rows(rows, ("workflow", "setting", "value"), as_json)
+
+
+def _time(value: str | None) -> str | None:
+    from eventstore.envelope import format_time, parse_time
+
+    if value is None:
+        return None
+    try:
+        return format_time(parse_time(value))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO-8601 time") from None
+
+
+def _load(workflow: str, overrides: tuple[str, ...]) -> WorkflowConfig:
+    try:
+        return load_workflow(workflow, overrides)
+    except ConfigError as problem:
+        raise click.UsageError(str(problem)) from None
+
+
+def execution_summary(store: Any, result: ExecutionResult) -> dict[str, Any]:
+    """Catch the projections up, then the same summary as ``swf query execution ID``."""
+    try:  # INTEGRATION POINT: the projections package (projector + queries)
+        from projections.projector import Projector
+        from projections.queries import execution_summary as query_summary
+    except ImportError:
+        return _fallback_summary(store, result)
+    Projector(store).catch_up()
+    summary = query_summary(store.engine, result.execution_id, namespace=result.namespace)
+    return dict(summary) if summary is not None else _fallback_summary(store, result)
+
+
+def _fallback_summary(store: Any, result: ExecutionResult) -> dict[str, Any]:
+    """Until the projections exist: the run's outcome from the log, the runtime's counts."""
+    counts = result.counts
+    outcomes = [event.data["status"] for event in store.read(
+        execution_id=result.execution_id, msg_types=["run_processed"], valid=True)]
+    status = outcomes[-1] if outcomes else "running"
+    return {"execution_id": result.execution_id, "workflow": result.workflow,
+            "run_id": result.run_id, "status": status,
+            "start_time": result.start_time, "end_time": result.end_time,
+            "events": result.events, "stf_files": counts.get("stf_gen", 0),
+            "tf_samples": counts.get("tf_file_registered", 0),
+            "slices": counts.get("slice", 0)}
+
+
+class _ProgressLine:
+    """One self-overwriting line on stderr: simulated time, events, STFs, slices done."""
+
+    def __init__(self) -> None:
+        self.start: str | None = None
+        self._width = 0
+
+    def __call__(self, progress: Progress) -> None:
+        from eventstore.envelope import parse_time
+
+        elapsed = 0.0
+        if self.start is not None:
+            elapsed = (parse_time(progress.sim_time) - parse_time(self.start)).total_seconds()
+        minutes, seconds = divmod(int(elapsed), 60)
+        text = (f"t+{minutes:02d}:{seconds:02d}  events {progress.events}  "
+                f"STFs {progress.stf_files}  slices {progress.slices_done}/{progress.slices}")
+        click.echo("\r" + text.ljust(self._width), nl=False, err=True)
+        self._width = len(text)
+
+    def close(self) -> None:
+        if self._width:
+            click.echo("", err=True)

@@ -1,0 +1,222 @@
+"""Event store throughput: batched append and read on SQLite and PostgreSQL, in one run.
+
+    python benchmarks/append.py [--events N] [--batch B] [--pg-url URL]
+
+The baseline is the physical limit of this machine's SQLite: plain ``sqlite3.executemany`` of
+the same bytes into an equivalent table (same columns and indexes, WAL, synchronous=NORMAL).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source checkout
+
+from eventstore import store as store_module  # noqa: E402
+from eventstore.catalog import examine  # noqa: E402
+from eventstore.envelope import (  # noqa: E402
+    RESULT_QUEUE,
+    SLICE_QUEUE,
+    TOPIC,
+    Incoming,
+    event_id_for,
+    format_time,
+)
+from eventstore.store import SQLITE_WAL_AUTOCHECKPOINT, EventStore  # noqa: E402
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def generate(count: int, seed: int = 7) -> list[Incoming]:
+    """Realistic ~300-byte messages of one execution: STFs, their readiness, slices, results."""
+    rng = random.Random(seed)
+    start = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+    run, execution = 100123, "fast_processing-20250601-120000-7f3a"
+    messages: list[Incoming] = []
+    for i in range(count):
+        kind = ("stf_gen", "stf_ready", "slice", "slice_result")[i % 4]
+        seq = i // 4 + 1
+        stf = f"swf.{run}.{seq:06d}.stf"
+        message = {"msg_type": kind, "msg_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                   "namespace": "epic-bench", "execution_id": execution, "run_id": run,
+                   "timestamp": format_time(start + timedelta(milliseconds=i))}
+        if kind == "stf_gen":
+            message.update(sender="daq-simulator", filename=stf, sequence=seq, state="run",
+                           substate="physics", file_url=f"file:///data/e0/{stf}")
+            destination = TOPIC
+        elif kind == "stf_ready":
+            message.update(sender="data-agent", filename=stf, sequence=seq,
+                           file_url=f"file:///data/e1/{stf}", size_bytes=rng.randint(1, 9) << 20,
+                           checksum=f"ad:{rng.getrandbits(32):08x}")
+            destination = TOPIC
+        elif kind == "slice":
+            tf = f"{stf[:-4]}_tf_{seq % 7:03d}.tf"
+            message.update(sender="fast-processing-agent", slice_id=seq % 15, tf_filename=tf,
+                           stf_filename=stf, start=0, end=99, tf_count=100, retry=0)
+            destination = SLICE_QUEUE
+        else:
+            tf = f"{stf[:-4]}_tf_{seq % 7:03d}.tf"
+            message.update(sender="panda-worker-3", slice_id=seq % 15, tf_filename=tf,
+                           status="completed", worker="worker-3.bnl.gov", error=None)
+            destination = RESULT_QUEUE
+        messages.append(Incoming.of(message, destination,
+                                    **{"message-id": f"ID:broker-{i}", "persistent": "true"}))
+    return messages
+
+
+def timed(action: Callable[[], int]) -> tuple[int, float]:
+    began = time.perf_counter()
+    count = action()
+    return count, time.perf_counter() - began
+
+
+def append_all(store: EventStore, messages: list[Incoming], batch: int) -> int:
+    stored = 0
+    for start in range(0, len(messages), batch):
+        stored += len(store.append(messages[start:start + batch]).events)
+    return stored
+
+
+def examine_all(messages: list[Incoming]) -> int:
+    for message in messages:
+        examine(message.body, message.destination, "epic-bench")
+    return len(messages)
+
+
+def sqlite3_baseline(path: Path, messages: list[Incoming], batch: int) -> int:
+    """Insert the same bytes with plain sqlite3 into an equivalent table: the physical limit."""
+    import orjson
+
+    rows = []
+    for message in messages:
+        verdict = examine(message.body, message.destination)
+        rows.append((event_id_for(verdict.msg_id, message.headers, message.destination,
+                                  message.body), "2025-06-01T12:00:00.000000Z",
+                     message.destination, orjson.dumps(message.headers), message.body,
+                     verdict.namespace, verdict.execution_id, verdict.run_id, verdict.msg_type,
+                     verdict.sender, verdict.sent_at, 1, verdict.reason))
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT}")
+    db.execute("CREATE TABLE events (position INTEGER PRIMARY KEY, event_id TEXT NOT NULL "
+               "UNIQUE, recorded_at TEXT, destination TEXT, headers BLOB, body BLOB, namespace "
+               "TEXT, execution_id TEXT, run_id INTEGER, msg_type TEXT, sender TEXT, sent_at "
+               "TEXT, schema_version INTEGER, reject_reason TEXT)")
+    for index in ("execution_id, position", "run_id, position", "msg_type, position"):
+        db.execute(f"CREATE INDEX ix_{index.split(',')[0]} ON events ({index})")
+    db.execute("CREATE INDEX ix_rejected ON events (position) WHERE reject_reason IS NOT NULL")
+    sql = f"INSERT INTO events VALUES (NULL{', ?' * 13})"
+
+    def insert() -> int:
+        for start in range(0, len(rows), batch):
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(sql, rows[start:start + batch])
+            db.execute("COMMIT")
+        return len(rows)
+
+    count, seconds = timed(insert)
+    db.close()
+    return count, seconds
+
+
+@contextmanager
+def catalog_precomputed(messages: list[Incoming]) -> Iterator[dict[bytes, Any]]:
+    """Let the store look verdicts up instead of running the catalog: what the store costs."""
+    verdicts = {m.body: examine(m.body, m.destination, "epic-bench") for m in messages}
+    real = store_module.examine
+    store_module.examine = lambda body, *_args: verdicts[body]
+    try:
+        yield verdicts
+    finally:
+        store_module.examine = real
+
+
+def measure_store(label: str, urls: tuple[str, str], messages: list[Incoming], batch: int
+                  ) -> list[tuple[str, int, float]]:
+    """Append everything into a fresh store, re-append it, read it; then append everything
+    into a second fresh store with the catalog's verdicts precomputed (the store's own cost)."""
+    with EventStore(urls[0], namespace="epic-bench") as store:
+        results = [(f"{label} append (batch {batch})",
+                    *timed(lambda: append_all(store, messages, batch)))]
+        results.append((f"{label} re-append (all duplicates)",
+                        *timed(lambda: len(messages) - append_all(store, messages, batch))))
+        results.append((f"{label} read + decode + normalize",
+                        *timed(lambda: sum(1 for _ in store.read()))))
+        results.append((f"{label} read_raw (decode only)",
+                        *timed(lambda: sum(1 for _ in store.read_raw()))))
+    with EventStore(urls[1], namespace="epic-bench") as store, catalog_precomputed(messages):
+        results.insert(1, (f"{label} append, catalog precomputed",
+                           *timed(lambda: append_all(store, messages, batch))))
+    return results
+
+
+@click.command()
+@click.option("--events", "count", default=200_000, show_default=True, help="messages to append")
+@click.option("--batch", default=5000, show_default=True, help="messages per append call")
+@click.option("--pg-url", default=DEFAULT_PG, show_default=True,
+              help="PostgreSQL server (a scratch schema is created and dropped); '' to skip")
+def main(count: int, batch: int, pg_url: str) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    messages = generate(count)
+    gc.freeze()  # the benchmark's own 200k messages must not make every GC pass slower
+    size = sum(len(message.body) for message in messages) / len(messages)
+    click.echo(f"{count} messages, mean body {size:.0f} bytes, batches of {batch}")
+    results: list[tuple[str, int, float]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        results.append(("catalog examine() only", *timed(lambda: examine_all(messages))))
+        baseline = sqlite3_baseline(Path(scratch) / "baseline.db", messages, batch)
+        results.append(("sqlite3 executemany baseline", *baseline))
+        urls = (f"sqlite:///{Path(scratch) / 'swf.db'}", f"sqlite:///{Path(scratch) / 'pre.db'}")
+        results += measure_store("SQLite", urls, messages, batch)
+    if pg_url:
+        results += measure_postgres(pg_url, messages, batch)
+    base_rate = baseline[0] / baseline[1]
+    click.echo(f"{'measurement':<42} {'events':>9} {'seconds':>8} {'events/s':>10} {'vs base':>8}")
+    for name, events, seconds in results:
+        rate = events / seconds if seconds else float("inf")
+        click.echo(f"{name:<42} {events:>9} {seconds:>8.2f} {rate:>10,.0f} "
+                   f"{rate / base_rate:>7.2f}x")
+
+
+def measure_postgres(pg_url: str, messages: list[Incoming], batch: int
+                     ) -> list[tuple[str, int, float]]:
+    """The same measurements in two scratch schemas, dropped afterwards."""
+    admin_url = sa.make_url(pg_url).set(drivername="postgresql+psycopg")
+    schemas = [f"swf_bench_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    admin = sa.create_engine(admin_url)
+    try:
+        with admin.begin() as conn:
+            for schema in schemas:
+                conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    except sa.exc.OperationalError as problem:
+        click.echo(f"PostgreSQL skipped: {str(problem.orig).splitlines()[0]}", err=True)
+        return []
+    try:
+        first, second = (admin_url.update_query_dict({"options": f"-csearch_path={schema}"})
+                         .render_as_string(hide_password=False) for schema in schemas)
+        return measure_store("PostgreSQL", (first, second), messages, batch)
+    finally:
+        with admin.begin() as conn:
+            for schema in schemas:
+                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()

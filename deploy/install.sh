@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs everything swf and its test suite need on a Debian machine (run as root or with sudo):
+# the ActiveMQ broker package, and swf itself with its test extras into the current Python.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+
+bash "$here/activemq/broker.sh" install
+python3 -m pip install --quiet --disable-pip-version-check -e "$root[test]"
+echo "swf installed: $(command -v swf)"

@@ -1,0 +1,54 @@
+"""The SQL schema of the event store (SQLAlchemy Core). Migrations create it; see migrations/."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# On SQLite the position must be the rowid alias (`INTEGER PRIMARY KEY`): append order is then
+# position order and the column costs no extra index. No AUTOINCREMENT: rows are never deleted,
+# so rowids are never reused, and AUTOINCREMENT would add a write to sqlite_sequence per append.
+POSITION_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+# Text columns have no length limit: their values come from arbitrary messages, and an append
+# must never fail on one (the store keeps indexed values short, see store._storable).
+
+
+def _key() -> sa.types.TypeEngine:
+    """An identifier column: compared bytewise on PostgreSQL (COLLATE "C"), so its index does not
+    pay for linguistic collation; SQLite compares bytewise already (BINARY)."""
+    return sa.String().with_variant(sa.String(collation="C"), "postgresql")
+
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("position", POSITION_TYPE, sa.Identity(), primary_key=True),
+    sa.Column("event_id", _key(), nullable=False),
+    sa.Column("recorded_at", sa.String(), nullable=False),
+    sa.Column("destination", sa.String(), nullable=False),
+    sa.Column("headers", sa.LargeBinary(), nullable=False),  # orjson bytes of the headers dict
+    sa.Column("body", sa.LargeBinary(), nullable=False),  # the message as received, untouched
+    sa.Column("namespace", sa.String()),
+    sa.Column("execution_id", _key()),
+    sa.Column("run_id", sa.BigInteger()),
+    sa.Column("msg_type", _key()),
+    sa.Column("sender", sa.String()),
+    sa.Column("sent_at", sa.String()),
+    sa.Column("schema_version", sa.SmallInteger(), nullable=False),
+    sa.Column("reject_reason", sa.Text()),  # NULL means valid
+    sa.UniqueConstraint("event_id", name="uq_events_event_id"),
+    sa.Index("ix_events_execution", "execution_id", "position"),
+    sa.Index("ix_events_run", "run_id", "position"),
+    sa.Index("ix_events_msg_type", "msg_type", "position"),
+    # Partial: rejected rows are rare, so this index stays tiny and costs valid appends nothing.
+    sa.Index("ix_events_rejected", "position",
+             postgresql_where=sa.text("reject_reason IS NOT NULL"),
+             sqlite_where=sa.text("reject_reason IS NOT NULL")),
+)
+
+# Column order used by the append paths (everything but the position).
+EVENT_COLUMNS = ("event_id", "recorded_at", "destination", "headers", "body", "namespace",
+                 "execution_id", "run_id", "msg_type", "sender", "sent_at", "schema_version",
+                 "reject_reason")

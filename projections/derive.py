@@ -1,0 +1,273 @@
+"""From fold state to rows: derive statuses and counters of what changed, render table rows.
+
+Derived values are recomputed from the facts (the per-slice statuses, the sets of files and
+samples) of each changed record at flush time, so a duplicate or a late message can never make a
+counter drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from . import tables as t
+from .fold import Fold
+from .records import MAX_RETRIES, ExecRec, RunRec, SampleRec, SliceRec, StfRec
+
+Rows = list[tuple[Any, ...]]
+
+
+class Changes:
+    """Rows to upsert and keys to delete, per table, for one flush."""
+
+    def __init__(self) -> None:
+        self.upserts: dict[sa.Table, Rows] = {}
+        self.deletes: dict[sa.Table, Rows] = {}
+
+    def count(self) -> int:
+        return sum(map(len, self.upserts.values())) + sum(map(len, self.deletes.values()))
+
+
+def _pieces_status(pieces: Iterable[SliceRec], updated_at: str | None,
+                   waiting: bool = False) -> tuple[str, str | None]:
+    """(status, latest update) of a sample or STF file from its slices: failed once any slice
+    failed for good, processed when all are terminal, processing while some are not."""
+    seen = failed = False
+    done = not waiting
+    for piece in pieces:
+        seen = True
+        status = piece.status
+        if status == "failed" and piece.retries >= MAX_RETRIES:
+            failed = True
+        elif status != "completed":
+            done = False
+        if updated_at is None or piece.updated_at > updated_at:  # type: ignore[operator]
+            updated_at = piece.updated_at
+    if failed:
+        return "failed", updated_at
+    if not seen:
+        return "registered", updated_at
+    return ("processed" if done else "processing"), updated_at
+
+
+def everything(fold: Fold) -> None:
+    """Mark every record changed (a rebuild writes them all)."""
+    fold.d_runs.update(fold.runs.values())
+    fold.d_execs.update(fold.execs.values())
+    fold.d_stfs.update(fold.stfs.values())
+    fold.d_samples.update(fold.samples.values())
+    fold.d_slices.update(fold.slices.values())
+    fold.d_datasets.update(fold.datasets.values())
+    for dataset in fold.datasets.values():
+        dataset.dirty_files.update(dataset.files)
+    fold.d_tasks.update(fold.tasks.values())
+    fold.d_agents.update(fold.agents.values())
+
+
+def settle(fold: Fold, fresh: bool = False
+           ) -> tuple[set[SampleRec], set[StfRec], set[ExecRec]]:
+    """Recompute the derived fields of every record the batch touched, directly or through its
+    slices; returns the samples, STF files and executions whose rows must be rewritten.
+    ``fresh``: the fold was never flushed, so every record is in its dirty set already."""
+    stf_keys = fold.d_stf_keys
+    samples = set(fold.d_samples)
+    runs = fold.d_runs
+    sample_keys = set()
+    every_run = fold.runs
+    for p in fold.d_slices:
+        run = every_run[(p.ns, p.run)]  # its first/last times include its slices' (Fold._slice)
+        if p.created_at < run.created_at:  # type: ignore[operator]
+            run.created_at = p.created_at
+        if p.updated_at > run.updated_at:  # type: ignore[operator]
+            run.updated_at = p.updated_at
+        if not fresh:
+            runs.add(run)
+            sample_keys.add((p.ns, p.run, p.tf_filename))
+            if p.stf_filename:
+                stf_keys.add((p.ns, p.run, p.stf_filename))
+    samples.update(fold.samples[key] for key in sample_keys if key in fold.samples)
+    for sample in samples:
+        if sample.stf_filename is not None:
+            stf_keys.add((sample.ns, sample.run, sample.stf_filename))
+        sample.status, sample.updated_at = _pieces_status(
+            fold.sample_slices.get((sample.ns, sample.run, sample.tf_filename), ()),
+            sample.updated_at)
+    stfs = set(fold.d_stfs)
+    if not fresh:
+        stfs.update(fold.stfs[key] for key in stf_keys if key in fold.stfs)
+    for stf in stfs:
+        _stf_status(fold, stf)
+    execs = set(fold.d_execs)
+    for run in runs:
+        _run_counts(run)
+        if run.execution_id is not None:
+            execs.add(fold.execs[(run.ns, run.execution_id)])
+    return samples, stfs, execs
+
+
+def _stf_status(fold: Fold, stf: StfRec) -> None:
+    pieces: list[SliceRec] = []
+    waiting = False  # a registered sample has no slice yet
+    for tf_filename in fold.stf_samples.get((stf.ns, stf.run, stf.filename), ()):
+        key = (stf.ns, stf.run, tf_filename)
+        listed = fold.sample_slices.get(key)
+        if listed:
+            pieces.extend(listed)
+        elif key in fold.samples:
+            waiting = True
+    stf.status, stf.updated_at = _pieces_status(pieces, stf.updated_at, waiting)
+
+
+def _run_counts(run: RunRec) -> None:
+    if not run.full:
+        return
+    queued = processing = completed = failed = retries = 0
+    for piece in run.slices:
+        status = piece.status
+        if status == "completed":
+            completed += 1
+        elif status == "processing":
+            processing += 1
+        elif status == "queued":
+            queued += 1
+        else:
+            failed += 1
+        retries += piece.retries
+    run.counts = (len(run.stfs), len(run.samples), len(run.slices), queued, processing,
+                  completed, failed, retries)
+
+
+def render(fold: Fold, names: Collection[str], fresh: bool = False) -> Changes:
+    """Settle the batch and render the rows of the projections ``names`` (``fresh``: see
+    ``settle``)."""
+    samples, stfs, execs = settle(fold, fresh)
+    changes = Changes()
+    up = changes.upserts
+    if "executions" in names:
+        up[t.executions] = [_exec_row(e) for e in execs]
+    if "run_state" in names:
+        up[t.run_state] = [_run_row(r) for r in fold.d_runs]
+    if "stf_files" in names:
+        up[t.stf_files] = [(s.run, s.ns, s.filename, s.sequence, s.size_bytes, s.checksum,
+                            s.file_url, s.status, s.generated_at, s.ready_at, s.created_at,
+                            s.updated_at) for s in (fold.stfs.values() if fresh else stfs)]
+    if "tf_samples" in names:
+        up[t.tf_samples] = [(s.run, s.ns, s.tf_filename, s.stf_filename, s.tf_first, s.tf_last,
+                             s.tf_count, s.status, s.created_at, s.updated_at)
+                            for s in (fold.samples.values() if fresh else samples)]
+    if "tf_slices" in names:
+        _slice_rows(fold, changes, fresh)
+    if "datasets" in names:
+        _dataset_rows(fold, changes)
+    if "panda_tasks" in names:
+        up[t.panda_tasks] = [
+            (k.run, k.ns, k.task_key, k.task_id, fold.runs[(k.ns, k.run)].execution_id,
+             k.input_dataset, k.status, k.error, k.submitted_at, k.updated_at)
+            for k in fold.d_tasks]
+    if "agents" in names:
+        up[t.agents] = [(a.ns, a.name, a.agent_type, a.status, a.operational_state, a.pid,
+                         a.hostname, a.first_seen, a.last_heartbeat) for a in fold.d_agents]
+    if "logs" in names:
+        up[t.logs] = list(fold.new_logs.values())
+    return changes
+
+
+def flushed(fold: Fold) -> None:
+    """The rendered rows are committed: remember where slices live, start a clean batch."""
+    for piece in fold.d_slices:
+        piece.in_db = "slice" if piece.announced else "unmatched"
+    for dataset in fold.d_datasets:
+        dataset.dirty_files.clear()
+    fold.clear_dirty()
+
+
+def _exec_row(e: ExecRec) -> tuple[Any, ...]:
+    runs = sorted(e.runs, key=_run_number)
+    totals = [0] * 8
+    for run in runs:
+        for i, value in enumerate(run.counts):
+            totals[i] += value
+    outcomes = [run.outcome for run in runs]
+    if runs and all(outcomes):
+        status = "completed" if all(o == "completed" for o in outcomes) else "failed"
+        end_time = max(run.processed_at for run in runs)  # type: ignore[type-var]
+    else:
+        status, end_time = "running", None
+    starts = [run.created_at for run in runs if run.created_at is not None]
+    updates = [run.updated_at for run in runs if run.updated_at is not None]
+    parameters = (None if e.parameters is None
+                  else orjson.dumps(e.parameters, option=orjson.OPT_SORT_KEYS).decode())
+    stf_count, samples, created, _queued, _processing, completed, failed, _retries = totals
+    return (e.ns, e.execution_id, e.workflow, parameters, status,
+            min(starts) if starts else None, end_time,
+            orjson.dumps([run.run for run in runs]).decode(), len(runs), stf_count, samples,
+            created, completed, failed, max(updates) if updates else None)
+
+
+def _run_number(run: RunRec) -> int:
+    return run.run
+
+
+def _run_row(r: RunRec) -> tuple[Any, ...]:
+    return (r.run, r.ns, r.execution_id, r.phase, r.state, r.substate, r.state_at,
+            r.total_stf_files, *r.counts, r.outcome, r.outcome_error, r.processed_at,
+            r.state_changed_at, r.created_at, r.updated_at)
+
+
+def _slice_rows(fold: Fold, changes: Changes, fresh: bool) -> None:
+    announced: Rows = []
+    unmatched: Rows = []
+    gone: Rows = []
+    # A fresh fold writes every slice: in creation order, which is nearly key order (cheap to
+    # sort for the insert), unlike a set's.
+    for p in fold.slices.values() if fresh else fold.d_slices:
+        if p.announced:
+            status = p.status
+            announced.append((p.run, p.ns, p.tf_filename, p.slice_id, status, p.retries,
+                              p.worker, p.error, p.created_at, p.updated_at, p.stf_filename,
+                              p.start, p.end, p.tf_count,
+                              status == "failed" and p.retries >= MAX_RETRIES))
+            if p.in_db == "unmatched":
+                gone.append((p.run, p.ns, p.tf_filename, p.slice_id))
+        else:
+            unmatched.append((p.run, p.ns, p.tf_filename, p.slice_id, p.status, p.retries,
+                              p.worker, p.error, p.created_at, p.updated_at))
+    changes.upserts[t.tf_slices] = announced
+    changes.upserts[t.unmatched_results] = unmatched
+    if gone:
+        changes.deletes[t.unmatched_results] = gone
+
+
+def _dataset_rows(fold: Fold, changes: Changes) -> None:
+    rows: Rows = []
+    files: Rows = []
+    for d in fold.d_datasets:
+        size = sum(f.size_bytes or 0 for f in d.files.values())
+        rows.append((d.run, d.ns, d.scope, d.name, fold.runs[(d.ns, d.run)].execution_id,
+                     d.state, len(d.files), size, d.error, d.error_at, d.opened_at,
+                     d.closed_at, d.created_at, d.updated_at))
+        for name in d.dirty_files:
+            f = d.files[name]
+            files.append((d.run, d.ns, d.scope, d.name, name, f.size_bytes, f.checksum,
+                          f.attached_at))
+    changes.upserts[t.datasets] = rows
+    changes.upserts[t.dataset_files] = files
+
+
+def snapshot(fold: Fold, changed_only: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """The fold's rows as ``{table: [row dicts in key order]}``, without a database (replay,
+    stepping): those changed since the last call (which it then marks unchanged), or all."""
+    if not changed_only:
+        everything(fold)
+    changes = render(fold, tuple(t.PROJECTIONS))
+    flushed(fold)
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for table, rows in changes.upserts.items():
+        width = len(table.primary_key.columns)
+        names = [str(column.name) for column in table.columns]
+        tables[table.name] = [dict(zip(names, row, strict=True))
+                              for row in sorted(rows, key=lambda row: row[:width])]
+    return tables

@@ -1,0 +1,534 @@
+"""The fold: every projection's state, advanced one normalized event at a time.
+
+Rules that make the fold order tolerant and idempotent (DESIGN section 5):
+
+- Facts are kept as sets keyed by identity (a run's STF files, samples, slices), so a duplicate
+  message adds nothing; counters and statuses are derived from those facts when a batch is
+  flushed (``derive.py``), never incremented.
+- "Latest wins" fields (run state, agent heartbeat, task status, dataset error) are replaced only
+  by a message whose time is not older than the one they came from; first/last times are
+  min/max. So applying any event a second time, at any point, changes nothing.
+- A slice's status is the maximum of (attempt, rank) over its reports: queued < processing <
+  failed < completed within an attempt, and a later attempt beats all of an earlier one. Order
+  of arrival does not matter; a slice_result for an unannounced slice is kept (unmatched) and
+  merges into the slice when its `slice` message arrives.
+- A run's phase never leaves ``completed``; other phase changes follow event time, and run
+  state stamps newer than end_run are ignored.
+
+Handlers take the event's parts (cheap to pass, no Event needed), so the projector can feed rows
+straight from the events table; ``apply`` feeds an ``Event``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from eventstore.envelope import Event
+
+from .records import (
+    ATTEMPT,
+    RANK,
+    AgentRec,
+    DatasetRec,
+    ExecRec,
+    FileRec,
+    ItemKey,
+    RunKey,
+    RunRec,
+    SampleRec,
+    SliceRec,
+    StfRec,
+    TaskRec,
+)
+
+# One event as the fold needs it: position, msg_type, namespace ('' for none), execution_id,
+# run_number, sender, time, normalized data.
+Item = tuple[int, str, str, str | None, int | None, str | None, str, dict[str, Any]]
+Handler = Callable[[str, str | None, int, str, dict[str, Any]], None]  # ns, exec, run, time, data
+LogRow = tuple[int, str, Any, str | None, Any, Any, str, str | None, int | None]
+
+OPEN_OUTCOMES = frozenset({"ok", "exists"})  # 'exists': a retried run reuses its dataset
+
+
+class Fold:
+    """All projections' state. ``complete`` means every row is in memory (a rebuild, or a fresh
+    database): the projector then never needs to load rows before folding."""
+
+    def __init__(self, complete: bool = True) -> None:
+        self.complete = complete
+        self.position = 0  # of the last event fed
+        self.checkpoint = 0  # the projector's: the log position the flushed rows cover
+        self.runs: dict[RunKey, RunRec] = {}
+        self.execs: dict[tuple[str, str], ExecRec] = {}
+        self.stfs: dict[ItemKey, StfRec] = {}
+        self.samples: dict[ItemKey, SampleRec] = {}
+        self.slices: dict[tuple[str, int, str, int], SliceRec] = {}
+        self.sample_slices: dict[ItemKey, list[SliceRec]] = {}  # announced slices of a sample
+        self.stf_samples: dict[ItemKey, set[str]] = {}  # tf files linked to an STF file
+        self.datasets: dict[tuple[str, int, str, str], DatasetRec] = {}
+        self.tasks: dict[tuple[str, int, int], TaskRec] = {}
+        self.agents: dict[tuple[str, str], AgentRec] = {}
+        # What the projector has already looked up in the database (catch-up only).
+        self.checked_runs: set[RunKey] = set()
+        self.checked_execs: set[tuple[str, str]] = set()
+        self.checked_agents: set[tuple[str, str]] = set()
+        self.clear_dirty()
+
+    @property
+    def handlers(self) -> dict[str, Handler]:
+        """msg_type -> handler, for every message type that belongs to a run. Built per call:
+        a dict of bound methods kept on the fold would make it a reference cycle, and its
+        millions of records garbage for the cyclic collector instead of reference counting."""
+        return {
+            "run_imminent": self._run_imminent, "start_run": self._physics,
+            "resume_run": self._physics, "pause_run": self._standby, "end_run": self._end_run,
+            "stf_gen": self._stf_gen, "stf_ready": self._stf_ready,
+            "tf_file_registered": self._tf_registered, "slice": self._slice,
+            "slice_result": self._slice_result, "dataset_opened": self._dataset_opened,
+            "file_attached": self._file_attached, "dataset_closed": self._dataset_closed,
+            "panda_task_submitted": self._task_submitted,
+            "panda_task_status": self._task_status, "run_processed": self._run_processed,
+            "sampling_complete": self._touch,
+        }
+
+    def clear_dirty(self) -> None:
+        self.d_runs: set[RunRec] = set()
+        self.d_execs: set[ExecRec] = set()
+        self.d_stfs: set[StfRec] = set()
+        self.d_stf_keys: set[ItemKey] = set()  # STF files whose status may have changed
+        self.d_samples: set[SampleRec] = set()
+        self.d_slices: set[SliceRec] = set()
+        self.d_datasets: set[DatasetRec] = set()
+        self.d_tasks: set[TaskRec] = set()
+        self.d_agents: set[AgentRec] = set()
+        self.new_logs: dict[int, LogRow] = {}
+        self._current: RunRec | None = None  # the last run touched (it is in d_runs)
+
+    # -- feeding -------------------------------------------------------------------------------
+
+    def apply(self, event: Event) -> None:
+        """Fold one stored event (rejected ones only advance the position)."""
+        if event.valid and event.data is not None and event.msg_type is not None:
+            self.feed(((event.position, event.msg_type, event.namespace or "",
+                        event.execution_id, event.run_id, event.sender, event.time,
+                        event.data),))
+        elif event.position > self.position:
+            self.position = event.position
+
+    def feed(self, items: Iterable[Item]) -> int:
+        """Fold valid events in position order; returns how many were folded."""
+        handlers = self.handlers
+        count = 0
+        position = self.position
+        for position, msg_type, ns, execution_id, run, sender, time, data in items:
+            handler = handlers.get(msg_type)
+            if handler is not None:
+                if run is not None:
+                    handler(ns, execution_id, run, time, data)
+            else:
+                self.runless(position, msg_type, ns, execution_id, run, sender, time, data)
+            count += 1
+        if position > self.position:
+            self.position = position
+        return count
+
+    def runless(self, position: int, msg_type: str, ns: str, execution_id: str | None,
+                run: int | None, sender: str | None, time: str, data: dict[str, Any]) -> None:
+        """Heartbeats and logs (``handlers`` has every message type that belongs to a run)."""
+        if msg_type == "agent_heartbeat":
+            self._heartbeat(ns, sender, time, data)
+        elif msg_type == "agent_log":
+            self.new_logs[position] = (position, time, data.get("level"), sender,
+                                       data.get("module"), data.get("message"), ns,
+                                       execution_id, run)
+
+    # -- records -------------------------------------------------------------------------------
+
+    def _run(self, ns: str, number: int, execution_id: str | None, time: str) -> RunRec:
+        run = self._current  # consecutive events are mostly of one run
+        if run is None or run.run != number or run.ns != ns:
+            run = self.runs.get((ns, number))
+            if run is None:
+                run = self.runs[(ns, number)] = RunRec(ns, number, time)
+            self.d_runs.add(run)
+            self._current = run
+        if time > run.updated_at:  # type: ignore[operator]
+            run.updated_at = time
+        elif time < run.created_at:  # type: ignore[operator]
+            run.created_at = time
+        if execution_id is not None and run.execution_id is None:
+            self.attach(run, execution_id)
+        return run
+
+    def attach(self, run: RunRec, execution_id: str) -> None:
+        """Make ``run`` one of ``execution_id``'s runs (leaving any earlier execution)."""
+        if run.execution_id is not None:
+            old = self.execs.get((run.ns, run.execution_id))
+            if old is not None:
+                old.runs.discard(run)
+                self.d_execs.add(old)
+            self.d_datasets.update(run.datasets)  # their rows carry the execution id
+            self.d_tasks.update(run.tasks)
+        run.execution_id = execution_id
+        execution = self.execution(run.ns, execution_id)
+        execution.runs.add(run)
+        self.d_execs.add(execution)
+
+    def execution(self, ns: str, execution_id: str) -> ExecRec:
+        execution = self.execs.get((ns, execution_id))
+        if execution is None:
+            execution = self.execs[(ns, execution_id)] = ExecRec(ns, execution_id)
+        return execution
+
+    def _stf(self, run: RunRec, filename: str, time: str) -> StfRec:
+        key = (run.ns, run.run, filename)
+        stf = self.stfs.get(key)
+        if stf is None:
+            stf = self.stfs[key] = StfRec(run.ns, run.run, filename, time)
+            run.stfs.append(stf)
+        else:
+            _widen(stf, time)
+        self.d_stfs.add(stf)
+        return stf
+
+    def _slice_rec(self, run: RunRec, tf_filename: str, slice_id: int, time: str) -> SliceRec:
+        key = (run.ns, run.run, tf_filename, slice_id)
+        piece = self.slices.get(key)
+        if piece is None:
+            piece = self.slices[key] = SliceRec(run.ns, run.run, tf_filename, slice_id, time)
+        elif time > piece.updated_at:  # type: ignore[operator]
+            piece.updated_at = time
+        elif time < piece.created_at:  # type: ignore[operator]
+            piece.created_at = time
+        self.d_slices.add(piece)
+        return piece
+
+    def announce(self, run: RunRec, piece: SliceRec) -> None:
+        """A `slice` message made ``piece`` a slice of its run (it may have been unmatched)."""
+        piece.announced = True
+        run.slices.append(piece)
+        sample_key = (piece.ns, piece.run, piece.tf_filename)
+        listed = self.sample_slices.get(sample_key)
+        if listed is None:
+            self.sample_slices[sample_key] = [piece]
+        else:
+            listed.append(piece)
+
+    def link(self, ns: str, run: int, stf_filename: str, tf_filename: str) -> None:
+        key = (ns, run, stf_filename)
+        linked = self.stf_samples.get(key)
+        if linked is None:
+            self.stf_samples[key] = {tf_filename}
+        else:
+            linked.add(tf_filename)
+        self.d_stf_keys.add(key)
+
+    # -- run control ---------------------------------------------------------------------------
+
+    def _touch(self, ns: str, execution_id: str | None, number: int, time: str,
+               _data: dict[str, Any]) -> None:
+        self._run(ns, number, execution_id, time)
+
+    def _run_imminent(self, ns: str, execution_id: str | None, number: int, time: str,
+                      data: dict[str, Any]) -> None:
+        run = self._run(ns, number, None, time)
+        # The run belongs to the execution its run_imminent names.
+        if execution_id is not None and run.execution_id != execution_id:
+            self.attach(run, execution_id)
+        if run.execution_id is not None:
+            execution = self.execution(ns, run.execution_id)
+            if data.get("workflow") is not None:
+                execution.workflow = data["workflow"]
+            if data.get("workflow_params") is not None:
+                execution.parameters = data["workflow_params"]
+            self.d_execs.add(execution)
+        if run.phase is None:
+            run.phase = "imminent"
+            run.state_changed_at = time
+        _run_state(run, data, time)
+
+    def _physics(self, ns: str, execution_id: str | None, number: int, time: str,
+                 data: dict[str, Any]) -> None:
+        run = self._run(ns, number, execution_id, time)
+        _phase(run, "physics", time)
+        _run_state(run, data, time)
+
+    def _standby(self, ns: str, execution_id: str | None, number: int, time: str,
+                 data: dict[str, Any]) -> None:
+        run = self._run(ns, number, execution_id, time)
+        _phase(run, "standby", time)
+        _run_state(run, data, time)
+
+    def _end_run(self, ns: str, execution_id: str | None, number: int, time: str,
+                 data: dict[str, Any]) -> None:
+        run = self._run(ns, number, execution_id, time)
+        if data.get("total_stf_files") is not None:
+            run.total_stf_files = data["total_stf_files"]
+        if run.phase == "completed":
+            return
+        run.phase = "completed"
+        run.state_changed_at = time
+        state, substate = data.get("state"), data.get("substate")
+        if state is not None or substate is not None:  # the run's last word, even over a
+            run.state = state if state is not None else run.state  # later-stamped message
+            run.substate = substate if substate is not None else run.substate
+            run.state_at = time
+
+    def _run_processed(self, ns: str, execution_id: str | None, number: int, time: str,
+                       data: dict[str, Any]) -> None:
+        run = self._run(ns, number, execution_id, time)
+        if run.processed_at is None or time >= run.processed_at:
+            run.outcome = data["status"]
+            run.outcome_error = data.get("error")
+            run.processed_at = time
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _stf_gen(self, ns: str, execution_id: str | None, number: int, time: str,
+                 data: dict[str, Any]) -> None:
+        run = self._run(ns, number, execution_id, time)
+        stf = self._stf(run, data["filename"], time)
+        if stf.generated_at is None or time < stf.generated_at:
+            stf.generated_at = time
+        # stf_ready (the data agent's registration) outranks stf_gen, whatever the order.
+        overwrite = stf.ready_at is None
+        for name in ("sequence", "file_url"):
+            value = data.get(name)
+            if value is not None and (overwrite or getattr(stf, name) is None):
+                setattr(stf, name, value)
+        _run_state(run, data, time)
+
+    def _stf_ready(self, ns: str, execution_id: str | None, number: int, time: str,
+                   data: dict[str, Any]) -> None:
+        run = self._run(ns, number, execution_id, time)
+        stf = self._stf(run, data["filename"], time)
+        if stf.ready_at is None or time < stf.ready_at:
+            stf.ready_at = time
+        for name in ("sequence", "file_url", "checksum", "size_bytes"):
+            value = data.get(name)
+            if value is not None:
+                setattr(stf, name, value)
+
+    def _tf_registered(self, ns: str, execution_id: str | None, number: int, time: str,
+                       data: dict[str, Any]) -> None:
+        run = self._run(ns, number, execution_id, time)
+        name = data["tf_filename"]
+        key = (ns, number, name)
+        sample = self.samples.get(key)
+        if sample is None:
+            sample = self.samples[key] = SampleRec(ns, number, name, time)
+            run.samples.append(sample)
+        else:
+            _widen(sample, time)
+        stf_name = data["stf_filename"]
+        if sample.stf_filename != stf_name:
+            if sample.stf_filename is not None:
+                self.stf_samples.get((ns, number, sample.stf_filename), set()).discard(name)
+                self.d_stf_keys.add((ns, number, sample.stf_filename))
+            sample.stf_filename = stf_name
+            self.link(ns, number, stf_name, name)
+            for piece in self.sample_slices.get(key, ()):
+                if piece.stf_filename is None:
+                    piece.stf_filename = stf_name
+                    self.d_slices.add(piece)
+        sample.tf_first = first = data["tf_first"]
+        sample.tf_last = last = data["tf_last"]
+        count = data.get("tf_count")
+        sample.tf_count = count if count is not None else last - first + 1
+        self.d_samples.add(sample)
+
+    # -- slices --------------------------------------------------------------------------------
+
+    def _slice(self, ns: str, execution_id: str | None, number: int, time: str,
+               data: dict[str, Any]) -> None:
+        run = self._current  # hot path: the run's times follow from its slices' (derive.py)
+        if (run is None or run.run != number or run.ns != ns
+                or (execution_id is not None and run.execution_id is None)):
+            run = self._run(ns, number, execution_id, time)
+        tf_filename = data["tf_filename"]
+        piece = self._slice_rec(run, tf_filename, data["slice_id"], time)
+        if not piece.announced:
+            self.announce(run, piece)
+        stf_name = data.get("stf_filename")
+        if stf_name != piece.stf_filename:
+            sample = self.samples.get((ns, number, tf_filename))
+            if stf_name is None:
+                stf_name = sample.stf_filename if sample is not None else None
+            if stf_name is not None and stf_name != piece.stf_filename:
+                piece.stf_filename = stf_name
+                if sample is None or sample.stf_filename != stf_name:  # else linked already
+                    self.link(ns, number, stf_name, tf_filename)
+        piece.start = data["start"]
+        piece.end = data["end"]
+        piece.tf_count = data.get("tf_count")
+        retry = data.get("retry") or 0
+        order = retry * ATTEMPT  # rank 0: queued
+        if order > piece.order:  # a re-queue: a new attempt starts
+            piece.order = order
+            piece.status = "queued"
+            piece.retries = retry
+            piece.worker = None
+            piece.error = None
+
+    def _slice_result(self, ns: str, execution_id: str | None, number: int, time: str,
+                      data: dict[str, Any]) -> None:
+        run = self._current  # hot path: the run's times follow from its slices' (derive.py)
+        if (run is None or run.run != number or run.ns != ns
+                or (execution_id is not None and run.execution_id is None)):
+            run = self._run(ns, number, execution_id, time)
+        key = (ns, number, data.get("tf_filename") or "", data["slice_id"])
+        piece = self.slices.get(key)  # _slice_rec inlined
+        if piece is None:
+            piece = self.slices[key] = SliceRec(ns, number, key[2], key[3], time)
+        elif time > piece.updated_at:  # type: ignore[operator]
+            piece.updated_at = time
+        elif time < piece.created_at:  # type: ignore[operator]
+            piece.created_at = time
+        self.d_slices.add(piece)
+        retry = data.get("retry")
+        if retry is None:  # no attempt given: it reports on the current one
+            retry = piece.retries
+        order = retry * ATTEMPT + RANK[data["status"]]
+        if order > piece.order:
+            piece.order = order
+            piece.status = data["status"]
+            piece.retries = retry
+            piece.worker = data.get("worker")
+            piece.error = data.get("error")
+
+    # -- datasets and tasks --------------------------------------------------------------------
+
+    def _dataset(self, ns: str, execution_id: str | None, number: int, time: str,
+                 data: dict[str, Any]) -> tuple[DatasetRec, str | None]:
+        run = self._run(ns, number, execution_id, time)
+        key = (ns, number, data["scope"], data["dataset"])
+        dataset = self.datasets.get(key)
+        if dataset is None:
+            dataset = self.datasets[key] = DatasetRec(ns, number, key[2], key[3], time)
+            run.datasets.append(dataset)
+        else:
+            _widen(dataset, time)
+        self.d_datasets.add(dataset)
+        outcome = data.get("outcome")
+        if outcome == "error" and (dataset.error_at is None or time >= dataset.error_at):
+            dataset.error = data.get("error") or "error"
+            dataset.error_at = time
+        return dataset, outcome
+
+    def _dataset_opened(self, ns: str, execution_id: str | None, number: int, time: str,
+                        data: dict[str, Any]) -> None:
+        dataset, outcome = self._dataset(ns, execution_id, number, time, data)
+        if outcome in OPEN_OUTCOMES:
+            if dataset.state != "closed":
+                dataset.state = "open"
+            if dataset.opened_at is None or time < dataset.opened_at:
+                dataset.opened_at = time
+
+    def _file_attached(self, ns: str, execution_id: str | None, number: int, time: str,
+                       data: dict[str, Any]) -> None:
+        dataset, outcome = self._dataset(ns, execution_id, number, time, data)
+        if outcome != "ok":  # 'duplicate': not attached twice; 'error': recorded above
+            return
+        name = data["name"]
+        entry = dataset.files.get(name)
+        if entry is None:
+            dataset.files[name] = FileRec(name, data.get("size_bytes"), data.get("checksum"),
+                                          time)
+        else:
+            if data.get("size_bytes") is not None:
+                entry.size_bytes = data["size_bytes"]
+            if data.get("checksum") is not None:
+                entry.checksum = data["checksum"]
+            if entry.attached_at is None or time < entry.attached_at:
+                entry.attached_at = time
+        dataset.dirty_files.add(name)
+
+    def _dataset_closed(self, ns: str, execution_id: str | None, number: int, time: str,
+                        data: dict[str, Any]) -> None:
+        dataset, outcome = self._dataset(ns, execution_id, number, time, data)
+        if outcome == "ok":
+            dataset.state = "closed"
+            if dataset.closed_at is None or time < dataset.closed_at:
+                dataset.closed_at = time
+
+    def _task(self, ns: str, execution_id: str | None, number: int, time: str,
+              data: dict[str, Any]) -> TaskRec:
+        run = self._run(ns, number, execution_id, time)
+        task_key = data.get("task_id") or 0
+        key = (ns, number, task_key)
+        task = self.tasks.get(key)
+        if task is None:
+            task = self.tasks[key] = TaskRec(ns, number, task_key)
+            run.tasks.append(task)
+        if task.updated_at is None or time >= task.updated_at:
+            task.status = data["status"]
+            task.error = data.get("error")
+            task.updated_at = time
+        self.d_tasks.add(task)
+        return task
+
+    def _task_submitted(self, ns: str, execution_id: str | None, number: int, time: str,
+                        data: dict[str, Any]) -> None:
+        task = self._task(ns, execution_id, number, time, data)
+        if task.submitted_at is None or time < task.submitted_at:
+            task.submitted_at = time
+        if data.get("input_dataset") is not None:
+            task.input_dataset = data["input_dataset"]
+
+    def _task_status(self, ns: str, execution_id: str | None, number: int, time: str,
+                     data: dict[str, Any]) -> None:
+        self._task(ns, execution_id, number, time, data)
+
+    # -- agents --------------------------------------------------------------------------------
+
+    def _heartbeat(self, ns: str, sender: str | None, time: str, data: dict[str, Any]) -> None:
+        key = (ns, sender or "")
+        agent = self.agents.get(key)
+        if agent is None:
+            agent = self.agents[key] = AgentRec(ns, key[1], time)
+        elif agent.first_seen is None or time < agent.first_seen:
+            agent.first_seen = time
+        if agent.last_heartbeat is None or time >= agent.last_heartbeat:
+            agent.last_heartbeat = time
+            agent.agent_type = data.get("agent_type")
+            agent.status = data.get("status")
+            agent.operational_state = data.get("operational_state")
+            agent.pid = data.get("pid")
+            agent.hostname = data.get("hostname")
+        self.d_agents.add(agent)
+
+
+def _widen(record: Any, time: str) -> None:
+    """created_at/updated_at are the min/max event time: the same in any arrival order."""
+    if record.created_at is None or time < record.created_at:
+        record.created_at = time
+    if record.updated_at is None or time > record.updated_at:
+        record.updated_at = time
+
+
+def _phase(run: RunRec, phase: str, time: str) -> None:
+    """The latest run-control message by event time decides the phase (``state_changed_at`` is
+    its time); ``imminent`` yields to any of them, ``completed`` to none."""
+    current = run.phase
+    if current == "completed":
+        return
+    if current is None or current == "imminent" or time >= run.state_changed_at:  # type: ignore[operator]
+        run.phase = phase
+        run.state_changed_at = time
+
+
+def _run_state(run: RunRec, data: dict[str, Any], time: str) -> None:
+    """state/substate: from the latest message that stamps them, but none newer than end_run
+    (whose own stamp, if any, is then the last word): the same in any arrival order."""
+    state, substate = data.get("state"), data.get("substate")
+    if state is None and substate is None:
+        return
+    if run.phase == "completed" and time > run.state_changed_at:  # type: ignore[operator]
+        return
+    if run.state_at is None or time >= run.state_at:
+        if state is not None:
+            run.state = state
+        if substate is not None:
+            run.substate = substate
+        run.state_at = time

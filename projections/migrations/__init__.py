@@ -1,0 +1,1 @@
+"""Alembic scripts of the projections (a package so that env.py ships in the wheel)."""

@@ -1,0 +1,313 @@
+"""The projector: checkpoints, incremental catch-up, rebuild and status of the projections.
+
+Each projection has a checkpoint row in ``projection_checkpoints``, written in the same
+transaction as the rows of the events it covers: a crash leaves rows and checkpoint together at
+the last commit, so no event is ever applied twice or skipped. The fold is shared by all
+projections (run counters need the slices, STF statuses the samples...), so normally all
+checkpoints move together; one left behind (a projection added later, or a partial rebuild that
+lost a race) is rebuilt up to the others.
+
+Writers are serialized: BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL. Folding runs
+outside that lock; the write then checks the checkpoints did not move meanwhile (another
+process caught up first) and starts over if they did.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager, suppress
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from eventstore.migrate import lock_key, upgrade, upgrade_store
+from eventstore.schema import events
+
+from . import source
+from .derive import Changes, flushed, render
+from .fold import Fold
+from .load import preload
+from .tables import PROJECTIONS, projection_checkpoints
+
+log = logging.getLogger(__name__)
+
+SCRIPTS = str(Path(__file__).resolve().parent / "migrations")
+VERSION_TABLE = "swf_schema_projections"
+NAMES: tuple[str, ...] = tuple(PROJECTIONS)
+DEFAULT_BATCH = 50_000
+
+Progress = Callable[[int], None]  # called with how many log positions were just covered
+
+
+class Moved(Exception):
+    """Internal: the checkpoints moved while this process was folding (a concurrent writer)."""
+
+
+def upgrade_projections(engine: sa.Engine) -> None:
+    """Create or upgrade the projection tables (and the store's, which they read)."""
+    upgrade_store(engine)
+    upgrade(engine, SCRIPTS, VERSION_TABLE)
+
+
+class Projector:
+    """Keeps the projection tables of one database in step with its event log."""
+
+    def __init__(self, store_or_engine: Any, *, batch_size: int = DEFAULT_BATCH) -> None:
+        self.engine: sa.Engine = getattr(store_or_engine, "engine", store_or_engine)
+        self.batch_size = batch_size
+        upgrade_projections(self.engine)
+        self._sql = _Statements(self.engine.dialect)
+        self._lock = 0
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as conn:
+                schema = conn.exec_driver_sql("SELECT current_schema()").scalar()
+            self._lock = lock_key(f"projections:{schema}")
+
+    # -- reading state -------------------------------------------------------------------------
+
+    def checkpoints(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return _checkpoints(conn)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per projection: its checkpoint, the log's head, and how many events it lags."""
+        with self.engine.connect() as conn:
+            marks = _checkpoints(conn)
+            top = source.head(conn)
+            lags = {mark: conn.execute(sa.select(sa.func.count()).select_from(events)
+                                       .where(events.c.position > mark)).scalar_one()
+                    for mark in set(marks.values())}
+        return [{"name": name, "position": mark, "head": top, "lag": lags[mark]}
+                for name, mark in marks.items()]
+
+    # -- catch-up ------------------------------------------------------------------------------
+
+    def catch_up(self, progress: Progress | None = None) -> int:
+        """Apply every event after the checkpoints; returns how many events were applied."""
+        applied = 0
+        fold: Fold | None = None
+        while True:
+            with self.engine.connect() as conn:
+                marks = _checkpoints(conn)
+                top = source.head(conn)
+            done = max(marks.values())
+            behind = [name for name, mark in marks.items() if mark < done]
+            if behind:
+                log.warning("projections %s are behind the others (at %d); rebuilding them",
+                            ", ".join(behind), done)
+                with suppress(Moved):  # then the checkpoints are read again
+                    self._replace(behind, done, progress=None)
+                fold = None
+                continue
+            if done >= top:
+                return applied
+            if fold is None or fold.checkpoint != done:
+                fold = Fold(complete=done == 0)
+                fold.checkpoint = done
+            try:
+                applied += self._step(fold, marks, done, top)
+            except Moved:
+                log.info("another process advanced the projections; reloading")
+                fold = None
+                continue
+            if progress is not None:
+                progress(fold.checkpoint - done)
+
+    def _step(self, fold: Fold, marks: dict[str, int], done: int, top: int) -> int:
+        """Fold and commit one batch after ``done``."""
+        with _quiet_gc():
+            if fold.complete:  # nothing to load: stream
+                applied, covered = self._stream(fold, done, top, self.batch_size)
+            else:
+                with self.engine.connect() as conn:
+                    rows, covered = source.fetch(conn, done, top, self.batch_size)
+                    items = source.decode(conn, rows)
+                    preload(conn, fold, items)
+                applied = fold.feed(items)
+            changes = render(fold, NAMES)
+            with self._writing() as conn:
+                if _checkpoints(conn) != marks:
+                    raise Moved
+                self._write(conn, changes, fresh=False)
+                self._set_checkpoints(conn, NAMES, covered)
+        flushed(fold)
+        fold.checkpoint = covered
+        return applied
+
+    def _stream(self, fold: Fold, done: int, until: int, limit: int,
+                progress: Progress | None = None) -> tuple[int, int]:
+        """Fold up to ``limit`` events of (done, until] in small chunks; returns how many were
+        folded and the position covered."""
+        folded = 0
+        while done < until and limit > 0:
+            with self.engine.connect() as conn:
+                rows, covered = source.fetch(conn, done, until, min(source.CHUNK, limit))
+                folded += source.fold_rows(fold, conn, rows)
+            limit -= len(rows)
+            if progress is not None:
+                progress(covered - done)
+            done = covered
+        return folded, done
+
+    # -- rebuild -------------------------------------------------------------------------------
+
+    def rebuild(self, names: Collection[str] | None = None,
+                progress: Progress | None = None) -> int:
+        """Empty the named projections (default: all) and fold the log into them from position 0;
+        returns how many events were folded. A partial rebuild first catches everything up, so
+        the rebuilt projections end at the same checkpoint as the others."""
+        chosen = check_names(names)
+        partial = len(chosen) < len(NAMES)
+        while True:
+            if partial:
+                self.catch_up()
+            with self.engine.connect() as conn:
+                marks = _checkpoints(conn)
+                top = source.head(conn)
+            target = max(marks[name] for name in NAMES if name not in chosen) if partial else top
+            try:
+                return self._replace(chosen, target, progress)
+            except Moved:
+                log.info("another process advanced the projections; rebuilding again")
+
+    def _replace(self, names: Collection[str], target: int, progress: Progress | None) -> int:
+        fold = Fold(complete=True)
+        others = [name for name in NAMES if name not in names]
+        with _quiet_gc():
+            folded, _done = self._stream(fold, 0, target, target, progress)
+            changes = render(fold, names, fresh=True)
+            del fold  # acyclic: freed right here, not by a later collection
+            with self._writing() as conn:
+                marks = _checkpoints(conn)
+                if any(marks[name] != target for name in others):
+                    raise Moved
+                for name in names:
+                    for table in PROJECTIONS[name]:
+                        conn.execute(table.delete())
+                self._write(conn, changes, fresh=True)
+                self._set_checkpoints(conn, names, target)
+        log.info("rebuilt %s: %d events up to position %d, %d rows", ", ".join(names), folded,
+                 target, changes.count())
+        return folded
+
+    # -- writing -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self) -> Iterator[sa.Connection]:
+        """A write transaction holding the projections' writer lock."""
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "sqlite":
+                conn = conn.execution_options(swf_sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                if self._lock:
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (self._lock,))
+                yield conn
+
+    def _write(self, conn: sa.Connection, changes: Changes, fresh: bool) -> None:
+        for table, keys in changes.deletes.items():
+            if keys and not fresh:
+                conn.exec_driver_sql(self._sql.delete(table), keys)
+        for table, rows in changes.upserts.items():
+            if not rows:
+                continue
+            if not fresh:
+                conn.exec_driver_sql(self._sql.upsert(table), rows)
+                continue
+            # Into empty tables: sorted (rows start with their primary key, so the b-tree is
+            # appended to), and many rows per statement (a fifth cheaper than one per row).
+            rows.sort()
+            per = self._sql.rows_per_insert(table)
+            whole = len(rows) - len(rows) % per
+            flat = chain.from_iterable
+            if whole:
+                conn.exec_driver_sql(self._sql.insert(table, per),
+                                     [tuple(flat(rows[i:i + per])) for i in range(0, whole, per)])
+            if whole < len(rows):
+                conn.exec_driver_sql(self._sql.insert(table, len(rows) - whole),
+                                     tuple(flat(rows[whole:])))
+
+    def _set_checkpoints(self, conn: sa.Connection, names: Collection[str], position: int
+                         ) -> None:
+        conn.exec_driver_sql(self._sql.upsert(projection_checkpoints),
+                             [(name, position) for name in names])
+
+
+def check_names(names: Collection[str] | None) -> list[str]:
+    """The projection names asked for, in canonical order; ValueError for an unknown one."""
+    if not names:
+        return list(NAMES)
+    unknown = sorted(set(names) - set(NAMES))
+    if unknown:
+        raise ValueError(f"unknown projection {', '.join(unknown)}; "
+                         f"known: {', '.join(NAMES)}")
+    return [name for name in NAMES if name in names]
+
+
+def _checkpoints(conn: sa.Connection) -> dict[str, int]:
+    stored = dict(conn.execute(sa.select(projection_checkpoints.c.name,
+                                         projection_checkpoints.c.position)).all())
+    return {name: stored.get(name, 0) for name in NAMES}
+
+
+@contextmanager
+def _quiet_gc() -> Iterator[None]:
+    """The fold allocates millions of long-lived records and no reference cycles (keep it that
+    way: its garbage is then freed by reference counting): the cyclic collector would only
+    rescan them over and over, for about a third of a rebuild's time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class _Statements:
+    """Driver-level SQL per table (executemany of tuples is several times cheaper than Core's
+    per-row dict binding), in the dialect's parameter style and quoting."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self._mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._quote = dialect.identifier_preparer.quote
+        self._cache: dict[tuple[str, str], str] = {}
+
+    def _names(self, table: sa.Table) -> tuple[list[str], list[str]]:
+        columns = [self._quote(c.name) for c in table.columns]
+        keys = [self._quote(c.name) for c in table.primary_key.columns]
+        return columns, keys
+
+    @staticmethod
+    def rows_per_insert(table: sa.Table) -> int:
+        return max(1, min(100, 900 // len(table.columns)))  # under SQLite's old 999 limit
+
+    def insert(self, table: sa.Table, rows: int = 1) -> str:
+        key = (f"insert{rows}", table.name)
+        if key not in self._cache:
+            columns, _keys = self._names(table)
+            values = f"({', '.join([self._mark] * len(columns))})"
+            self._cache[key] = (f"INSERT INTO {self._quote(table.name)} ({', '.join(columns)}) "
+                                f"VALUES {', '.join([values] * rows)}")
+        return self._cache[key]
+
+    def upsert(self, table: sa.Table) -> str:
+        key = ("upsert", table.name)
+        if key not in self._cache:
+            columns, keys = self._names(table)
+            rest = [c for c in columns if c not in keys]
+            action = (f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in rest)}"
+                      if rest else "DO NOTHING")
+            self._cache[key] = f"{self.insert(table)} ON CONFLICT ({', '.join(keys)}) {action}"
+        return self._cache[key]
+
+    def delete(self, table: sa.Table) -> str:
+        key = ("delete", table.name)
+        if key not in self._cache:
+            _columns, keys = self._names(table)
+            where = " AND ".join(f"{c} = {self._mark}" for c in keys)
+            self._cache[key] = f"DELETE FROM {self._quote(table.name)} WHERE {where}"
+        return self._cache[key]

@@ -1,0 +1,293 @@
+"""Audit queries over the projection tables: rows as dicts keyed by column name, and the
+execution summary operators ask for most.
+
+Filters are all optional and combine with AND. ``since``/``until`` (ISO-8601 text or datetime,
+inclusive) apply to each table's main time column (``TIME_COLUMNS``). Rows come in a stable
+order; with ``limit``, executions and logs give the latest ones (still oldest first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from eventstore.envelope import format_time, parse_time
+from eventstore.schema import events
+
+from . import tables as t
+
+STALE_AFTER = timedelta(minutes=3)  # an agent silent this long has EXITED
+ERROR_LEVELS = ("ERROR", "CRITICAL")
+MAX_ERRORS_PER_KIND = 50  # the summary stays readable when a run goes badly wrong
+When = str | datetime | None
+
+
+class AmbiguousExecution(LookupError):
+    """The execution id exists in several namespaces and none was given."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    table: sa.Table
+    time: str  # the column --since/--until compare with
+    status: str | None  # the column --status compares with
+    order: tuple[str, ...]
+    latest: bool = False  # with a limit, keep the newest rows
+
+
+SPECS = {
+    "executions": _Spec(t.executions, "start_time", "status", ("start_time", "execution_id"),
+                        latest=True),
+    "runs": _Spec(t.run_state, "created_at", "phase", ("run_number", "namespace")),
+    "stf_files": _Spec(t.stf_files, "created_at", "status",
+                       ("run_number", "namespace", "sequence", "filename")),
+    "tf_samples": _Spec(t.tf_samples, "created_at", "status",
+                        ("run_number", "namespace", "tf_filename")),
+    "slices": _Spec(t.tf_slices, "created_at", "status",
+                    ("run_number", "namespace", "tf_filename", "slice_id")),
+    "unmatched_results": _Spec(t.unmatched_results, "created_at", "status",
+                               ("run_number", "namespace", "tf_filename", "slice_id")),
+    "datasets": _Spec(t.datasets, "created_at", "state", ("run_number", "namespace", "scope",
+                                                          "name")),
+    "tasks": _Spec(t.panda_tasks, "updated_at", "status", ("run_number", "namespace",
+                                                          "task_key")),
+    "agents": _Spec(t.agents, "last_heartbeat", None, ("namespace", "name")),
+    "logs": _Spec(t.logs, "time", "level", ("position",), latest=True),
+}
+TIME_COLUMNS = {name: spec.time for name, spec in SPECS.items()}
+# Columns a query returns (all of the table's but internal bookkeeping), in display order.
+COLUMNS = {name: tuple(str(c.name) for c in spec.table.columns if c.name != "task_key")
+           for name, spec in SPECS.items()}
+
+
+def _moment(value: When) -> str | None:
+    if value is None:
+        return None
+    return format_time(value if isinstance(value, datetime) else parse_time(value))
+
+
+def _row(row: sa.Row[Any]) -> dict[str, Any]:
+    values = {str(key): value for key, value in row._mapping.items()}  # not quoted_name
+    if values.get("namespace") == "":
+        values["namespace"] = None
+    for name in ("parameters", "runs"):
+        if isinstance(values.get(name), str):
+            values[name] = orjson.loads(values[name])
+    if "final" in values:
+        values["final"] = bool(values["final"])
+    values.pop("task_key", None)
+    return values
+
+
+def query(engine: sa.Engine, name: str, *, execution_id: str | None = None,
+          run: int | None = None, namespace: str | None = None, status: str | None = None,
+          since: When = None, until: When = None, limit: int | None = None
+          ) -> list[dict[str, Any]]:
+    """Rows of one projection (``SPECS`` names), filtered."""
+    spec = SPECS[name]
+    table = spec.table
+    columns = table.c
+    statement = sa.select(table)
+    if execution_id is not None:
+        if "execution_id" in columns:
+            statement = statement.where(columns.execution_id == execution_id)
+        else:  # rows of the execution's runs
+            runs = sa.select(t.run_state.c.run_number, t.run_state.c.namespace).where(
+                t.run_state.c.execution_id == execution_id)
+            statement = statement.where(
+                sa.tuple_(columns.run_number, columns.namespace).in_(runs))
+    if run is not None:
+        if "run_number" not in columns:
+            raise ValueError(f"{name} rows have no run")
+        statement = statement.where(columns.run_number == run)
+    if namespace is not None:
+        statement = statement.where(columns.namespace == namespace)
+    if status is not None and spec.status is not None:
+        statement = statement.where(columns[spec.status] == status)
+    if since is not None:
+        statement = statement.where(columns[spec.time] >= _moment(since))
+    if until is not None:
+        statement = statement.where(columns[spec.time] <= _moment(until))
+    order = [columns[c] for c in spec.order]
+    if limit is not None and spec.latest:
+        statement = statement.order_by(*(c.desc() for c in order)).limit(limit)
+    else:
+        statement = statement.order_by(*order).limit(limit)
+    with engine.connect() as conn:
+        rows = [_row(row) for row in conn.execute(statement)]
+    if limit is not None and spec.latest:
+        rows.reverse()
+    return rows
+
+
+def executions(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
+    return query(engine, "executions", **filters)
+
+
+def runs(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
+    """run_state rows; ``status`` filters on the phase."""
+    return query(engine, "runs", **filters)
+
+
+def stf_files(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
+    return query(engine, "stf_files", **filters)
+
+
+def tf_samples(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
+    return query(engine, "tf_samples", **filters)
+
+
+def slices(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
+    return query(engine, "slices", **filters)
+
+
+def unmatched_results(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
+    return query(engine, "unmatched_results", **filters)
+
+
+def datasets(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
+    """Datasets; ``status`` filters on the state (open/closed)."""
+    return query(engine, "datasets", **filters)
+
+
+def dataset_files(engine: sa.Engine, scope: str, dataset: str, *,
+                  namespace: str | None = None) -> list[dict[str, Any]]:
+    statement = (sa.select(t.dataset_files)
+                 .where(t.dataset_files.c.scope == scope, t.dataset_files.c.dataset == dataset)
+                 .order_by(t.dataset_files.c.name))
+    if namespace is not None:
+        statement = statement.where(t.dataset_files.c.namespace == namespace)
+    with engine.connect() as conn:
+        return [_row(row) for row in conn.execute(statement)]
+
+
+def tasks(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
+    return query(engine, "tasks", **filters)
+
+
+def logs(engine: sa.Engine, *, level: str | None = None, **filters: Any) -> list[dict[str, Any]]:
+    """agent_log records; ``level`` (or ``status``) filters on the level."""
+    if level is not None:
+        filters["status"] = level.upper()
+    return query(engine, "logs", **filters)
+
+
+def agents(engine: sa.Engine, *, namespace: str | None = None, status: str | None = None,
+           since: When = None, until: When = None, limit: int | None = None,
+           now: When = None) -> list[dict[str, Any]]:
+    """Agents with their status at ``now`` (default: the wall clock): EXITED when the last
+    heartbeat is more than 3 minutes old, else the status the agent last reported."""
+    rows = query(engine, "agents", namespace=namespace, since=since, until=until)
+    moment = parse_time(_moment(now) or format_time(datetime.now(UTC)))
+    cutoff = format_time(moment - STALE_AFTER)
+    for row in rows:
+        beat = row["last_heartbeat"]
+        if beat is None or beat < cutoff:
+            row["status"] = "EXITED"
+    if status is not None:
+        rows = [row for row in rows if (row["status"] or "").upper() == status.upper()]
+    return rows[:limit] if limit is not None else rows
+
+
+# -- the execution summary -----------------------------------------------------------------
+
+SUMMARY_COUNTERS = ("stf_count", "stf_samples_received", "slices_created", "slices_queued",
+                    "slices_processing", "slices_completed", "slices_failed", "slice_retries")
+
+
+def execution_summary(engine: sa.Engine, execution_id: str, *, namespace: str | None = None,
+                      now: When = None) -> dict[str, Any] | None:
+    """One execution at a glance; None if unknown. Raises AmbiguousExecution when the id exists
+    in several namespaces and ``namespace`` is not given."""
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(t.executions).where(
+            t.executions.c.execution_id == execution_id)).all()
+        if namespace is not None:
+            found = [row for row in found if row.namespace == namespace]
+        if not found:
+            return None
+        if len(found) > 1:
+            spaces = ", ".join(sorted(repr(row.namespace) for row in found))
+            raise AmbiguousExecution(f"execution {execution_id} exists in namespaces {spaces}; "
+                                     f"pass a namespace")
+        execution = found[0]
+        ns = execution.namespace
+        mine = sa.and_  # rows of this execution in its namespace
+        runs = conn.execute(sa.select(t.run_state).where(mine(
+            t.run_state.c.namespace == ns, t.run_state.c.execution_id == execution_id))
+            .order_by(t.run_state.c.run_number)).all()
+        run_keys = [(row.run_number, ns) for row in runs]
+        sets = conn.execute(sa.select(t.datasets).where(mine(
+            t.datasets.c.namespace == ns, t.datasets.c.execution_id == execution_id))
+            .order_by(t.datasets.c.run_number, t.datasets.c.scope, t.datasets.c.name)).all()
+        jobs = conn.execute(sa.select(t.panda_tasks).where(mine(
+            t.panda_tasks.c.namespace == ns, t.panda_tasks.c.execution_id == execution_id))
+            .order_by(t.panda_tasks.c.run_number, t.panda_tasks.c.task_key)).all()
+        unmatched = conn.execute(sa.select(t.unmatched_results).where(
+            sa.tuple_(t.unmatched_results.c.run_number, t.unmatched_results.c.namespace)
+            .in_(run_keys)).order_by(*t.unmatched_results.primary_key.columns)).all() \
+            if run_keys else []
+        rejected = conn.execute(
+            sa.select(events.c.position, events.c.msg_type, events.c.reject_reason)
+            .where(events.c.execution_id == execution_id, events.c.reject_reason.is_not(None))
+            .order_by(events.c.position)).all()
+        bad_logs = conn.execute(sa.select(t.logs).where(mine(
+            t.logs.c.namespace == ns, t.logs.c.execution_id == execution_id,
+            t.logs.c.level.in_(ERROR_LEVELS))).order_by(t.logs.c.position)).all()
+    totals = {name: sum(getattr(row, name) for row in runs) for name in SUMMARY_COUNTERS}
+    latest = max(runs, key=lambda row: (row.created_at or "", row.run_number), default=None)
+    end_time = execution.end_time
+    finish = end_time
+    if finish is None and execution.status == "running":  # still going: its age so far
+        finish = _moment(now) or format_time(datetime.now(UTC))
+    duration = None
+    if execution.start_time is not None and finish is not None:
+        duration = round((parse_time(finish) - parse_time(execution.start_time))
+                         .total_seconds(), 3)
+    return {
+        "execution_id": execution.execution_id,
+        "workflow": execution.workflow,
+        "namespace": execution.namespace or None,
+        "status": execution.status,
+        "phase": latest.phase if latest is not None else None,
+        "runs": [row.run_number for row in runs],
+        **totals,
+        "datasets": [{"run_number": row.run_number, "scope": row.scope, "name": row.name,
+                      "state": row.state, "file_count": row.file_count,
+                      "size_bytes": row.size_bytes} for row in sets],
+        "tasks": [{"run_number": row.run_number, "task_id": row.task_id, "status": row.status}
+                  for row in jobs],
+        "errors": _errors(runs, sets, jobs, unmatched, rejected, bad_logs),
+        "start_time": execution.start_time,
+        "end_time": end_time,
+        "duration_s": duration,
+    }
+
+
+def _errors(runs: Sequence[Any], sets: Sequence[Any], jobs: Sequence[Any],
+            unmatched: Sequence[Any], rejected: Sequence[Any], bad_logs: Sequence[Any]
+            ) -> list[str]:
+    kinds = [
+        [f"rejected message at position {row.position} ({row.msg_type or 'unknown type'}): "
+         f"{row.reject_reason}" for row in rejected],
+        [f"run {row.run_number} {row.outcome}: {row.outcome_error}" for row in runs
+         if row.outcome_error],
+        [f"dataset {row.scope}:{row.name} (run {row.run_number}): {row.error}" for row in sets
+         if row.error],
+        [f"panda task {row.task_id if row.task_id is not None else '(not submitted)'} "
+         f"(run {row.run_number}) {row.status}: {row.error}" for row in jobs if row.error],
+        [f"slice_result for unknown slice {row.tf_filename or '(no tf_filename)'}#"
+         f"{row.slice_id} (run {row.run_number}): {row.status}" for row in unmatched],
+        [f"{row.time} {row.level} {row.agent or '-'}: {row.message}" for row in bad_logs],
+    ]
+    errors: list[str] = []
+    for kind in kinds:
+        errors.extend(kind[:MAX_ERRORS_PER_KIND])
+        if len(kind) > MAX_ERRORS_PER_KIND:
+            errors.append(f"... and {len(kind) - MAX_ERRORS_PER_KIND} more like the above")
+    return errors

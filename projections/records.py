@@ -1,0 +1,190 @@
+"""The fold's in-memory state: one small record per projected row, plus the indexes that link
+them. Records are mutated in place by the fold and rendered to rows when a batch is flushed.
+
+Every field that later events are compared against (times that order "latest wins" updates,
+the slice attempt/rank) is a column too, so a record loaded back from its row folds on exactly
+as if it had never left memory: incremental catch-up equals rebuild.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Slice status ranks within one attempt: a later report never moves a slice back.
+RANK = {"queued": 0, "processing": 1, "failed": 2, "completed": 3}
+ATTEMPT = 4  # order = attempt * ATTEMPT + rank: one int compare decides if a report is newer
+MAX_RETRIES = 3  # a slice failed on its 3rd retry is failed for good
+
+RunKey = tuple[str, int]
+ItemKey = tuple[str, int, str]  # (namespace, run_number, file name)
+
+
+class RunRec:
+    __slots__ = ("ns", "run", "execution_id", "phase", "state", "substate", "state_at",
+                 "total_stf_files", "outcome", "outcome_error", "processed_at",
+                 "state_changed_at", "created_at", "updated_at", "stfs", "samples", "slices",
+                 "datasets", "tasks", "full", "counts")
+
+    def __init__(self, ns: str, run: int, time: str | None) -> None:
+        self.ns = ns
+        self.run = run
+        self.execution_id: str | None = None
+        self.phase: str | None = None
+        self.state: str | None = None
+        self.substate: str | None = None
+        self.state_at: str | None = None
+        self.total_stf_files: int | None = None
+        self.outcome: str | None = None
+        self.outcome_error: str | None = None
+        self.processed_at: str | None = None
+        self.state_changed_at: str | None = None
+        self.created_at = time
+        self.updated_at = time
+        self.stfs: list[StfRec] = []
+        self.samples: list[SampleRec] = []
+        self.slices: list[SliceRec] = []  # announced slices only (not unmatched results)
+        self.datasets: list[DatasetRec] = []
+        self.tasks: list[TaskRec] = []
+        self.full = True  # False: only the run_state row is loaded (its counts are as stored)
+        # stf, samples, slices created/queued/processing/completed/failed, retries
+        self.counts: tuple[int, ...] = (0, 0, 0, 0, 0, 0, 0, 0)
+
+
+class ExecRec:
+    __slots__ = ("ns", "execution_id", "workflow", "parameters", "runs")
+
+    def __init__(self, ns: str, execution_id: str) -> None:
+        self.ns = ns
+        self.execution_id = execution_id
+        self.workflow: str | None = None
+        self.parameters: Any = None
+        self.runs: set[RunRec] = set()
+
+
+class StfRec:
+    __slots__ = ("ns", "run", "filename", "sequence", "size_bytes", "checksum", "file_url",
+                 "generated_at", "ready_at", "created_at", "updated_at", "status")
+
+    def __init__(self, ns: str, run: int, filename: str, time: str | None) -> None:
+        self.ns = ns
+        self.run = run
+        self.filename = filename
+        self.sequence: int | None = None
+        self.size_bytes: int | None = None
+        self.checksum: str | None = None
+        self.file_url: str | None = None
+        self.generated_at: str | None = None
+        self.ready_at: str | None = None
+        self.created_at = time
+        self.updated_at = time
+        self.status = "registered"
+
+
+class SampleRec:
+    __slots__ = ("ns", "run", "tf_filename", "stf_filename", "tf_first", "tf_last", "tf_count",
+                 "created_at", "updated_at", "status")
+
+    def __init__(self, ns: str, run: int, tf_filename: str, time: str | None) -> None:
+        self.ns = ns
+        self.run = run
+        self.tf_filename = tf_filename
+        self.stf_filename: str | None = None
+        self.tf_first: int | None = None
+        self.tf_last: int | None = None
+        self.tf_count: int | None = None
+        self.created_at = time
+        self.updated_at = time
+        self.status = "registered"
+
+
+class SliceRec:
+    __slots__ = ("ns", "run", "tf_filename", "slice_id", "stf_filename", "start", "end",
+                 "tf_count", "status", "retries", "order", "worker", "error", "created_at",
+                 "updated_at", "announced", "in_db")
+
+    def __init__(self, ns: str, run: int, tf_filename: str, slice_id: int, time: str | None
+                 ) -> None:
+        self.ns = ns
+        self.run = run
+        self.tf_filename = tf_filename
+        self.slice_id = slice_id
+        self.stf_filename: str | None = None
+        self.start: int | None = None
+        self.end: int | None = None
+        self.tf_count: int | None = None
+        self.status = "queued"
+        self.retries = 0
+        self.order = -1  # nothing reported yet: any report is newer
+        self.worker: str | None = None
+        self.error: str | None = None
+        self.created_at = time
+        self.updated_at = time
+        self.announced = False  # a `slice` message was seen (else: an unmatched result)
+        self.in_db: str | None = None  # which table holds its row: None, "slice", "unmatched"
+
+    @property
+    def final(self) -> bool:
+        return self.status == "failed" and self.retries >= MAX_RETRIES
+
+
+class FileRec:
+    __slots__ = ("name", "size_bytes", "checksum", "attached_at")
+
+    def __init__(self, name: str, size_bytes: int | None, checksum: str | None,
+                 attached_at: str | None) -> None:
+        self.name = name
+        self.size_bytes = size_bytes
+        self.checksum = checksum
+        self.attached_at = attached_at
+
+
+class DatasetRec:
+    __slots__ = ("ns", "run", "scope", "name", "state", "error", "error_at", "opened_at",
+                 "closed_at", "created_at", "updated_at", "files", "dirty_files")
+
+    def __init__(self, ns: str, run: int, scope: str, name: str, time: str | None) -> None:
+        self.ns = ns
+        self.run = run
+        self.scope = scope
+        self.name = name
+        self.state: str | None = None
+        self.error: str | None = None
+        self.error_at: str | None = None
+        self.opened_at: str | None = None
+        self.closed_at: str | None = None
+        self.created_at = time
+        self.updated_at = time
+        self.files: dict[str, FileRec] = {}
+        self.dirty_files: set[str] = set()
+
+
+class TaskRec:
+    __slots__ = ("ns", "run", "task_key", "task_id", "input_dataset", "status", "error",
+                 "submitted_at", "updated_at")
+
+    def __init__(self, ns: str, run: int, task_key: int) -> None:
+        self.ns = ns
+        self.run = run
+        self.task_key = task_key
+        self.task_id: int | None = task_key or None
+        self.input_dataset: str | None = None
+        self.status: str | None = None
+        self.error: str | None = None
+        self.submitted_at: str | None = None
+        self.updated_at: str | None = None
+
+
+class AgentRec:
+    __slots__ = ("ns", "name", "agent_type", "status", "operational_state", "pid", "hostname",
+                 "first_seen", "last_heartbeat")
+
+    def __init__(self, ns: str, name: str, time: str | None) -> None:
+        self.ns = ns
+        self.name = name
+        self.agent_type: str | None = None
+        self.status: str | None = None
+        self.operational_state: str | None = None
+        self.pid: int | None = None
+        self.hostname: str | None = None
+        self.first_seen = time
+        self.last_heartbeat: str | None = None

@@ -1,0 +1,227 @@
+"""The projection tables (SQLAlchemy Core), DESIGN section 5. Migrations create them.
+
+Every row of a run carries its run's key, ``(run_number, namespace)``, first in its primary key:
+loading a run's rows for an incremental catch-up is then one index range per table, and a
+message of one namespace can never touch a row of another. ``namespace`` is ``''`` when a
+message carried none (a primary key column cannot be NULL on PostgreSQL); the query API shows
+it as None again. Times are ISO-8601 UTC text in the store's one format, so text order is time
+order.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# SQLite: tables clustered on their primary key (no separate rowid b-tree plus key index); a
+# rebuild's inserts, in key order, then touch one b-tree instead of two.
+CLUSTERED = {"sqlite_with_rowid": False}
+
+TIME = sa.String(32)
+NAME = sa.String(300)
+RUN = sa.BigInteger()
+
+
+def _run_key() -> list[sa.Column]:
+    return [sa.Column("run_number", RUN, primary_key=True),
+            sa.Column("namespace", NAME, primary_key=True)]
+
+
+executions = sa.Table(
+    "executions", metadata,
+    sa.Column("namespace", NAME, primary_key=True),
+    sa.Column("execution_id", NAME, primary_key=True),
+    sa.Column("workflow", NAME),
+    sa.Column("parameters", sa.Text()),  # orjson text of run_imminent.workflow_params
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("start_time", TIME),
+    sa.Column("end_time", TIME),
+    sa.Column("runs", sa.Text(), nullable=False),  # orjson text: sorted run numbers
+    sa.Column("run_count", sa.Integer(), nullable=False),
+    sa.Column("stf_count", sa.Integer(), nullable=False),
+    sa.Column("stf_samples_received", sa.Integer(), nullable=False),
+    sa.Column("slices_created", sa.Integer(), nullable=False),
+    sa.Column("slices_completed", sa.Integer(), nullable=False),
+    sa.Column("slices_failed", sa.Integer(), nullable=False),
+    sa.Column("updated_at", TIME),
+    **CLUSTERED,
+)
+
+run_state = sa.Table(
+    "run_state", metadata,
+    *_run_key(),
+    sa.Column("execution_id", NAME),
+    sa.Column("phase", sa.String(20)),
+    sa.Column("state", NAME),
+    sa.Column("substate", NAME),
+    sa.Column("state_at", TIME),  # time of the message state/substate came from
+    sa.Column("total_stf_files", sa.Integer()),
+    sa.Column("stf_count", sa.Integer(), nullable=False),
+    sa.Column("stf_samples_received", sa.Integer(), nullable=False),
+    sa.Column("slices_created", sa.Integer(), nullable=False),
+    sa.Column("slices_queued", sa.Integer(), nullable=False),
+    sa.Column("slices_processing", sa.Integer(), nullable=False),
+    sa.Column("slices_completed", sa.Integer(), nullable=False),
+    sa.Column("slices_failed", sa.Integer(), nullable=False),
+    sa.Column("slice_retries", sa.Integer(), nullable=False),
+    sa.Column("outcome", sa.String(20)),  # run_processed.status
+    sa.Column("outcome_error", sa.Text()),
+    sa.Column("processed_at", TIME),
+    sa.Column("state_changed_at", TIME),
+    sa.Column("created_at", TIME),
+    sa.Column("updated_at", TIME),
+    sa.Index("ix_run_state_execution", "execution_id"),
+    **CLUSTERED,
+)
+
+stf_files = sa.Table(
+    "stf_files", metadata,
+    *_run_key(),
+    sa.Column("filename", NAME, primary_key=True),
+    sa.Column("sequence", sa.Integer()),
+    sa.Column("size_bytes", sa.BigInteger()),
+    sa.Column("checksum", sa.String(100)),
+    sa.Column("file_url", sa.Text()),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("generated_at", TIME),  # first stf_gen
+    sa.Column("ready_at", TIME),  # first stf_ready
+    sa.Column("created_at", TIME),
+    sa.Column("updated_at", TIME),
+    **CLUSTERED,
+)
+
+tf_samples = sa.Table(
+    "tf_samples", metadata,
+    *_run_key(),
+    sa.Column("tf_filename", NAME, primary_key=True),
+    sa.Column("stf_filename", NAME),
+    sa.Column("tf_first", sa.BigInteger()),
+    sa.Column("tf_last", sa.BigInteger()),
+    sa.Column("tf_count", sa.Integer()),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("created_at", TIME),
+    sa.Column("updated_at", TIME),
+    **CLUSTERED,
+)
+
+
+def _slice_columns() -> list[sa.Column]:
+    return [*_run_key(),
+            sa.Column("tf_filename", NAME, primary_key=True),
+            sa.Column("slice_id", sa.Integer(), primary_key=True, autoincrement=False),
+            sa.Column("status", sa.String(20), nullable=False),
+            sa.Column("retries", sa.Integer(), nullable=False),
+            sa.Column("worker", NAME),
+            sa.Column("error", sa.Text()),
+            sa.Column("created_at", TIME),
+            sa.Column("updated_at", TIME)]
+
+
+tf_slices = sa.Table(
+    "tf_slices", metadata,
+    *_slice_columns(),
+    sa.Column("stf_filename", NAME),
+    sa.Column("start", sa.BigInteger()),
+    sa.Column("end", sa.BigInteger()),
+    sa.Column("tf_count", sa.Integer()),
+    sa.Column("final", sa.Boolean(), nullable=False),  # failed for good (retries exhausted)
+    **CLUSTERED,
+)
+
+# slice_results for a slice no `slice` message announced (yet): kept, reported, and folded into
+# the slice the moment it appears.
+unmatched_results = sa.Table("unmatched_results", metadata, *_slice_columns(), **CLUSTERED)
+
+datasets = sa.Table(
+    "datasets", metadata,
+    *_run_key(),
+    sa.Column("scope", NAME, primary_key=True),
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("execution_id", NAME),
+    sa.Column("state", sa.String(20)),
+    sa.Column("file_count", sa.Integer(), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+    sa.Column("error", sa.Text()),
+    sa.Column("error_at", TIME),
+    sa.Column("opened_at", TIME),
+    sa.Column("closed_at", TIME),
+    sa.Column("created_at", TIME),
+    sa.Column("updated_at", TIME),
+    **CLUSTERED,
+)
+
+dataset_files = sa.Table(
+    "dataset_files", metadata,
+    *_run_key(),
+    sa.Column("scope", NAME, primary_key=True),
+    sa.Column("dataset", NAME, primary_key=True),
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("size_bytes", sa.BigInteger()),
+    sa.Column("checksum", sa.String(100)),
+    sa.Column("attached_at", TIME),
+    **CLUSTERED,
+)
+
+panda_tasks = sa.Table(
+    "panda_tasks", metadata,
+    *_run_key(),
+    # task_id, or 0 for a submission that got no task id (it failed): one row per run then.
+    sa.Column("task_key", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("task_id", sa.BigInteger()),
+    sa.Column("execution_id", NAME),
+    sa.Column("input_dataset", NAME),
+    sa.Column("status", sa.String(40)),
+    sa.Column("error", sa.Text()),
+    sa.Column("submitted_at", TIME),
+    sa.Column("updated_at", TIME),
+    **CLUSTERED,
+)
+
+agents = sa.Table(
+    "agents", metadata,
+    sa.Column("namespace", NAME, primary_key=True),
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("agent_type", NAME),
+    sa.Column("status", sa.String(40)),
+    sa.Column("operational_state", sa.String(40)),
+    sa.Column("pid", sa.Integer()),
+    sa.Column("hostname", NAME),
+    sa.Column("first_seen", TIME),
+    sa.Column("last_heartbeat", TIME),
+    **CLUSTERED,
+)
+
+logs = sa.Table(
+    "logs", metadata,
+    sa.Column("position", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("time", TIME, nullable=False),
+    sa.Column("level", sa.String(20)),
+    sa.Column("agent", NAME),
+    sa.Column("module", NAME),
+    sa.Column("message", sa.Text()),
+    sa.Column("namespace", NAME, nullable=False),
+    sa.Column("execution_id", NAME),
+    sa.Column("run_number", RUN),
+    sa.Index("ix_logs_execution", "execution_id"),
+)
+
+projection_checkpoints = sa.Table(
+    "projection_checkpoints", metadata,
+    sa.Column("name", sa.String(50), primary_key=True),
+    sa.Column("position", sa.BigInteger(), nullable=False),
+    **CLUSTERED,
+)
+
+# Projection name -> the tables it owns, in write order. Checkpoints are kept per name.
+PROJECTIONS: dict[str, tuple[sa.Table, ...]] = {
+    "executions": (executions,),
+    "run_state": (run_state,),
+    "stf_files": (stf_files,),
+    "tf_samples": (tf_samples,),
+    "tf_slices": (tf_slices, unmatched_results),
+    "datasets": (datasets, dataset_files),
+    "panda_tasks": (panda_tasks,),
+    "agents": (agents,),
+    "logs": (logs,),
+}

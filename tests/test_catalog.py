@@ -1,0 +1,178 @@
+"""The message catalog: validation reasons and normalization of the upstream variants."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventstore.catalog import CATALOG, MAX_BODY_BYTES, RUNLESS, examine
+
+
+def body(**fields: object) -> bytes:
+    return orjson.dumps(fields)
+
+
+def ok(raw: bytes, destination: str = "/topic/epictopic") -> dict:
+    verdict = examine(raw, destination)
+    assert verdict.reason is None, verdict.reason
+    assert verdict.data is not None
+    return verdict.data
+
+
+def rejected(raw: bytes, expected_namespace: str | None = None) -> str:
+    verdict = examine(raw, "/topic/epictopic", expected_namespace)
+    assert verdict.data is None
+    assert verdict.reason
+    return verdict.reason
+
+
+@pytest.mark.parametrize(("raw", "fragment"), [
+    (b"", "empty body"),
+    (b"   ", "empty body"),
+    (b"not json", "not JSON"),
+    (b"\xff\xfe\x00binary", "not JSON"),
+    (b"[1, 2]", "JSON array"),
+    (b"42", "JSON int"),
+    (b'"text"', "JSON str"),
+    (b"{}", "missing msg_type"),
+    (b'{"msg_type": 3, "run_id": 1}', "msg_type must be a string"),
+    (b'{"msg_type": "launch_rockets", "run_id": 1}', "unknown msg_type 'launch_rockets'"),
+    (b'{"msg_type": "stf_gen", "filename": "a.stf"}', "stf_gen needs a run_id"),
+    (b'{"msg_type": "stf_gen", "run_id": 1}', "missing required field 'filename'"),
+    (b'{"msg_type": "stf_gen", "run_id": 1, "filename": 7}', "stf_gen.filename must be a string"),
+    (b'{"msg_type": "stf_gen", "run_id": "x1", "filename": "a"}', "run_id must be an integer"),
+    (b'{"msg_type": "stf_gen", "run_id": true, "filename": "a"}', "run_id must be an integer"),
+    (b'{"msg_type": "end_run", "run_id": 1, "total_stf_files": "ten"}', "must be an integer"),
+    (b'{"msg_type": "stf_ready", "run_id": 1, "filename": "a", "size_bytes": -1}',
+     "must not be negative"),
+    (b'{"msg_type": "slice_result", "run_id": 1, "slice_id": 1, "status": "exploded"}',
+     "status 'exploded'"),
+    (b'{"msg_type": "start_run", "run_id": 1, "timestamp": "yesterday"}', "not an ISO-8601"),
+    (b'{"msg_type": "start_run", "run_id": 1, "execution_id": 5}', "execution_id must be"),
+])
+def test_bad_input_is_rejected_with_a_precise_reason(raw: bytes, fragment: str) -> None:
+    assert fragment in rejected(raw)
+
+
+def test_oversize_body_is_rejected_unread() -> None:
+    raw = b'{"msg_type": "agent_log", "level": "INFO", "message": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    assert "over the" in rejected(raw)
+
+
+def test_wrong_namespace_is_rejected_when_the_store_has_one() -> None:
+    raw = body(msg_type="start_run", run_id=1, namespace="other")
+    assert "namespace 'other'" in rejected(raw, expected_namespace="mine")
+    assert ok(raw)["namespace"] == "other"  # without an expectation it is fine
+
+
+def test_envelope_columns_are_read_even_from_rejected_messages() -> None:
+    verdict = examine(body(msg_type="stf_gen", run_id="101993", execution_id="e-1", sender="daq"))
+    assert verdict.reason and "filename" in verdict.reason
+    assert (verdict.msg_type, verdict.run_id, verdict.execution_id, verdict.sender) == (
+        "stf_gen", 101993, "e-1", "daq")
+
+
+@pytest.mark.parametrize(("given_checksum", "normalized"), [
+    ("ad:0A1b2C3d", "0a1b2c3d"), ("0A1B2C3D", "0a1b2c3d"), ("1f2", "000001f2"),
+    ("", None), ("ad:", None), (None, None), ("not-hex!", "not-hex!"),
+])
+def test_checksum_variants(given_checksum: str | None, normalized: str | None) -> None:
+    data = ok(body(msg_type="stf_ready", run_id=1, filename="a.stf", checksum=given_checksum))
+    assert data["checksum"] == normalized
+
+
+def test_upstream_stf_ready_with_nulls_and_size_alias() -> None:
+    data = ok(body(msg_type="stf_ready", run_id="7", filename="a.stf", size=123,
+                   checksum=None, file_url=None))
+    assert (data["run_id"], data["size_bytes"], data["checksum"], data["file_url"]) == (
+        7, 123, None, None)
+    data = ok(body(msg_type="stf_ready", run_id=7, filename="a.stf", size_bytes=None))
+    assert data["size_bytes"] is None
+
+
+def test_total_files_alias_and_missing_execution_id() -> None:
+    data = ok(body(msg_type="end_run", run_id=3, total_files=10))
+    assert data["total_stf_files"] == 10
+    assert data["execution_id"] is None  # the store resolves it from the run
+
+
+def test_upstream_slice_in_content_object() -> None:
+    data = ok(body(msg_type="slice", run_id=101993, created_at="2025-10-01T12:00:00.5",
+                   content={"run_id": 101993, "execution_id": "exe-1", "req_id": "r",
+                            "filename": "swf.101993.000001.stf",
+                            "tf_filename": "swf.101993.000001_slice_003.tf", "slice_id": 3,
+                            "start": 198, "end": 263, "tf_count": 66, "state": "queued"}),
+              "/queue/panda.transformer.slices")
+    assert data["stf_filename"] == "swf.101993.000001.stf"
+    assert (data["slice_id"], data["start"], data["end"], data["retry"]) == (3, 198, 263, 0)
+    assert data["execution_id"] == "exe-1"
+    assert data["timestamp"] == "2025-10-01T12:00:00.500000Z"
+
+
+@pytest.mark.parametrize(("state", "status"), [("done", "completed"), ("failed", "failed"),
+                                                ("running", "processing")])
+def test_upstream_slice_result_in_content_object(state: str, status: str) -> None:
+    data = ok(body(msg_type="slice_result", run_id="101993",
+                   content={"state": state, "result": {"result": {
+                       "slice_id": 9, "tf_filename": "t.tf", "processed": state == "done"}}}),
+              "/queue/panda.results.fastprocessing")
+    assert (data["slice_id"], data["status"], data["tf_filename"], data["run_id"]) == (
+        9, status, "t.tf", 101993)
+
+
+def test_unknown_fields_pass_through() -> None:
+    assert ok(body(msg_type="start_run", run_id=1, extra={"a": 1}))["extra"] == {"a": 1}
+
+
+# --- properties -------------------------------------------------------------------------------
+
+run_ids = st.one_of(st.integers(0, 10**9), st.integers(0, 10**9).map(str))
+checksums = st.one_of(st.none(), st.just(""),
+                      st.integers(0, 2**32 - 1).map(lambda n: f"{n:x}"),
+                      st.integers(0, 2**32 - 1).map(lambda n: f"ad:{n:08X}"))
+
+
+@given(run_id=run_ids, checksum=checksums, size=st.one_of(st.none(), st.integers(0, 2**40)),
+       size_key=st.sampled_from(["size", "size_bytes"]))
+def test_stf_ready_variants_normalize_to_one_shape(run_id, checksum, size, size_key) -> None:
+    data = ok(orjson.dumps({"msg_type": "stf_ready", "run_id": run_id, "filename": "f.stf",
+                            "checksum": checksum, size_key: size}))
+    assert data["run_id"] == int(run_id)
+    assert data["size_bytes"] == size
+    if checksum in (None, ""):
+        assert data["checksum"] is None
+    else:
+        assert len(data["checksum"]) == 8
+        assert int(data["checksum"], 16) == int(checksum.removeprefix("ad:"), 16)
+
+
+@given(st.binary(max_size=200))
+def test_examine_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
+    verdict = examine(raw)
+    assert (verdict.data is None) != (verdict.reason is None)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | st.just(1.5) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=2),
+    max_leaves=4)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(msg_type=st.sampled_from(sorted(CATALOG)),
+       fields=st.dictionaries(st.sampled_from(sorted({f for spec in CATALOG.values()
+                                                      for f in spec} | {"run_id"})),
+                              json_values, max_size=6))
+def test_examine_is_total_and_normalization_is_idempotent(msg_type, fields) -> None:
+    raw = orjson.dumps({"msg_type": msg_type, **fields})
+    verdict = examine(raw)
+    assert (verdict.data is None) != (verdict.reason is None)
+    if verdict.data is not None:
+        if msg_type not in RUNLESS:
+            assert isinstance(verdict.data["run_id"], int)
+        again = examine(orjson.dumps(verdict.data))
+        assert again.reason is None
+        assert again.data == verdict.data

@@ -1,0 +1,119 @@
+"""Workflow configs: the shipped TOML, --set coercion, validation errors."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+
+import pytest
+
+from agents.config import ConfigError, load_workflow, param, resolve, shipped_workflows
+
+
+def test_shipped_fast_processing_has_the_seed_keys_and_values() -> None:
+    text = (resources.files("agents") / "workflows" / "fast_processing_default.toml").read_text()
+    raw = tomllib.loads(text)
+    assert raw["testbed"] == {"namespace": "torre2"}
+    assert raw["agents"] == {"data": {"enabled": True}, "fastmon": {"enabled": True},
+                             "fast_processing": {"enabled": True}}
+    assert raw["fast_processing"] == {"stf_count": 10, "physics_period_count": 1,
+                                      "target_worker_count": 30, "stf_sampling_rate": 1.0,
+                                      "slices_per_sample": 15, "slice_processing_time": 30}
+    assert set(raw) == {"testbed", "agents", "fast_processing", "daq", "fastmon"}
+    assert raw["fastmon"] == {"tf_count_per_stf": 1000, "tf_size_fraction": 0.15,
+                              "tf_files_per_stf": 1}
+    assert set(raw["daq"]) == {"imminent_delay", "stf_interval", "standby_duration",
+                               "stf_size_bytes"}
+
+
+def test_shipped_workflows_are_listed_and_resolve() -> None:
+    assert "fast_processing" in shipped_workflows()
+    config = load_workflow()
+    assert config.workflow == "fast_processing"
+    assert config.get("testbed.namespace") == "torre2"
+    assert config.get("workers.failure_fraction") == 0.0  # a built-in default
+    assert config.enabled("fastmon") and not config.enabled("processing")
+
+
+def test_set_overrides_are_coerced_by_the_settings_type() -> None:
+    config = load_workflow("fast_processing", [
+        "fast_processing.stf_count=20", "fast_processing.stf_sampling_rate=0.5",
+        "fast_processing.slice_processing_time=2.5", "agents.fastmon.enabled=no",
+        "workers.payload_command=echo hi", "daq.stf_interval=1", "testbed.namespace=x"])
+    assert config.get("fast_processing.stf_count") == 20
+    assert config.get("fast_processing.stf_sampling_rate") == 0.5
+    assert config.get("fast_processing.slice_processing_time") == 2.5
+    assert config.get("agents.fastmon.enabled") is False
+    assert config.get("workers.payload_command") == "echo hi"
+    assert config.get("daq.stf_interval") == 1
+    assert config.get("testbed.namespace") == "x"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("fast_processing.stf_cnt=3", "did you mean 'fast_processing.stf_count'"),
+    ("fast_processing.stf_count=ten", "expected an integer"),
+    ("fast_processing.stf_count=1.5", "expected an integer"),
+    ("agents.data.enabled=maybe", "expected true or false"),
+    ("fast_processing.stf_sampling_rate=1.5", "must be between 0 and 1"),
+    ("fast_processing.stf_count=0", "must be > 0"),
+    ("fast_processing.stf_count", "expected section.key=value"),
+    ("nosuch.key=1", "unknown setting"),
+])
+def test_bad_overrides_are_clear_errors(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_workflow("fast_processing", [override])
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_workflow("fast_processing", ["fast_processing.stf_count=x", "workers.nope=1"])
+    assert len(str(caught.value).splitlines()) == 2
+
+
+def test_unknown_workflow_and_bad_files(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="unknown workflow 'nope'.*fast_processing"):
+        load_workflow("nope")
+    with pytest.raises(ConfigError, match="cannot read workflow file"):
+        load_workflow(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[testbed\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_workflow(broken)
+    typed = tmp_path / "typed.toml"
+    typed.write_text('[fast_processing]\nstf_count = "ten"\n')
+    with pytest.raises(ConfigError, match="stf_count must be an integer"):
+        load_workflow(typed)
+
+
+def test_a_file_names_its_workflow_by_stem_or_testbed_key(tmp_path) -> None:
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[testbed]\nworkflow = "fast_processing"\n'
+                    "[agents.fast_processing]\nenabled = true\n"
+                    "[fast_processing]\nstf_count = 2\n")
+    config = load_workflow(mine, ["fast_processing.slices_per_sample=4"])
+    assert config.workflow == "fast_processing"
+    assert config.get("fast_processing.stf_count") == 2
+    assert config.get("fast_processing.target_worker_count") == 30
+    assert config.get("workers.fail_attempts") == 0
+    other = tmp_path / "quick_default.toml"
+    other.write_text("[agents.data]\nenabled = true\n")
+    quick = load_workflow(other, ["quick.stf_count=3"])
+    assert quick.workflow == "quick" and quick.get("quick.stf_count") == 3
+    assert "fastmon" not in quick.params  # sections of disabled agents are not filled in
+
+
+def test_keys_of_other_sections_take_their_type_from_the_file() -> None:
+    config = resolve({"processing": {"close_timeout": 60, "site": "E1"}},
+                     default_workflow="prompt_processing",
+                     overrides=["processing.close_timeout=5", "processing.site=E2"])
+    assert config.get("processing.close_timeout") == 5
+    assert config.get("processing.site") == "E2"
+    with pytest.raises(ConfigError, match="expected an integer"):
+        resolve({"processing": {"close_timeout": 60}}, default_workflow="p",
+                overrides=["processing.close_timeout=soon"])
+
+
+def test_param_falls_back_to_defaults() -> None:
+    assert param({}, "fastmon.tf_count_per_stf") == 1000
+    assert param(None, "prompt_processing.stf_count") == 10
+    assert param({"fastmon": {"tf_count_per_stf": 7}}, "fastmon.tf_count_per_stf") == 7

@@ -1,0 +1,164 @@
+"""Schema creation and upgrade on open, version checks, and errors opening a store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from eventstore import migrate
+from eventstore.envelope import Incoming
+from eventstore.errors import SchemaTooNew, StoreUnavailable
+from eventstore.store import EventStore, create_engine
+
+HEAD = "0001"
+
+
+def _tables(engine: sa.Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+def _versions(engine: sa.Engine, table: str = migrate.STORE_VERSION_TABLE) -> list[str]:
+    with engine.connect() as conn:
+        return [row[0] for row in conn.execute(sa.text(f"SELECT version_num FROM {table}"))]
+
+
+def test_opening_a_fresh_database_creates_the_schema(db_url: str) -> None:
+    with EventStore(db_url) as store:
+        assert {"events", migrate.STORE_VERSION_TABLE} <= _tables(store.engine)
+        assert _versions(store.engine) == [HEAD]
+        indexes = {index["name"] for index in sa.inspect(store.engine).get_indexes("events")}
+        assert {"ix_events_execution", "ix_events_run", "ix_events_msg_type",
+                "ix_events_rejected"} <= indexes
+
+
+def test_opening_again_does_not_run_alembic(db_url: str, monkeypatch) -> None:
+    with EventStore(db_url) as store:
+        store.append([Incoming.of({"msg_type": "agent_log", "level": "INFO", "message": "x"})])
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("alembic ran on an up-to-date database")
+
+    monkeypatch.setattr(migrate.command, "upgrade", refuse)
+    with EventStore(db_url) as store:
+        assert store.head() == 1
+        assert _versions(store.engine) == [HEAD]
+
+
+def test_a_newer_revision_raises_schema_too_new(db_url: str) -> None:
+    with EventStore(db_url) as store, store.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {migrate.STORE_VERSION_TABLE} SET version_num = 'f00d'"))
+    with pytest.raises(SchemaTooNew) as raised:
+        EventStore(db_url)
+    text = str(raised.value)
+    assert "f00d" in text and HEAD in text and "\n" not in text
+
+
+def test_concurrent_first_opens_migrate_once(db_url: str) -> None:
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            barrier.wait(30)
+            EventStore(db_url).close()
+        except BaseException as problem:  # collected and asserted below
+            errors.append(problem)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    engine = create_engine(db_url)
+    assert _versions(engine) == [HEAD]
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_unreachable_postgres_is_store_unavailable_quickly() -> None:
+    began = time.monotonic()
+    with pytest.raises(StoreUnavailable) as raised:
+        EventStore("postgresql://postgres@127.0.0.1:1/test")
+    assert time.monotonic() - began < 10
+    assert "127.0.0.1" in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("url", ["no url at all", "nosuchdialect://x/y",
+                                 "sqlite:///{tmp}/missing-dir/swf.db"])
+def test_bad_urls_are_store_unavailable(url: str, tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable) as raised:
+        EventStore(url.format(tmp=tmp_path))
+    assert "\n" not in str(raised.value)
+
+
+def test_password_never_appears_in_the_error() -> None:
+    with pytest.raises(StoreUnavailable) as raised:
+        EventStore("postgresql://swf:s3cret@127.0.0.1:1/test")
+    assert "s3cret" not in str(raised.value)
+
+
+def test_url_defaults_and_driver_mapping(tmp_path: Path, monkeypatch) -> None:
+    assert create_engine("postgresql://u@h/db").dialect.driver == "psycopg"
+    assert create_engine("postgres://u@h/db").dialect.driver == "psycopg"
+    monkeypatch.setenv("SWF_DB", f"sqlite:///{tmp_path / 'env.db'}")
+    with EventStore() as store:
+        assert store.engine.url.database == str(tmp_path / "env.db")
+    monkeypatch.delenv("SWF_DB")
+    monkeypatch.chdir(tmp_path)
+    with EventStore() as store:
+        assert store.engine.url.database == "swf.db"
+    assert (tmp_path / "swf.db").exists()
+
+
+def test_sqlite_connections_use_wal(sqlite_url: str) -> None:
+    with EventStore(sqlite_url) as store, store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+
+
+ENV_PY = '''
+from alembic import context
+import sqlalchemy as sa
+from eventstore.migrate import run_migrations
+
+metadata = sa.MetaData()
+sa.Table("widgets", metadata, sa.Column("id", sa.Integer, primary_key=True))
+run_migrations(context, metadata)
+'''
+
+REVISION = '''
+import sqlalchemy as sa
+from alembic import op
+
+revision = "w1"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table("widgets", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade():
+    op.drop_table("widgets")
+'''
+
+
+def test_another_package_keeps_its_own_history(db_url: str, tmp_path: Path) -> None:
+    scripts = tmp_path / "widget_migrations"
+    (scripts / "versions").mkdir(parents=True)
+    (scripts / "env.py").write_text(ENV_PY)
+    (scripts / "versions" / "w1_widgets.py").write_text(REVISION)
+    with EventStore(db_url) as store:
+        migrate.upgrade(store.engine, str(scripts), "swf_schema_widgets")
+        migrate.upgrade(store.engine, str(scripts), "swf_schema_widgets")  # already current
+        assert {"events", "widgets"} <= _tables(store.engine)
+        assert _versions(store.engine, "swf_schema_widgets") == ["w1"]
+        assert _versions(store.engine) == [HEAD]

@@ -1,0 +1,690 @@
+"""Projections: each counter and status transition, the orders a real broker delivers, namespaces,
+checkpoints, rebuild vs catch-up, and the audit queries; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, TOPIC, Incoming, format_time
+from eventstore.store import EventStore
+from projections import projector as projector_module
+from projections import queries
+from projections import tables as t
+from projections.derive import snapshot
+from projections.fold import Fold
+from projections.projector import NAMES, Projector
+
+NS, EX, RUN = "torre2", "fast_processing-0001", 101993
+STF = [f"swf.{RUN}.{seq:06d}.stf" for seq in range(1, 6)]
+TF = [f"swf.{RUN}.{seq:06d}_tf_001.tf" for seq in range(1, 6)]
+BASE = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def at(second: float) -> str:
+    return format_time(BASE + timedelta(seconds=second))
+
+
+class Env:
+    """A store, its projector, and a message factory with a clock advancing a second a message."""
+
+    def __init__(self, url: str) -> None:
+        self.store = EventStore(url)
+        self.projector = Projector(self.store)
+        self.engine = self.store.engine
+        self.serial = 0
+
+    def msg(self, msg_type: str, *, run: int | None = RUN, ns: str | None = NS,
+            ex: str | None = EX, sender: str = "agent-1", time: float | None = None,
+            **payload: Any) -> dict[str, Any]:
+        self.serial += 1
+        message = {"msg_type": msg_type, "msg_id": f"m-{self.serial}", "namespace": ns,
+                   "execution_id": ex, "run_id": run, "sender": sender,
+                   "timestamp": at(self.serial if time is None else time), **payload}
+        return {key: value for key, value in message.items() if value is not None or
+                key in payload}
+
+    def send(self, *messages: dict[str, Any]) -> int:
+        destination = {"slice": SLICE_QUEUE, "slice_result": RESULT_QUEUE}
+        result = self.store.append(Incoming.of(m, destination.get(m["msg_type"], TOPIC))
+                                   for m in messages)
+        return self.projector.catch_up() if result.events else 0
+
+    def again(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The same message re-sent under a new id (a duplicate the store cannot see)."""
+        self.serial += 1
+        return {**message, "msg_id": f"m-{self.serial}"}
+
+    def rows(self, table: sa.Table, **where: Any) -> list[dict[str, Any]]:
+        statement = sa.select(table).where(*(table.c[k] == v for k, v in where.items()))
+        with self.engine.connect() as conn:
+            rows = conn.execute(statement.order_by(*table.primary_key.columns)).all()
+        return [dict(row._mapping) for row in rows]
+
+    def one(self, table: sa.Table, **where: Any) -> dict[str, Any]:
+        rows = self.rows(table, **where)
+        assert len(rows) == 1, rows
+        return rows[0]
+
+    def run_row(self, ns: str = NS, run: int = RUN) -> dict[str, Any]:
+        return self.one(t.run_state, namespace=ns, run_number=run)
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        with self.engine.connect() as conn:
+            return {table.name: [tuple(row) for row in conn.execute(
+                sa.select(table).order_by(*table.primary_key.columns))]
+                for tables in (t.PROJECTIONS.values()) for table in tables}
+
+    # the usual messages of one run
+    def start(self, ns: str = NS, ex: str = EX, run: int = RUN) -> list[dict[str, Any]]:
+        return [self.msg("run_imminent", ns=ns, ex=ex, run=run, workflow="fast_processing",
+                         workflow_params={"stf_count": 2}, state="beam",
+                         substate="not_ready"),
+                self.msg("start_run", ns=ns, ex=ex, run=run, state="run", substate="physics")]
+
+    def stf(self, i: int, **kw: Any) -> list[dict[str, Any]]:
+        return [self.msg("stf_gen", filename=STF[i], sequence=i + 1, state="run",
+                         substate="physics", file_url=f"file:///e0/{STF[i]}", **kw),
+                self.msg("stf_ready", filename=STF[i], sequence=i + 1, size_bytes=1000 + i,
+                         checksum=f"ad:{i + 10:08x}", file_url=f"file:///e1/{STF[i]}", **kw)]
+
+    def sample(self, i: int, **kw: Any) -> dict[str, Any]:
+        return self.msg("tf_file_registered", tf_filename=TF[i], stf_filename=STF[i],
+                        tf_first=1, tf_last=20, tf_count=20, **kw)
+
+    def slice(self, i: int, slice_id: int, retry: int = 0, **kw: Any) -> dict[str, Any]:
+        return self.msg("slice", slice_id=slice_id, tf_filename=TF[i], stf_filename=STF[i],
+                        start=slice_id * 10 + 1, end=slice_id * 10 + 10, tf_count=10,
+                        retry=retry, **kw)
+
+    def result(self, i: int, slice_id: int, status: str, retry: int | None = 0,
+               **kw: Any) -> dict[str, Any]:
+        payload = {"slice_id": slice_id, "tf_filename": TF[i], "status": status,
+                   "worker": f"worker-{slice_id}", **kw}
+        if retry is not None:
+            payload["retry"] = retry
+        if status == "failed":
+            payload.setdefault("error", "payload exit 1")
+        return self.msg("slice_result", **payload)
+
+
+@pytest.fixture
+def env(db_url: str) -> Iterator[Env]:
+    environment = Env(db_url)
+    yield environment
+    environment.store.close()
+
+
+def counters(row: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(row[name] for name in (
+        "stf_count", "stf_samples_received", "slices_created", "slices_queued",
+        "slices_processing", "slices_completed", "slices_failed"))
+
+
+# -- run state ---------------------------------------------------------------------------------
+
+def test_run_phases_follow_the_daq_and_never_leave_completed(env: Env) -> None:
+    imminent, start = env.start()
+    env.send(imminent)
+    row = env.run_row()
+    assert (row["phase"], row["state"], row["substate"]) == ("imminent", "beam", "not_ready")
+    assert row["state_changed_at"] == imminent["timestamp"]
+    assert row["execution_id"] == EX
+    env.send(start)
+    assert env.run_row()["phase"] == "physics"
+    pause = env.msg("pause_run", reason="beam loss", state="run", substate="standby")
+    env.send(pause)
+    row = env.run_row()
+    assert (row["phase"], row["substate"], row["state_changed_at"]) == (
+        "standby", "standby", pause["timestamp"])
+    resume = env.msg("resume_run", state="run", substate="physics")
+    env.send(resume)
+    assert (env.run_row()["phase"], env.run_row()["state_changed_at"]) == (
+        "physics", resume["timestamp"])
+    end = env.msg("end_run", total_stf_files=0, state="run", substate="end")
+    env.send(end)
+    row = env.run_row()
+    assert (row["phase"], row["substate"], row["total_stf_files"]) == ("completed", "end", 0)
+    # Late messages: a resume and a stf_gen stamped after the end change neither phase nor state.
+    env.send(env.msg("resume_run", state="run", substate="physics"), *env.stf(0))
+    row = env.run_row()
+    assert (row["phase"], row["state"], row["substate"]) == ("completed", "run", "end")
+    assert row["state_changed_at"] == end["timestamp"]
+    assert row["stf_count"] == 1  # the late file still counts
+
+
+def test_phase_follows_event_time_not_arrival_order(env: Env) -> None:
+    imminent, start = env.start()
+    pause = env.msg("pause_run", state="run", substate="standby")
+    resume = env.msg("resume_run", state="run", substate="physics")
+    env.send(start, imminent, resume, pause)  # delivered out of order
+    row = env.run_row()
+    assert (row["phase"], row["state_changed_at"], row["substate"]) == (
+        "physics", resume["timestamp"], "physics")
+
+
+def test_end_run_has_the_last_word_on_run_state_in_any_order(env: Env) -> None:
+    imminent, start = env.start()
+    end = env.msg("end_run", state="run", substate="end")
+    late = env.msg("stf_gen", filename=STF[0], state="run", substate="physics")  # after the end
+    env.send(imminent, start, late, end)  # ... but delivered before it
+    row = env.run_row()
+    assert (row["phase"], row["substate"], row["state_changed_at"]) == (
+        "completed", "end", end["timestamp"])
+
+
+# -- counters ----------------------------------------------------------------------------------
+
+def test_each_counter_follows_the_facts_and_duplicates_count_once(env: Env) -> None:
+    env.send(*env.start())
+    assert counters(env.run_row()) == (0, 0, 0, 0, 0, 0, 0)
+    gen, ready = env.stf(0)
+    env.send(gen, env.again(gen))
+    assert counters(env.run_row())[0] == 1
+    env.send(ready, *env.stf(1))
+    assert counters(env.run_row())[:2] == (2, 0)
+    sample = env.sample(0)
+    env.send(sample, env.again(sample))
+    assert counters(env.run_row())[:2] == (2, 1)
+    slices = [env.slice(0, k) for k in range(4)]
+    env.send(*slices, env.again(slices[0]))
+    assert counters(env.run_row()) == (2, 1, 4, 4, 0, 0, 0)
+    env.send(env.result(0, 0, "processing"), env.result(0, 1, "processing"))
+    assert counters(env.run_row()) == (2, 1, 4, 2, 2, 0, 0)
+    done = env.result(0, 0, "completed")
+    env.send(done, env.again(done), env.result(0, 1, "failed"))
+    assert counters(env.run_row()) == (2, 1, 4, 2, 0, 1, 1)
+    env.send(env.result(0, 2, "completed"), env.result(0, 3, "completed"))
+    row = env.run_row()
+    assert counters(row) == (2, 1, 4, 0, 0, 3, 1)
+    assert row["slice_retries"] == 0
+    # The table of slices agrees with the counters.
+    statuses = [piece["status"] for piece in env.rows(t.tf_slices)]
+    assert sorted(statuses) == ["completed"] * 3 + ["failed"]
+    execution = env.one(t.executions, execution_id=EX)
+    assert (execution["stf_count"], execution["stf_samples_received"],
+            execution["slices_created"], execution["slices_completed"],
+            execution["slices_failed"]) == (2, 1, 4, 3, 1)
+
+
+def test_slice_and_file_statuses_move_with_their_slices(env: Env) -> None:
+    env.send(*env.start(), *env.stf(0), *env.stf(1))
+    assert {row["status"] for row in env.rows(t.stf_files)} == {"registered"}
+    env.send(env.sample(0), env.sample(1))
+    assert env.one(t.tf_samples, tf_filename=TF[0])["status"] == "registered"
+    env.send(env.slice(0, 0), env.slice(0, 1))
+    assert env.one(t.tf_samples, tf_filename=TF[0])["status"] == "processing"
+    assert env.one(t.stf_files, filename=STF[0])["status"] == "processing"
+    assert env.one(t.tf_slices, slice_id=0)["status"] == "queued"
+    processing = env.result(0, 0, "processing")
+    env.send(processing)
+    piece = env.one(t.tf_slices, slice_id=0)
+    assert (piece["status"], piece["worker"], piece["updated_at"]) == (
+        "processing", "worker-0", processing["timestamp"])
+    env.send(env.result(0, 0, "completed"))
+    assert env.one(t.tf_samples, tf_filename=TF[0])["status"] == "processing"  # slice 1 open
+    env.send(env.result(0, 1, "completed"))
+    assert env.one(t.tf_samples, tf_filename=TF[0])["status"] == "processed"
+    assert env.one(t.stf_files, filename=STF[0])["status"] == "processed"
+    assert env.one(t.stf_files, filename=STF[1])["status"] == "registered"
+
+
+def test_a_report_never_moves_a_slice_back(env: Env) -> None:
+    env.send(*env.start(), env.slice(0, 0))
+    completed = env.result(0, 0, "completed")
+    env.send(completed, env.result(0, 0, "processing"))  # the late 'processing'
+    piece = env.one(t.tf_slices, slice_id=0)
+    assert piece["status"] == "completed"
+    assert env.run_row()["slices_completed"] == 1
+    env.send(env.result(0, 0, "failed"))  # and a completed slice is terminal
+    assert env.one(t.tf_slices, slice_id=0)["status"] == "completed"
+
+
+def test_failed_slices_are_retried_and_fail_for_good_after_three_retries(env: Env) -> None:
+    env.send(*env.start(), *env.stf(0), env.sample(0), env.slice(0, 0), env.slice(0, 1))
+    env.send(env.result(0, 0, "failed", retry=0))
+    piece = env.one(t.tf_slices, slice_id=0)
+    assert (piece["status"], piece["retries"], piece["final"]) == ("failed", 0, False)
+    assert env.one(t.stf_files)["status"] == "processing"  # not failed: it will be retried
+    for retry in (1, 2, 3):
+        env.send(env.slice(0, 0, retry=retry))
+        piece = env.one(t.tf_slices, slice_id=0)
+        assert (piece["status"], piece["retries"]) == ("queued", retry)
+        assert env.run_row()["slices_queued"] == 2
+        env.send(env.result(0, 0, "failed", retry=retry))
+    piece = env.one(t.tf_slices, slice_id=0)
+    assert (piece["status"], piece["retries"], bool(piece["final"])) == ("failed", 3, True)
+    row = env.run_row()
+    assert (row["slices_failed"], row["slice_retries"]) == (1, 3)
+    assert env.one(t.tf_samples)["status"] == "failed"
+    assert env.one(t.stf_files)["status"] == "failed"
+    # A stale report of an earlier attempt changes nothing.
+    env.send(env.result(0, 0, "completed", retry=1))
+    assert env.one(t.tf_slices, slice_id=0)["status"] == "failed"
+
+
+def test_a_retried_slice_can_complete(env: Env) -> None:
+    env.send(*env.start(), env.slice(0, 0), env.result(0, 0, "failed"))
+    env.send(env.slice(0, 0, retry=1), env.result(0, 0, "completed", retry=None))
+    piece = env.one(t.tf_slices, slice_id=0)
+    assert (piece["status"], piece["retries"], bool(piece["final"])) == ("completed", 1, False)
+    assert counters(env.run_row())[2:] == (1, 0, 0, 1, 0)
+    assert queries.execution_summary(env.engine, EX)["slice_retries"] == 1
+
+
+# -- arrival orders ----------------------------------------------------------------------------
+
+def test_stf_ready_before_stf_gen_gives_the_same_row(db_url: str) -> None:
+    first, second = Env(db_url), None
+    try:
+        gen, ready = first.stf(0)
+        first.send(*first.start(), gen, ready)
+        in_order = first.one(t.stf_files)
+        # The same two messages in the other order, in a namespace of their own.
+        second = first
+        imminent, start = first.start(ns="other")
+        first.send(imminent, start, {**ready, "namespace": "other", "msg_id": "r2"},
+                   {**gen, "namespace": "other", "msg_id": "g2"})
+        reversed_row = first.one(t.stf_files, namespace="other")
+        assert {**reversed_row, "namespace": NS} == in_order
+        assert in_order["file_url"] == ready["file_url"]  # the data agent's registration wins
+        assert in_order["checksum"] == "0000000a"
+        assert (in_order["generated_at"], in_order["ready_at"]) == (gen["timestamp"],
+                                                                    ready["timestamp"])
+    finally:
+        (second or first).store.close()
+
+
+def test_samples_and_results_after_end_run_still_count(env: Env) -> None:
+    env.send(*env.start(), *env.stf(0), env.msg("end_run", total_stf_files=1))
+    env.send(env.sample(0), env.slice(0, 0), env.result(0, 0, "completed"))
+    row = env.run_row()
+    assert row["phase"] == "completed"
+    assert counters(row) == (1, 1, 1, 0, 0, 1, 0)
+    assert env.one(t.stf_files)["status"] == "processed"
+
+
+def test_an_unknown_slice_result_is_kept_reported_and_merged_later(env: Env) -> None:
+    env.send(*env.start())
+    orphan = env.result(0, 7, "completed")
+    env.send(orphan)
+    kept = env.one(t.unmatched_results)
+    assert (kept["tf_filename"], kept["slice_id"], kept["status"]) == (TF[0], 7, "completed")
+    assert env.rows(t.tf_slices) == []
+    assert env.run_row()["slices_created"] == 0
+    summary = queries.execution_summary(env.engine, EX)
+    assert any("unknown slice" in error and f"{TF[0]}#7" in error for error in summary["errors"])
+    env.send(env.slice(0, 7))  # the slice message shows up after all
+    assert env.rows(t.unmatched_results) == []
+    piece = env.one(t.tf_slices)
+    assert (piece["status"], piece["worker"], piece["created_at"]) == (
+        "completed", "worker-7", orphan["timestamp"])
+    assert counters(env.run_row())[2:] == (1, 0, 0, 1, 0)
+    summary = queries.execution_summary(env.engine, EX)
+    assert not any("unknown slice" in error for error in summary["errors"])
+
+
+def test_a_foreign_namespace_touches_nothing_of_ours(env: Env) -> None:
+    env.send(*env.start(), *env.stf(0), env.slice(0, 0))
+    before = env.dump()
+    # Same run number, same file names, even the same execution id - another namespace.
+    env.send(*env.start(ns="elsewhere"),
+             env.msg("stf_gen", ns="elsewhere", filename=STF[0], sequence=1),
+             env.msg("slice_result", ns="elsewhere", slice_id=0, tf_filename=TF[0],
+                     status="failed", retry=0),
+             env.msg("end_run", ns="elsewhere"),
+             env.msg("run_processed", ns="elsewhere", status="failed"))
+    after = env.dump()
+    for name, rows in before.items():
+        ours = [row for row in after[name] if NS in row]
+        assert ours == rows, name
+    assert env.run_row()["phase"] == "physics"
+    assert env.run_row(ns="elsewhere")["phase"] == "completed"
+    mine = queries.runs(env.engine, namespace=NS)
+    assert [row["namespace"] for row in mine] == [NS]
+    assert queries.execution_summary(env.engine, EX, namespace=NS)["status"] == "running"
+    with pytest.raises(queries.AmbiguousExecution):
+        queries.execution_summary(env.engine, EX)
+
+
+def test_messages_without_namespace_get_rows_of_their_own(env: Env) -> None:
+    env.send(*env.start(ns=None))
+    row = queries.runs(env.engine)[0]
+    assert (row["namespace"], row["phase"]) == (None, "physics")
+
+
+def test_rejected_messages_are_skipped_and_reported(env: Env) -> None:
+    bad = env.msg("stf_gen", sequence=1)  # no filename: rejected by the catalog
+    env.send(*env.start(), bad)
+    assert env.rows(t.stf_files) == []
+    summary = queries.execution_summary(env.engine, EX)
+    assert any("rejected" in error and "filename" in error for error in summary["errors"])
+
+
+# -- executions --------------------------------------------------------------------------------
+
+def test_execution_status_is_derived_from_run_processed(env: Env) -> None:
+    other = RUN + 1
+    env.send(*env.start(), *env.start(run=other))
+    execution = queries.executions(env.engine)[0]
+    assert (execution["status"], execution["runs"], execution["run_count"]) == (
+        "running", [RUN, other], 2)
+    assert execution["workflow"] == "fast_processing"
+    assert execution["parameters"] == {"stf_count": 2}
+    env.send(env.msg("end_run"), env.msg("run_processed", status="completed"))
+    assert queries.executions(env.engine)[0]["status"] == "running"  # one run to go
+    last = env.msg("run_processed", run=other, status="failed", error="task 7 failed")
+    env.send(env.msg("end_run", run=other), last)
+    execution = queries.executions(env.engine)[0]
+    assert (execution["status"], execution["end_time"]) == ("failed", last["timestamp"])
+    assert execution["start_time"] == at(1)
+    summary = queries.execution_summary(env.engine, EX)
+    assert summary["duration_s"] == 6.0  # from the first message to `last`, the 7th
+    assert "run 101994 failed: task 7 failed" in summary["errors"]
+
+
+def test_execution_completed_when_all_runs_completed(env: Env) -> None:
+    env.send(*env.start(), env.msg("end_run"))
+    summary = queries.execution_summary(env.engine, EX, now=at(100))
+    assert (summary["status"], summary["end_time"], summary["duration_s"]) == (
+        "running", None, 99.0)  # running: its age at `now`
+    env.send(env.msg("run_processed", status="completed"))
+    summary = queries.execution_summary(env.engine, EX)
+    assert (summary["status"], summary["phase"]) == ("completed", "completed")
+    assert summary["end_time"] == at(env.serial)
+
+
+# -- DDM, PanDA, agents, logs ------------------------------------------------------------------
+
+def test_datasets_change_only_on_ok_outcomes(env: Env) -> None:
+    ddm = {"scope": "group.daq", "dataset": f"swf.{RUN}.run"}
+    env.send(*env.start(), env.msg("dataset_opened", **ddm, outcome="ok"))
+    assert env.one(t.datasets)["state"] == "open"
+    env.send(env.msg("file_attached", **ddm, name=STF[0], size_bytes=100, checksum="0000000a",
+                     outcome="ok"),
+             env.msg("file_attached", **ddm, name=STF[0], size_bytes=100, outcome="duplicate"),
+             env.msg("file_attached", **ddm, name=STF[1], size_bytes=50, outcome="ok"),
+             env.msg("file_attached", **ddm, name=STF[2], size_bytes=70, outcome="error",
+                     error="InvalidObject: bad checksum"))
+    dataset = env.one(t.datasets)
+    assert (dataset["file_count"], dataset["size_bytes"], dataset["error"]) == (
+        2, 150, "InvalidObject: bad checksum")
+    assert [row["name"] for row in env.rows(t.dataset_files)] == STF[:2]
+    env.send(env.msg("dataset_closed", **ddm, outcome="ok", file_count=2, size_bytes=150),
+             env.msg("dataset_opened", **ddm, outcome="ok"))  # a late reply reopens nothing
+    assert env.one(t.datasets)["state"] == "closed"
+    summary = queries.execution_summary(env.engine, EX)
+    assert summary["datasets"] == [{"run_number": RUN, "scope": "group.daq",
+                                    "name": f"swf.{RUN}.run", "state": "closed",
+                                    "file_count": 2, "size_bytes": 150}]
+    assert any("bad checksum" in error for error in summary["errors"])
+    assert queries.datasets(env.engine, status="closed")[0]["execution_id"] == EX
+
+
+def test_panda_tasks_follow_the_latest_status(env: Env) -> None:
+    env.send(*env.start(),
+             env.msg("panda_task_submitted", task_id=None, status="failed",
+                     error="no site", input_dataset="group.daq:swf.1.run"))
+    failed = env.one(t.panda_tasks)
+    assert (failed["task_id"], failed["status"], failed["error"]) == (None, "failed", "no site")
+    env.send(env.msg("panda_task_submitted", task_id=42, status="submitted",
+                     input_dataset="group.daq:swf.1.run"))
+    late = env.msg("panda_task_status", task_id=42, status="running", time=env.serial - 0.5)
+    env.send(env.msg("panda_task_status", task_id=42, status="finished"), late)
+    task = env.one(t.panda_tasks, task_id=42)
+    assert (task["status"], task["input_dataset"]) == ("finished", "group.daq:swf.1.run")
+    summary = queries.execution_summary(env.engine, EX)
+    assert summary["tasks"] == [{"run_number": RUN, "task_id": None, "status": "failed"},
+                                {"run_number": RUN, "task_id": 42, "status": "finished"}]
+    assert any("no site" in error for error in summary["errors"])
+
+
+def test_agents_are_exited_when_their_heartbeat_is_stale(env: Env) -> None:
+    beat = {"agent_type": "data", "status": "OK", "operational_state": "READY", "pid": 11,
+            "hostname": "node1"}
+    env.send(env.msg("agent_heartbeat", run=None, ex=None, sender="data-1", time=0, **beat),
+             env.msg("agent_heartbeat", run=None, ex=None, sender="data-1", time=100,
+                     **{**beat, "operational_state": "BUSY"}),
+             env.msg("agent_heartbeat", run=None, ex=None, sender="data-1", time=50, **beat),
+             env.msg("agent_heartbeat", run=None, ex=None, sender="fastmon-1", time=10,
+                     **{**beat, "agent_type": "fastmon"}))
+    rows = {row["name"]: row for row in queries.agents(env.engine, now=at(100 + 179))}
+    assert rows["data-1"]["status"] == "OK"
+    assert rows["data-1"]["operational_state"] == "BUSY"  # the latest heartbeat by time
+    assert rows["data-1"]["last_heartbeat"] == at(100)
+    assert rows["fastmon-1"]["status"] == "EXITED"  # 269 s of silence
+    later = queries.agents(env.engine, now=at(100 + 181))
+    assert {row["status"] for row in later} == {"EXITED"}
+    assert [row["name"] for row in queries.agents(env.engine, status="OK", now=at(200))] == [
+        "data-1"]
+
+
+def test_logs_keep_every_record_and_errors_reach_the_summary(env: Env) -> None:
+    env.send(*env.start(),
+             env.msg("agent_log", level="WARNING", message="slow", module="data"),
+             env.msg("agent_log", level="ERROR", message="disk full", module="data",
+                     sender="data-1"),
+             env.msg("agent_log", level="ERROR", message="other", ns="elsewhere"))
+    assert len(queries.logs(env.engine, namespace=NS)) == 2
+    assert [row["message"] for row in queries.logs(env.engine, level="error",
+                                                   namespace=NS)] == ["disk full"]
+    assert [row["message"] for row in queries.logs(env.engine, limit=1)] == ["other"]
+    errors = queries.execution_summary(env.engine, EX, namespace=NS)["errors"]
+    assert [error for error in errors if "disk full" in error] == [
+        f"{at(4)} ERROR data-1: disk full"]
+    assert not any("other" in error for error in errors)
+
+
+# -- queries -----------------------------------------------------------------------------------
+
+def test_query_filters(env: Env) -> None:
+    env.send(*env.start(), *env.stf(0), *env.stf(1), *env.stf(2))
+    env.send(*env.start(ex="ex-2", run=RUN + 1))
+    assert [row["sequence"] for row in queries.stf_files(env.engine, execution_id=EX)] == [
+        1, 2, 3]
+    assert queries.stf_files(env.engine, execution_id="ex-2") == []
+    assert [row["sequence"] for row in queries.stf_files(env.engine, since=at(5),
+                                                         until=at(7))] == [2, 3]
+    assert len(queries.stf_files(env.engine, limit=2)) == 2
+    assert queries.stf_files(env.engine, run=RUN + 1) == []
+    assert [row["execution_id"] for row in queries.executions(env.engine)] == [EX, "ex-2"]
+    assert [row["execution_id"] for row in queries.executions(env.engine, limit=1)] == ["ex-2"]
+    assert [row["run_number"] for row in queries.runs(env.engine, status="physics")] == [
+        RUN, RUN + 1]
+    assert queries.runs(env.engine, execution_id="ex-2")[0]["run_number"] == RUN + 1
+    assert queries.execution_summary(env.engine, "nope") is None
+
+
+# -- checkpoints, catch-up, rebuild ------------------------------------------------------------
+
+def scenario(env: Env) -> list[dict[str, Any]]:
+    ddm = {"scope": "group.daq", "dataset": f"swf.{RUN}.run"}
+    messages = [*env.start(), env.msg("dataset_opened", **ddm, outcome="ok")]
+    for i in range(3):
+        messages += [*env.stf(i), env.sample(i)]
+        messages += [env.slice(i, k) for k in range(3)]
+        messages += [env.result(i, k, "completed" if k else "failed") for k in range(3)]
+        messages.append(env.msg("file_attached", **ddm, name=STF[i], size_bytes=5,
+                                outcome="ok"))
+    messages += [env.slice(0, 0, retry=1), env.result(0, 0, "processing", retry=1),
+                 env.result(4, 9, "processing"), env.msg("end_run", total_stf_files=3),
+                 env.msg("agent_heartbeat", run=None, sender="w", agent_type="worker"),
+                 env.msg("agent_log", level="ERROR", message="x"),
+                 env.msg("dataset_closed", **ddm, outcome="ok"),
+                 env.msg("panda_task_submitted", task_id=5, status="submitted"),
+                 env.msg("run_processed", status="completed")]
+    return messages
+
+
+@pytest.mark.parametrize("batch", [1, 4, 1000])
+def test_catch_up_in_batches_equals_rebuild(env: Env, batch: int) -> None:
+    messages = scenario(env)
+    env.projector.batch_size = batch
+    for start in range(0, len(messages), 7):
+        env.send(*messages[start:start + 7])
+    incremental = env.dump()
+    assert env.projector.rebuild() == len(messages)
+    assert env.dump() == incremental
+    assert {row["lag"] for row in env.projector.status()} == {0}
+
+
+def test_rebuild_of_one_projection_leaves_the_others(env: Env) -> None:
+    env.send(*scenario(env))
+    before = env.dump()
+    with env.engine.begin() as conn:  # damage two tables
+        conn.execute(t.tf_slices.update().values(status="bogus"))
+        conn.execute(t.run_state.delete())
+    env.projector.rebuild(["tf_slices"])
+    after = env.dump()
+    assert after["tf_slices"] == before["tf_slices"]
+    assert after["run_state"] == []  # not rebuilt
+    env.projector.rebuild(["run_state"])
+    assert env.dump() == before
+    with pytest.raises(ValueError, match="unknown projection"):
+        env.projector.rebuild(["nope"])
+
+
+def test_a_projection_left_behind_is_rebuilt_by_catch_up(env: Env) -> None:
+    env.send(*scenario(env))
+    before = env.dump()
+    with env.engine.begin() as conn:  # as if the datasets projection had just been added
+        conn.execute(t.datasets.delete())
+        conn.execute(t.dataset_files.delete())
+        conn.execute(t.projection_checkpoints.delete().where(
+            t.projection_checkpoints.c.name == "datasets"))
+    assert env.projector.checkpoints()["datasets"] == 0
+    env.projector.catch_up()
+    assert env.dump() == before
+    assert len(set(env.projector.checkpoints().values())) == 1
+
+
+def test_a_failed_write_applies_nothing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    messages = scenario(env)
+    env.send(*messages[:10])
+    before, marks = env.dump(), env.projector.checkpoints()
+    real_write = Projector._write
+
+    def crash(self: Projector, conn: sa.Connection, changes: Any, fresh: bool) -> None:
+        real_write(self, conn, changes, fresh)  # the rows are written...
+        raise RuntimeError("power cut")  # ...but the transaction never commits
+
+    monkeypatch.setattr(Projector, "_write", crash)
+    with pytest.raises(RuntimeError):
+        env.send(*messages[10:])
+    assert env.dump() == before
+    assert env.projector.checkpoints() == marks
+    monkeypatch.setattr(Projector, "_write", real_write)
+    env.projector.catch_up()
+    caught_up = env.dump()
+    env.projector.rebuild()
+    assert env.dump() == caught_up
+
+
+def test_a_concurrent_catch_up_never_applies_an_event_twice(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    messages = scenario(env)
+    env.send(*messages[:5])
+    env.store.append(Incoming.of(m, SLICE_QUEUE if m["msg_type"] == "slice" else TOPIC)
+                     for m in messages[5:])
+    rival = Projector(env.store)
+    real_render = projector_module.render
+    raced: list[int] = []
+
+    def render_after_a_rival(*args: Any, **kwargs: Any) -> Any:
+        if not raced:  # between our read and our write, another process catches up
+            raced.append(-1)
+            raced[0] = rival.catch_up()
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(projector_module, "render", render_after_a_rival)
+    assert env.projector.catch_up() == 0  # it found the work done and applied nothing
+    assert raced == [len(messages) - 5]
+    caught_up = env.dump()
+    env.projector.rebuild()
+    assert env.dump() == caught_up
+
+
+def test_status_reports_checkpoint_head_and_lag(env: Env) -> None:
+    env.send(*env.start())
+    env.store.append([Incoming.of(env.msg("end_run")), Incoming(TOPIC, b"not json")])
+    status = {row["name"]: row for row in env.projector.status()}
+    assert set(status) == set(NAMES)
+    assert status["run_state"] == {"name": "run_state", "position": 2, "head": 4, "lag": 2}
+    assert env.projector.catch_up() == 1  # the rejected one is skipped, yet covered
+    assert {row["lag"] for row in env.projector.status()} == {0}
+
+
+def test_applying_events_twice_changes_nothing(env: Env) -> None:
+    messages = scenario(env)
+    env.send(*messages)
+    fold = Fold()
+    for event in env.store.read():
+        fold.apply(event)
+    once = snapshot(fold, changed_only=False)
+    assert once["tf_slices"] and once["run_state"]
+    for event in list(env.store.read()):
+        fold.apply(event)
+    assert snapshot(fold, changed_only=False) == once
+
+
+def test_snapshot_shows_the_rows_each_event_changed(env: Env) -> None:
+    env.store.append([Incoming.of(m) for m in (*env.start(), *env.stf(0))])
+    fold = Fold()
+    changed = []
+    for event in env.store.read():
+        fold.apply(event)
+        changed.append({name: len(rows) for name, rows in snapshot(fold).items() if rows})
+    assert changed[0] == {"executions": 1, "run_state": 1}
+    assert changed[2] == {"executions": 1, "run_state": 1, "stf_files": 1}
+    assert not any(snapshot(fold).values())  # nothing changed since
+    whole = snapshot(fold, changed_only=False)
+    assert whole["stf_files"][0]["filename"] == STF[0]
+    assert whole["run_state"][0]["stf_count"] == 1
+
+
+# -- read path ---------------------------------------------------------------------------------
+
+def test_projector_reads_upstream_forms_like_the_store(env: Env) -> None:
+    """The projector's fast read path must fold exactly what store.read() normalizes."""
+    upstream_result = {"msg_type": "slice_result", "msg_id": "u-1", "namespace": NS,
+                       "run_id": str(RUN), "timestamp": "2025-03-01T08:00:30+00:00",
+                       "content": {"state": "done", "result": {"result": {
+                           "slice_id": 0, "tf_filename": TF[0]}}}}
+    env.send(*env.start(), env.slice(0, 0),
+             {**env.msg("stf_ready", filename=STF[0], checksum="AD:0000ABCD"), "size": 77},
+             {**env.msg("end_run"), "total_files": 1, "run_id": str(RUN)},
+             env.msg("file_attached", scope="s", dataset="d", name="f", checksum="",
+                     outcome="ok"),
+             upstream_result)
+    fast = env.dump()
+    fold = Fold()
+    for event in env.store.read():
+        fold.apply(event)
+    expected = snapshot(fold, changed_only=False)
+    for name, rows in expected.items():
+        assert sorted(fast[name], key=repr) == sorted(
+            (tuple(row.values()) for row in rows), key=repr), name
+    stf = env.one(t.stf_files)
+    assert (stf["size_bytes"], stf["checksum"]) == (77, "0000abcd")
+    assert env.run_row()["total_stf_files"] == 1
+    assert env.one(t.tf_slices)["status"] == "completed"
+
+
+def test_migrations_match_the_table_definitions(db_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    store = EventStore(db_url)
+    try:
+        Projector(store)
+        with store.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={
+                "include_name": lambda name, type_, parents: (
+                    type_ != "table" or name in t.metadata.tables)})
+            assert compare_metadata(context, t.metadata) == []
+    finally:
+        store.close()
