@@ -22,9 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 
 from .errors import SchemaTooNew, StoreUnavailable
 
@@ -44,12 +41,17 @@ def upgrade(engine: sa.Engine, script_location: str, version_table: str) -> None
 
     Raises SchemaTooNew if the database carries a revision unknown to ``script_location``.
     """
-    heads, known = _revisions(script_location)
     try:
         with engine.connect() as conn:
             current = current_revisions(conn, version_table)
     except sa.exc.OperationalError as problem:
         raise StoreUnavailable(f"cannot reach {engine.url!r}: {_first_line(problem)}") from problem
+    if current == declared_heads(script_location):
+        return  # the common case, decided without loading alembic (a third of `swf` start-up)
+    from alembic import command
+    from alembic.config import Config
+
+    heads, known = _revisions(script_location)
     _check_known(current, heads, known, version_table)
     if current == heads:
         return
@@ -113,8 +115,21 @@ def run_migrations(context: Any, target_metadata: sa.MetaData) -> None:
 
 
 @lru_cache(maxsize=16)
+def declared_heads(script_location: str) -> frozenset[str] | None:
+    """The heads named in the script directory's optional HEADS file (one revision per line);
+    our packages' files are checked against alembic's own view by a test, so they cannot drift."""
+    path = Path(script_location) / "HEADS"
+    if not path.is_file():
+        return None
+    return frozenset(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+@lru_cache(maxsize=16)
 def _revisions(script_location: str) -> tuple[frozenset[str], frozenset[str]]:
-    """(heads, all known revisions) of a script directory; cached, opening a store is frequent."""
+    """(heads, all known revisions) of a script directory, as alembic sees it."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     config = Config()
     config.set_main_option("script_location", script_location)
     script = ScriptDirectory.from_config(config)

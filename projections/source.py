@@ -3,9 +3,10 @@
 ``EventStore.read`` re-examines every body through the catalog (about 10 us an event), which
 alone would cap a rebuild far below its 250k events/s target. The projector reads the columns it
 needs straight from the events table instead: rejected rows are skipped without decoding, and a
-body already in the catalog's normalized shape (what our own senders write) is only parsed.
-Anything else - an upstream ``content`` wrapper, an aliased field, a checksum to normalize, an
-older schema version - goes through ``catalog.examine`` exactly as ``read`` would. The
+body already in the catalog's normalized shape (what our own senders write;
+``catalog.needs_normalization`` decides) is only parsed. Anything else - an upstream ``content``
+wrapper, an aliased field, a checksum to normalize, an older schema version - goes through
+``catalog.examine`` exactly as ``read`` would. The
 equivalence is tested against ``EventStore.read`` for every message form.
 
 Few columns are read: each text column costs a string object per row. msg_type, namespace and
@@ -15,13 +16,12 @@ because the store may have resolved it from the run.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
-from eventstore.catalog import SCHEMA_VERSION, examine
+from eventstore.catalog import examine, needs_normalization
 from eventstore.schema import events
 
 from .fold import Fold, Item
@@ -30,8 +30,6 @@ CHUNK = 5000  # rows per query of a streaming fold: small enough to stay in the 
 _SQL = ("SELECT position, run_id, schema_version, coalesce(sent_at, recorded_at), "
         "execution_id, body FROM events WHERE position > {0} AND position <= {0} "
         "AND reject_reason IS NULL ORDER BY position LIMIT {0}")
-_CHECKSUMMED = frozenset({"stf_ready", "file_attached"})
-_NORMAL_CHECKSUM = re.compile(r"[0-9a-f]{8}").fullmatch
 Row = tuple[int, int | None, int, str, str | None, bytes]
 
 
@@ -46,15 +44,6 @@ def fetch(conn: sa.Connection, after: int, until: int, limit: int) -> tuple[list
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     rows = conn.exec_driver_sql(_SQL.format(mark), (after, until, limit)).cursor.fetchall()
     return rows, rows[-1][0] if len(rows) == limit else until
-
-
-def _irregular(data: dict[str, Any], version: int) -> bool:
-    """Would the catalog change this body? (unwrap `content`, rename size/total_files,
-    normalize a checksum, upcast an older version)"""
-    if "content" in data or version != SCHEMA_VERSION or "size" in data or "total_files" in data:
-        return True
-    checksum = data.get("checksum") if data["msg_type"] in _CHECKSUMMED else None
-    return checksum is not None and not _NORMAL_CHECKSUM(checksum)
 
 
 def _examined(conn: sa.Connection, position: int, body: bytes
@@ -75,8 +64,7 @@ def decode(conn: sa.Connection, rows: list[Row]) -> list[Item]:
         if type(body) is not bytes:
             body = bytes(body)  # PostgreSQL may hand back a memoryview
         data = loads(body)
-        if ("content" in data or version != SCHEMA_VERSION or "size" in data
-                or "total_files" in data or "checksum" in data) and _irregular(data, version):
+        if needs_normalization(data, version):
             found = _examined(conn, position, body)
             if found is None:
                 continue
@@ -98,8 +86,7 @@ def fold_rows(fold: Fold, conn: sa.Connection, rows: list[Row]) -> int:
         if type(body) is not bytes:
             body = bytes(body)
         data = loads(body)
-        if ("content" in data or version != SCHEMA_VERSION or "size" in data
-                or "total_files" in data or "checksum" in data) and _irregular(data, version):
+        if needs_normalization(data, version):
             found = _examined(conn, position, body)
             if found is None:
                 continue

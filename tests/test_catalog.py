@@ -7,7 +7,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventstore.catalog import CATALOG, MAX_BODY_BYTES, RUNLESS, examine
+from eventstore.catalog import (
+    CATALOG,
+    MAX_BODY_BYTES,
+    RUNLESS,
+    SCHEMA_VERSION,
+    complete,
+    examine,
+    needs_normalization,
+)
 
 
 def body(**fields: object) -> bytes:
@@ -122,6 +130,18 @@ def test_upstream_slice_result_in_content_object(state: str, status: str) -> Non
         9, status, "t.tf", 101993)
 
 
+@pytest.mark.parametrize("variant", [
+    {"run_id": "5"}, {"size": 3}, {"checksum": "AD:0000000F"}, {"timestamp": "2026-01-01T00:00:00"},
+    {"namespace": ""}, {"created_at": "2026-01-01T00:00:00.000000Z"},
+])
+def test_every_upstream_variant_needs_normalization(variant: dict) -> None:
+    canonical = {"msg_type": "stf_ready", "run_id": 5, "filename": "a.stf",
+                 "checksum": "0000000f", "timestamp": "2026-01-01T00:00:00.000000Z"}
+    assert not needs_normalization(canonical, SCHEMA_VERSION)
+    assert needs_normalization({**canonical, **variant}, SCHEMA_VERSION)
+    assert needs_normalization(canonical, SCHEMA_VERSION - 1)  # older shapes are upcast
+
+
 def test_unknown_fields_pass_through() -> None:
     assert ok(body(msg_type="start_run", run_id=1, extra={"a": 1}))["extra"] == {"a": 1}
 
@@ -176,3 +196,9 @@ def test_examine_is_total_and_normalization_is_idempotent(msg_type, fields) -> N
         again = examine(orjson.dumps(verdict.data))
         assert again.reason is None
         assert again.data == verdict.data
+        # The readers' fast path: a canonical body, parsed and completed, is what examine gives.
+        assert not needs_normalization(verdict.data, SCHEMA_VERSION)
+        assert complete(orjson.loads(orjson.dumps(verdict.data))) == verdict.data
+        parsed = orjson.loads(raw)
+        if not needs_normalization(parsed, SCHEMA_VERSION):
+            assert complete(parsed) == verdict.data

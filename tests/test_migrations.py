@@ -42,7 +42,9 @@ def test_opening_again_does_not_run_alembic(db_url: str, monkeypatch) -> None:
     def refuse(*_args, **_kwargs):
         raise AssertionError("alembic ran on an up-to-date database")
 
-    monkeypatch.setattr(migrate.command, "upgrade", refuse)
+    from alembic import command
+
+    monkeypatch.setattr(command, "upgrade", refuse)
     with EventStore(db_url) as store:
         assert store.head() == 1
         assert _versions(store.engine) == [HEAD]
@@ -162,3 +164,17 @@ def test_another_package_keeps_its_own_history(db_url: str, tmp_path: Path) -> N
         assert {"events", "widgets"} <= _tables(store.engine)
         assert _versions(store.engine, "swf_schema_widgets") == ["w1"]
         assert _versions(store.engine) == [HEAD]
+
+
+@pytest.mark.parametrize("package", ["eventstore", "projections"])
+def test_declared_heads_match_alembic(package: str) -> None:
+    """The HEADS file lets a store open without loading alembic; it must name alembic's heads."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from eventstore.migrate import declared_heads
+
+    location = str(Path(__file__).resolve().parent.parent / package / "migrations")
+    config = Config()
+    config.set_main_option("script_location", location)
+    assert declared_heads(location) == frozenset(ScriptDirectory.from_config(config).get_heads())
