@@ -25,7 +25,8 @@ def echo_rows(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], as_json
         return
     cells = [[_cell(row[name]) for name in columns] for row in materialized]
     widths = [max(len(name), *(len(line[i]) for line in cells)) for i, name in enumerate(columns)]
-    click.echo("  ".join(name.ljust(width) for name, width in zip(columns, widths, strict=True)))
+    click.echo("  ".join(name.ljust(width) for name, width in zip(columns, widths, strict=True))
+               .rstrip())
     click.echo("  ".join("-" * width for width in widths))
     for line in cells:
         click.echo("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True))

@@ -16,6 +16,7 @@ because the store may have resolved it from the run.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -56,10 +57,9 @@ def _examined(conn: sa.Connection, position: int, body: bytes
     return verdict.msg_type, verdict.namespace or "", verdict.sender, verdict.data
 
 
-def decode(conn: sa.Connection, rows: list[Row]) -> list[Item]:
-    """Rows -> fold items (kept as a list: catch-up looks at a batch before folding it)."""
+def _decoded(conn: sa.Connection, rows: list[Row]) -> Iterator[Item]:
+    """Each row as a fold item; rows the catalog rejects today are skipped."""
     loads = orjson.loads
-    items: list[Item] = []
     for position, run, version, time, execution_id, body in rows:
         if type(body) is not bytes:
             body = bytes(body)  # PostgreSQL may hand back a memoryview
@@ -72,34 +72,26 @@ def decode(conn: sa.Connection, rows: list[Row]) -> list[Item]:
         else:
             msg_type, ns, sender = data["msg_type"], data.get("namespace") or "", data.get(
                 "sender") or None
-        items.append((position, msg_type, ns, execution_id, run, sender, time, data))
-    return items
+        yield position, msg_type, ns, execution_id, run, sender, time, data
+
+
+def decode(conn: sa.Connection, rows: list[Row]) -> list[Item]:
+    """Rows -> fold items (kept as a list: catch-up looks at a batch before folding it)."""
+    return list(_decoded(conn, rows))
 
 
 def fold_rows(fold: Fold, conn: sa.Connection, rows: list[Row]) -> int:
-    """Decode and fold in one pass (a rebuild's hot loop: no intermediate items); returns how
+    """Decode and fold in one pass (a rebuild's hot loop: no intermediate list); returns how
     many events were folded. Same decisions as ``decode`` + ``Fold.feed``."""
-    loads = orjson.loads
     handlers = fold.handlers
     count = 0
-    for position, run, version, time, execution_id, body in rows:
-        if type(body) is not bytes:
-            body = bytes(body)
-        data = loads(body)
-        if needs_normalization(data, version):
-            found = _examined(conn, position, body)
-            if found is None:
-                continue
-            msg_type, ns, sender, data = found
-        else:
-            msg_type, ns, sender = data["msg_type"], data.get("namespace") or "", None
+    for position, msg_type, ns, execution_id, run, sender, time, data in _decoded(conn, rows):
         handler = handlers.get(msg_type)
         if handler is not None:
             if run is not None:
                 handler(ns, execution_id, run, time, data)
         else:
-            fold.runless(position, msg_type, ns, execution_id, run,
-                         sender or data.get("sender") or None, time, data)
+            fold.runless(position, msg_type, ns, execution_id, run, sender, time, data)
         count += 1
     if rows and rows[-1][0] > fold.position:
         fold.position = rows[-1][0]

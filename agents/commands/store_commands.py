@@ -59,7 +59,8 @@ def import_messages(path: Path, db_url: str | None, as_json: bool) -> None:
     """
     counts = {"appended": 0, "duplicates": 0, "rejected": 0}
     with EventStore(db_url) as store, path.open("rb") as lines, click.progressbar(
-            length=path.stat().st_size, label="importing", file=sys.stderr) as bar:
+            length=path.stat().st_size, label="importing", file=sys.stderr,
+            hidden=not sys.stderr.isatty()) as bar:
         batch: list[Incoming] = []
         for line in lines:
             bar.update(len(line))
