@@ -4,10 +4,14 @@ being written) only fails when it is actually used."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from agents.base import Adapter, Agent
+from agents.base import Adapter, Agent, Command
+
+log = logging.getLogger(__name__)
 
 # agent type -> "module:Class". The order is the delivery order within one event.
 AGENT_TYPES: dict[str, str] = {
@@ -20,33 +24,77 @@ AGENT_TYPES: dict[str, str] = {
 }
 
 
-def _files(data_dir: Path) -> Adapter:
+Params = Mapping[str, Any] | None  # the execution's resolved workflow parameters
+
+
+def _files(data_dir: Path, params: Params = None) -> Adapter:
     from agents.files import FilesAdapter
     return FilesAdapter()
 
 
-def _payload(data_dir: Path) -> Adapter:
+def _payload(data_dir: Path, params: Params = None) -> Adapter:
     from agents.payload import PayloadAdapter
     return PayloadAdapter()
 
 
-def _ddm(data_dir: Path) -> Adapter:
-    from agents.ddm.local import LocalCatalog
-    return LocalCatalog(data_dir / "ddm")
+def _ddm(data_dir: Path, params: Params = None) -> Adapter:
+    """``[ddm] backend``: ``local`` (the embedded catalog) or ``rucio``."""
+    section = _section(params, "ddm")
+    backend = section.get("backend") or "local"
+    if backend == "local":
+        from agents.ddm.local import LocalCatalog
+        return LocalCatalog(data_dir / "ddm")
+    if backend == "rucio":
+        from agents.ddm.rucio import RucioCatalog, RucioSettings
+        return RucioCatalog(RucioSettings.resolve(section))
+    return Misconfigured(f"[ddm] backend = {backend!r} is not one of 'local', 'rucio'")
 
 
-def _batch(data_dir: Path) -> Adapter:
-    from agents.batch.local import LocalExecutor
-    return LocalExecutor(data_dir / "batch")
+def _batch(data_dir: Path, params: Params = None) -> Adapter:
+    """``[batch] backend``: ``local`` (the embedded executor) or ``panda``."""
+    section = _section(params, "batch")
+    backend = section.get("backend") or "local"
+    if backend == "local":
+        from agents.batch.local import LocalExecutor
+        return LocalExecutor(data_dir / "batch")
+    if backend == "panda":
+        from agents.batch.panda import PandaBatch, PandaSettings
+        return PandaBatch(PandaSettings.resolve(section))
+    return Misconfigured(f"[batch] backend = {backend!r} is not one of 'local', 'panda'")
 
 
-# adapter name -> factory(data_dir), for the embedded defaults.
-ADAPTERS: dict[str, Callable[[Path], Adapter]] = {
+# adapter name -> factory(data_dir, workflow params); the embedded defaults unless the workflow
+# chooses another backend.
+ADAPTERS: dict[str, Callable[[Path, Params], Adapter]] = {
     "files": _files,
     "payload": _payload,
     "ddm": _ddm,
     "batch": _batch,
 }
+
+
+class Misconfigured(Adapter):
+    """Stands in for an adapter the workflow configures wrongly: every command gets a reply
+    with the configuration error (recorded, so the run fails with a reason, not silently)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        log.error("adapter misconfigured: %s", problem)
+
+    def execute(self, command: Command) -> dict[str, Any]:
+        reply = dict(command.reply)
+        error = f"configuration error: {self.problem}"
+        if command.adapter == "ddm":
+            reply.update(outcome="error", error=error)
+        else:
+            reply.update(status="unknown" if command.action == "status" else "failed",
+                         error=error)
+        return reply
+
+
+def _section(params: Params, name: str) -> Mapping[str, Any]:
+    section = (params or {}).get(name)
+    return section if isinstance(section, Mapping) else {}
 
 
 def agent_class(agent_type: str) -> type[Agent]:
@@ -63,12 +111,14 @@ def create_agent(agent_type: str, name: str, namespace: str) -> Agent:
     return agent_class(agent_type)(name, namespace)
 
 
-def create_adapter(name: str, data_dir: Path) -> Adapter:
+def create_adapter(name: str, data_dir: Path, params: Params = None) -> Adapter:
+    """The adapter ``name`` for an execution: ``params`` (its workflow parameters) choose the
+    backend (``[ddm] backend``, ``[batch] backend``) and configure it."""
     try:
         factory = ADAPTERS[name]
     except KeyError:
         raise ValueError(f"unknown adapter {name!r}; known: {', '.join(ADAPTERS)}") from None
-    return factory(data_dir)
+    return factory(data_dir, params)
 
 
 def workflow_agents(enabled: Callable[[str], bool]) -> list[str]:

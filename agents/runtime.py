@@ -396,7 +396,7 @@ def prepare(store: Any, config: WorkflowConfig, *, seed: int = 0,
     fixed = dict(adapters or {})
 
     def adapter(name: str) -> Adapter:
-        return fixed[name] if name in fixed else create_adapter(name, data_path)
+        return fixed[name] if name in fixed else create_adapter(name, data_path, config.params)
 
     runtime = EmbeddedRuntime(
         store, agents, adapter, start_time=allocation.start_time,

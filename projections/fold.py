@@ -419,7 +419,9 @@ class Fold:
     def _dataset_opened(self, ns: str, execution_id: str | None, number: int, time: str,
                         data: dict[str, Any]) -> None:
         dataset, outcome = self._dataset(ns, execution_id, number, time, data)
-        if outcome in OPEN_OUTCOMES:
+        if outcome == "exists" and data.get("is_open") is False:
+            dataset.state = "closed"  # a re-run found its dataset closed already: it stays so
+        elif outcome in OPEN_OUTCOMES:
             if dataset.state != "closed":
                 dataset.state = "open"
             if dataset.opened_at is None or time < dataset.opened_at:

@@ -400,6 +400,15 @@ def test_execution_completed_when_all_runs_completed(env: Env) -> None:
 
 # -- DDM, PanDA, agents, logs ------------------------------------------------------------------
 
+def test_a_rerun_that_finds_its_dataset_closed_shows_it_closed(env: Env) -> None:
+    ddm = {"scope": "group.daq", "dataset": f"swf.{RUN}.run"}
+    env.send(*env.start(), env.msg("dataset_opened", **ddm, outcome="exists", is_open=False,
+                                   error="DataIdentifierAlreadyExists: swf.run"))
+    assert env.one(t.datasets)["state"] == "closed"
+    env.send(env.msg("dataset_opened", **ddm, outcome="exists", is_open=True))
+    assert env.one(t.datasets)["state"] == "closed"  # order-independent: closed stays closed
+
+
 def test_datasets_change_only_on_ok_outcomes(env: Env) -> None:
     ddm = {"scope": "group.daq", "dataset": f"swf.{RUN}.run"}
     env.send(*env.start(), env.msg("dataset_opened", **ddm, outcome="ok"))
