@@ -69,6 +69,7 @@ class FileEntry:
     checksum: str | None
     file_url: str | None
     announced_at: str
+    sequence: int | None = None  # the DAQ's numbering: which of end_run's N files this is
     reply_id: str | None = None  # msg_id of the attach command's reply, once sent
     outcome: str | None = None  # ok / error / duplicate, once known
     error: str | None = None
@@ -108,11 +109,24 @@ class RunBook:
 
     accounted: int = 0  # files with an outcome (counted as they settle: no rescans)
     files_failed: int = 0
+    settled_sequences: set[int] = field(default_factory=set)
+    settled_unnumbered: int = 0
 
     def settle(self, entry: FileEntry, outcome: str, error: str | None) -> None:
         entry.outcome, entry.error = outcome, error
         self.accounted += 1
         self.files_failed += outcome == "error"
+        if entry.sequence is None:
+            self.settled_unnumbered += 1
+        else:
+            self.settled_sequences.add(entry.sequence)
+
+    def settled_of(self, expected: int) -> int:
+        """How many of the DAQ's ``expected`` files have an outcome. Numbered files count only
+        within 1..expected, so extra announcements (a duplicate name under a new number, a file
+        injected by hand) can never close the dataset before the DAQ's own last file."""
+        in_range = sum(1 for sequence in self.settled_sequences if 1 <= sequence <= expected)
+        return in_range + self.settled_unnumbered
 
 
 class ProcessingAgent(Agent):
@@ -185,7 +199,7 @@ class ProcessingAgent(Agent):
             return [self._duplicate(event, book, first, data)]
         entry = FileEntry(name=name, size_bytes=data.get("size_bytes"),
                           checksum=data.get("checksum"), file_url=data.get("file_url"),
-                          announced_at=event.time)
+                          announced_at=event.time, sequence=data.get("sequence"))
         book.files[name] = entry
         problem = ddm.replica_problem({"name": name, "bytes": entry.size_bytes,
                                        "adler32": entry.checksum})
@@ -342,7 +356,7 @@ class ProcessingAgent(Agent):
                                  f"dataset {book.dataset_did} could not be opened: "
                                  f"{book.dataset_error}")]
         expected = book.expected if book.expected is not None else len(book.files)
-        accounted = book.accounted
+        accounted = book.settled_of(expected) if book.expected is not None else book.accounted
         if book.dataset_state == "opening":
             if not timed_out:
                 return []

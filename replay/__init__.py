@@ -1,1 +1,7 @@
-"""Replay: rebuild, step through, re-drive and export recorded executions."""
+"""Replay: rebuild, step through, re-drive and export recorded executions (``swf-replay``).
+
+Modules: ``source`` (an execution's events, read fast), ``rebuild`` (fold in memory, compare
+with the stored tables), ``timeline`` (``--until``, ``--step``), ``redrive`` (``--agents``),
+``mermaid`` (``--mermaid``), ``fixture`` (fixture files: export, load), ``scenarios`` (the
+recipes that record the fixtures), ``render`` (output), ``cli`` (the command).
+"""

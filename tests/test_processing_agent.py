@@ -383,6 +383,16 @@ def test_end_run_before_all_files_closes_on_timeout_with_reason(bus):
     assert only(bus.of("run_processed"), dict)["status"] == "completed"
 
 
+def test_extra_announcements_do_not_close_before_the_daqs_last_file(bus):
+    """Files numbered outside end_run's 1..N (injected by hand, re-announced under another
+    number) are attached but never stand in for one of the DAQ's own files."""
+    bus.publish(imminent(0), stf(1, 1), stf(7, 2), end(3, 2), stf(2, 4)).run()
+    closed = only(bus.of("dataset_closed"), dict)  # not at end_run (t=3), when 2 had settled
+    assert (closed["timestamp"], closed["reason"]) == (at(4), "complete: 2 of 2 files "
+                                                              "accounted for")
+    assert closed["file_count"] == 3  # the extra file is in the dataset all the same
+
+
 def test_agent_wakes_itself_up_at_the_close_deadline(bus):
     """No other event after end_run (the embedded runtime stops ticking when idle)."""
     bus.publish(imminent(0), stf(1, 1), end(2, 3)).run()

@@ -1,0 +1,152 @@
+"""``swf-replay`` of a 1,000,000-event execution, next to the raw read+decode of the same log.
+
+    python benchmarks/replay.py [--events N] [--db PATH] [--keep]
+
+Builds the synthetic fast-processing execution of ``benchmarks/projections.py`` (N events, one
+run: per STF its stf_gen, stf_ready and TF sample, 15 slices with two results each, 2% failing
+once) in a fresh SQLite store, projects it (``Projector.rebuild``), then measures:
+
+- raw read+decode: the execution's rows read the way the replay reads them (by execution, in
+  chunks) and every body parsed with orjson - the floor for anything that looks at each event;
+- replay (in process): ``swf-replay EXECUTION --db URL`` through click's test runner: catch-up
+  check, fold of the execution in memory, render, read of the stored rows, row-level compare;
+- replay (command): the same as a subprocess, interpreter start and imports included.
+
+Then the replay's phases one by one: fold (read, decode, fold), render, read of the stored
+rows, compare.
+
+Target (issue 6): the replay of 1,000,000 events in <= 5 s. Measured on the 2-vCPU development
+VM (shared with other test runs, so +-15%): raw read+decode 2.7-3.8 s (265-375k events/s);
+replay 9.3-10.7 s in process, 9.9-10.4 s as a command (about 100k events/s, 3.1-3.5x the raw
+read). Phases: fold 6.4 s, render 1.25 s, read stored rows 1.0 s, compare 0.3 s. Not met: the
+fold alone - the projector's own read/decode/fold path (``projections.source.fold_rows``), the
+same one whose rebuild misses its 250k events/s target in ``benchmarks/projections.py`` - takes
+longer than the whole budget; everything the replay adds on top of it is ~2.5 s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a source checkout
+
+from click.testing import CliRunner  # noqa: E402
+
+from eventstore.store import EventStore  # noqa: E402
+from projections.projector import Projector  # noqa: E402
+from replay import rebuild, source  # noqa: E402
+from replay.cli import main as replay_main  # noqa: E402
+
+
+def _log_builder():  # noqa: ANN202 - the sibling benchmark's generator, loaded by path
+    spec = importlib.util.spec_from_file_location("bench_projections",
+                                                  Path(__file__).with_name("projections.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def raw_read(url: str, execution_id: str) -> int:
+    count = 0
+    loads = orjson.loads
+    with EventStore(url) as store, store.engine.connect() as conn:
+        for rows in source.execution_chunks(conn, execution_id, source.Limit()):
+            for row in rows:
+                loads(row[5])
+            count += len(rows)
+    return count
+
+
+def phases(url: str, execution_id: str) -> dict[str, float]:
+    """Where a replay's time goes: the same steps as ``swf-replay``, timed one by one."""
+    spent: dict[str, float] = {}
+    with EventStore(url) as store, store.engine.connect() as conn, conn.begin():
+        began = time.perf_counter()
+        scope = source.Scope(execution_id)
+        fold, _count = rebuild.fold_execution(conn, scope, source.Limit())
+        spent["fold (read, decode, fold)"] = time.perf_counter() - began
+        began = time.perf_counter()
+        rows = rebuild.rebuilt_rows(fold, scope)
+        del fold
+        spent["render rows"] = time.perf_counter() - began
+        began = time.perf_counter()
+        stored = rebuild.read_stored(conn, scope)
+        spent["read stored rows"] = time.perf_counter() - began
+        began = time.perf_counter()
+        diffs = rebuild.diff_tables(rows, stored)
+        spent["compare"] = time.perf_counter() - began
+        assert all(diff.identical for diff in diffs)
+    return spent
+
+
+def timed(label: str, action, events: int | None = None) -> float:  # noqa: ANN001
+    began = time.perf_counter()
+    result = action()
+    elapsed = time.perf_counter() - began
+    count = events if events is not None else result
+    click.echo(f"{label:<28} {count:>10,} events in {elapsed:6.2f} s = "
+               f"{count / elapsed:>10,.0f} events/s")
+    return elapsed
+
+
+@click.command()
+@click.option("--events", default=1_000_000, show_default=True, help="Size of the execution.")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="SQLite file to build (default: a temporary file).")
+@click.option("--keep", is_flag=True, help="Reuse --db if it already holds the log.")
+@click.option("--repeat", default=3, show_default=True, help="Replays timed (best is kept).")
+def main(events: int, db_path: Path | None, keep: bool, repeat: int) -> None:
+    """Time swf-replay of one big execution against the raw read+decode of its events."""
+    logging.basicConfig(level=logging.WARNING)
+    bench = _log_builder()
+    with tempfile.TemporaryDirectory() as scratch:
+        path = db_path or Path(scratch) / "replay.db"
+        if path.exists() and not keep:
+            raise click.UsageError(f"{path} exists; remove it or pass --keep")
+        url = f"sqlite:///{path}"
+        with EventStore(url) as store:
+            if store.head() == 0:
+                elapsed = bench.build(store, events)
+                click.echo(f"{'append':<28} {store.head():>10,} events in {elapsed:6.2f} s")
+                timed("project (rebuild)", Projector(store).rebuild)
+            total = store.head()
+        execution = bench.EXECUTION
+        raw = min(timed("raw read+decode", lambda: raw_read(url, execution))
+                  for _ in range(repeat))
+        runner = CliRunner()
+        best = None
+        for _ in range(repeat):
+            began = time.perf_counter()
+            result = runner.invoke(replay_main, [execution, "--db", url, "--no-progress"])
+            elapsed = time.perf_counter() - began
+            assert result.exit_code == 0, result.output
+            click.echo(f"{'replay (in process)':<28} {total:>10,} events in {elapsed:6.2f} s = "
+                       f"{total / elapsed:>10,.0f} events/s  -> {result.output.splitlines()[-1]}")
+            best = elapsed if best is None else min(best, elapsed)
+        began = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "replay", execution, "--db", url],
+                              capture_output=True, text=True, check=False, cwd=ROOT)
+        command = time.perf_counter() - began
+        click.echo(f"{'replay (command)':<28} {total:>10,} events in {command:6.2f} s "
+                   f"(exit {done.returncode})")
+        assert best is not None
+        click.echo("replay phases: " + ", ".join(
+            f"{name} {seconds:.2f} s" for name, seconds in phases(url, execution).items()))
+        click.echo(f"replay / raw read+decode: {best / raw:.2f}x; target 5 s: "
+                   f"{'met' if best <= 5.0 else 'NOT met'} ({best:.2f} s in process, "
+                   f"{command:.2f} s as a command)")
+
+
+if __name__ == "__main__":
+    main()

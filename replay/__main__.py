@@ -1,0 +1,5 @@
+"""``python -m replay`` = ``swf-replay``."""
+
+from replay.cli import main
+
+main()

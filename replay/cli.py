@@ -1,0 +1,336 @@
+"""``swf-replay``: rebuild, step through, re-drive, export and draw one recorded execution."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import sqlalchemy as sa
+from click.core import ParameterSource
+
+from eventstore.envelope import Event
+from eventstore.errors import SchemaTooNew, StoreUnavailable
+from eventstore.store import EventStore
+from projections.projector import NAMES, Projector
+from projections.tables import projection_checkpoints
+
+from . import fixture, mermaid, rebuild, redrive, render, source, timeline
+from .fixture import Fixture, FixtureError
+from .rebuild import Row
+from .source import Scope
+
+log = logging.getLogger(__name__)
+
+PROGRESS_FROM = 50_000  # events; shorter replays finish before a bar is worth drawing
+EXIT_DIFFERENT, EXIT_ERROR = 1, 2
+
+Progress = Callable[[int], None] | None
+
+
+@dataclass
+class Opened:
+    """One execution ready to replay: its store (a fixture's is an in-memory copy), a read
+    connection holding one snapshot, and what the stored projections cover."""
+
+    store: EventStore
+    conn: sa.Connection
+    execution_id: str
+    label: str
+    stops: dict[str, int]  # projection -> the log position its stored rows cover
+    events: int  # its events (or 1: only its existence was checked, no progress bar)
+    fixture: Fixture | None
+    stored: Callable[[Scope], Mapping[str, Sequence[Row]]]
+
+
+class ReplayError(click.ClickException):
+    exit_code = EXIT_ERROR
+
+
+HELP = """Replay one recorded execution from its events.
+
+By default: rebuild every projection of EXECUTION_ID from its events in memory and compare
+them with the stored projection tables; print "identical" or the differing rows (exit status
+1). With --fixture PATH the events come from a fixture file and the stored projections from
+its expected file (EXECUTION_ID may be left out).
+
+Before comparing, the store's projector catches up with the log (--catch-up, the default): a
+table lagging the log is not drift. With --no-catch-up the tables are compared as they are,
+against a rebuild of the events their checkpoints cover.
+
+Exit status: 0 identical (no divergence), 1 drift (a divergence), 2 an error (no such
+execution, an unreadable store or fixture, bad options).
+"""
+
+
+@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("execution_id", required=False)
+@click.option("--db", "db_url", envvar="SWF_DB", default=None, metavar="URL",
+              help="Database URL (default: $SWF_DB or sqlite:///swf.db).")
+@click.option("--fixture", "fixture_path", metavar="PATH",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Replay a fixture file (NAME.jsonl beside NAME.expected.json) instead.")
+@click.option("--catch-up/--no-catch-up", default=True, show_default=True,
+              help="Bring the stored projections up to the log's head before comparing.")
+@click.option("--until", "until", metavar="POSITION|ISO-TIME",
+              help="Show the execution's state after the events up to this log position or "
+                   "event time (with --step: stop there).")
+@click.option("--step", is_flag=True, help="Each event in order with the rows it changed.")
+@click.option("--agents", is_flag=True,
+              help="Re-drive the current agent code with the recorded inputs and compare what "
+                   "it emits with what was recorded; exit 1 at the first divergence.")
+@click.option("--export", "export_path", metavar="PATH",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the execution as a fixture: PATH (.jsonl) and its expected "
+                   "projections beside it (.expected.json).")
+@click.option("--mermaid", "as_mermaid", is_flag=True,
+              help="Print the execution as a Mermaid sequence diagram.")
+@click.option("--update", is_flag=True,
+              help="With --fixture: regenerate the fixture (record its scenario again with the "
+                   "current code, or, without one, recompute its expected projections).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: on a terminal, for long replays).")
+@click.option("-v", "--verbose", count=True, help="Log to stderr (-vv for debug).")
+def main(execution_id: str | None, db_url: str | None, fixture_path: Path | None,
+         catch_up: bool, until: str | None, step: bool, agents: bool,
+         export_path: Path | None, as_mermaid: bool, update: bool, as_json: bool,
+         progress: bool | None, verbose: int) -> None:
+    if verbose:
+        logging.basicConfig(level=logging.INFO if verbose == 1 else logging.DEBUG,
+                            format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    chosen = [name for name, on in (("--step", step), ("--agents", agents),
+                                    ("--export", export_path is not None),
+                                    ("--mermaid", as_mermaid), ("--update", update)) if on]
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one of {', '.join(chosen)}")
+    if until is not None and chosen and chosen != ["--step"]:
+        raise click.UsageError(f"--until does not combine with {chosen[0]}")
+    given = click.get_current_context().get_parameter_source("db_url")
+    if fixture_path is not None and given is ParameterSource.COMMANDLINE:
+        raise click.UsageError("give --db or --fixture, not both")
+    if update:
+        if fixture_path is None:
+            raise click.UsageError("--update needs --fixture PATH")
+        _guarded(lambda: _update(fixture_path, as_json))
+        return
+    limit = None
+    if until is not None:
+        try:
+            limit = timeline.parse_moment(until)
+        except ValueError:
+            raise click.BadParameter(f"{until!r} is neither a log position nor an ISO-8601 "
+                                     f"time", param_hint="--until") from None
+    status = _guarded(lambda: _replay(
+        execution_id=execution_id, db_url=db_url, fixture_path=fixture_path,
+        catch_up=catch_up, limit=limit, step=step, agents=agents, export_path=export_path,
+        as_mermaid=as_mermaid, as_json=as_json, progress=progress))
+    if status:
+        sys.exit(status)
+
+
+def _guarded(action: Callable[[], int | None]) -> int | None:
+    """Store and fixture problems: one line on stderr and exit status 2, not a traceback."""
+    try:
+        return action()
+    except (StoreUnavailable, SchemaTooNew, FixtureError) as problem:
+        raise ReplayError(str(problem)) from None
+
+
+def _replay(*, execution_id: str | None, db_url: str | None, fixture_path: Path | None,
+            catch_up: bool, limit: Any, step: bool, agents: bool, export_path: Path | None,
+            as_mermaid: bool, as_json: bool, progress: bool | None) -> int:
+    compares = not (step or limit is not None or agents or as_mermaid)  # reads stored tables
+    with _opened(execution_id, db_url, fixture_path, catch_up and compares,
+                 progress) as opened:
+        if step:
+            return _step(opened, limit or timeline.Limit(), as_json)
+        if limit is not None:
+            state = timeline.state_at(opened.conn, Scope(opened.execution_id), limit)
+            _emit(state, as_json, render.state_lines)
+            return 0
+        if agents:
+            return _agents(opened, as_json, progress)
+        if as_mermaid:
+            lines = mermaid.diagram(opened.execution_id, _events(opened))
+            _emit({"execution_id": opened.execution_id, "mermaid": "\n".join(lines) + "\n"},
+                  as_json, lambda value: iter(lines))
+            return 0
+        if export_path is not None:
+            return _export(opened, export_path, as_json)
+        bar_length = opened.events if _show_progress(progress, opened.events) else 0
+        with _bar("rebuild", bar_length) as bar:
+            scope = Scope(opened.execution_id)
+            comparison = rebuild.compare(opened.conn, scope, opened.stops, opened.stored, bar)
+        _emit(render.comparison_json(comparison, opened.label), as_json,
+              lambda _value: render.comparison_lines(comparison, opened.label))
+        return 0 if comparison.identical else EXIT_DIFFERENT
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def _opened(execution_id: str | None, db_url: str | None, fixture_path: Path | None,
+            catch_up: bool, progress: bool | None) -> Iterator[Opened]:
+    if fixture_path is not None:
+        loaded = fixture.load(fixture_path)
+        if execution_id is not None and execution_id != loaded.execution_id:
+            raise ReplayError(f"{loaded.path.name} holds execution {loaded.execution_id}, "
+                              f"not {execution_id}")
+        store = fixture.scratch_store(loaded.rows)
+        expected = rebuild.rows_from_dicts(loaded.expected.get("projections") or {})
+        stops = {name: loaded.position for name in NAMES}
+        label = f"fixture {loaded.path.name}"
+        execution_id = loaded.execution_id
+
+        def stored(_scope: Scope) -> Mapping[str, Sequence[Row]]:
+            return expected
+    else:
+        if execution_id is None:
+            raise click.UsageError("give an EXECUTION_ID (or --fixture PATH)")
+        store = EventStore(db_url)
+        loaded, label = None, "store"
+    try:
+        with store.engine.connect() as base:
+            conn = base
+            if store.backend == "postgresql":  # one snapshot for the whole replay
+                conn = base.execution_options(isolation_level="REPEATABLE READ")
+            if loaded is None:
+                projector = Projector(store)
+                if catch_up:
+                    lag = max((row["lag"] for row in projector.status()), default=0)
+                    with _bar("catch-up", lag if _show_progress(progress, lag) else 0) as bar:
+                        projector.catch_up(bar)
+            with conn.begin():
+                # counting is an index scan: only when a progress bar may want the length
+                events = _count(conn, execution_id) if progress is not False else _any(
+                    conn, execution_id)
+                if not events:
+                    raise ReplayError(f"no events of execution {execution_id} in the "
+                                      f"{'fixture' if loaded else 'store'}")
+                if loaded is None:
+                    stops = _checkpoints(conn)
+
+                    def stored(scope: Scope) -> Mapping[str, Sequence[Row]]:
+                        return rebuild.read_stored(conn, scope)
+                yield Opened(store, conn, execution_id, label, stops, events, loaded, stored)
+    finally:
+        store.close()
+
+
+def _count(conn: sa.Connection, execution_id: str) -> int:
+    m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return conn.exec_driver_sql(f"SELECT count(*) FROM events WHERE execution_id = {m}",
+                                (execution_id,)).scalar_one()
+
+
+def _any(conn: sa.Connection, execution_id: str) -> int:
+    m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return int(conn.exec_driver_sql(f"SELECT 1 FROM events WHERE execution_id = {m} LIMIT 1",
+                                    (execution_id,)).first() is not None)
+
+
+def _checkpoints(conn: sa.Connection) -> dict[str, int]:
+    stored = dict(conn.execute(sa.select(projection_checkpoints.c.name,
+                                         projection_checkpoints.c.position)).all())
+    return {name: int(stored.get(name, 0)) for name in NAMES}
+
+
+def _events(opened: Opened) -> list[Event]:
+    """The execution's own events, normalized by today's catalog (re-drive, diagram)."""
+    return list(source.read_events(opened.conn, opened.execution_id))
+
+
+# -- actions ---------------------------------------------------------------------------------
+
+
+def _agents(opened: Opened, as_json: bool, progress: bool | None) -> int:
+    events = _events(opened)
+    with _bar("re-drive", len(events) if _show_progress(progress, len(events)) else 0) as bar:
+        report = redrive.redrive(opened.execution_id, events, bar)
+    _emit(render.report_json(report), as_json, lambda _value: render.report_lines(report))
+    return EXIT_DIFFERENT if report.divergence is not None else 0
+
+
+def _step(opened: Opened, limit: timeline.Limit, as_json: bool) -> int:
+    steps = timeline.steps(opened.conn, Scope(opened.execution_id), limit)
+    if as_json:
+        _emit({"execution_id": opened.execution_id,
+               "steps": [timeline.step_json(step) for step in steps]}, True, None)
+    else:
+        for step in steps:
+            for line in timeline.step_lines(step):
+                click.echo(line)
+    return 0
+
+
+def _export(opened: Opened, path: Path, as_json: bool) -> int:
+    scenario = opened.fixture.expected.get("scenario") if opened.fixture else None
+    rows, expected, comparison = fixture.export(opened.conn, opened.execution_id, opened.stops,
+                                                opened.stored, scenario)
+    events_path, expected_path = fixture.write(path, rows, expected)
+    summary = {"execution_id": opened.execution_id, "events": len(rows),
+               "events_file": events_path.name, "expected_file": expected_path.name,
+               "rows": sum(len(v) for v in expected["projections"].values()),
+               "identical": comparison.identical}
+    _emit(summary, as_json, lambda value: iter([
+        f"exported {value['execution_id']}: {value['events']} events to "
+        f"{value['events_file']}, {value['rows']} projection rows to {value['expected_file']}",
+        *([] if value["identical"] else [
+            "warning: the stored projections differ from a rebuild from the log; the fixture "
+            "expects the stored ones (run without --export to see the drift)"])]))
+    return 0
+
+
+def _update(path: Path, as_json: bool) -> int:
+    from . import scenarios
+
+    events_path, _expected_path = fixture.paths(path)
+    stem = events_path.name[: -len(fixture.EVENTS_SUFFIX)]
+    if not events_path.exists() and stem in scenarios.SCENARIOS:  # a new fixture
+        result = scenarios.record_to(stem, events_path)
+    else:
+        loaded = fixture.load(path)
+        name = loaded.expected.get("scenario")
+        if name:
+            result = scenarios.record_to(str(name), loaded.path)
+        else:
+            result = scenarios.refresh_expected(loaded)
+    _emit(result, as_json, lambda value: iter([
+        f"{value['events_file']}: {value['how']}; {value['events']} events, "
+        f"{value['rows']} projection rows ({'changed' if value['changed'] else 'unchanged'})"]))
+    return 0
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _emit(value: Any, as_json: bool, lines: Callable[[Any], Iterator[str]] | None) -> None:
+    if as_json or lines is None:
+        click.echo(orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+                   .decode())
+        return
+    for line in lines(value):
+        click.echo(line)
+
+
+def _show_progress(progress: bool | None, length: int) -> bool:
+    if progress is None:
+        return length >= PROGRESS_FROM and sys.stderr.isatty()
+    return progress and length > 0
+
+
+@contextmanager
+def _bar(label: str, length: int) -> Iterator[Progress]:
+    if not length:
+        yield None
+        return
+    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
+        yield bar.update
