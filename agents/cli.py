@@ -44,6 +44,7 @@ def run() -> None:
 
 # Command modules register themselves on import; keep this list sorted.
 from agents.commands import (  # noqa: E402, F401
+    live_commands,
     projection_commands,
     query_commands,
     run_commands,

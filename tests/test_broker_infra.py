@@ -13,83 +13,24 @@ free port, and stomp.py proves what the swf agents rely on:
 
 from __future__ import annotations
 
-import os
 import queue
 import socket
-import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import stomp
 
+pytest.register_assert_rewrite("broker")  # before the import below: it is a plugin too
+from broker import Broker, run_script  # noqa: E402
+
 pytestmark = pytest.mark.broker
 
-BROKER_SH = Path(__file__).resolve().parent.parent / "deploy" / "activemq" / "broker.sh"
-ACTIVEMQ_JAR = Path(os.environ.get("ACTIVEMQ_HOME", "/usr/share/activemq")) / "bin" / "activemq.jar"
+pytest_plugins = ["broker"]  # the module-scoped ``broker`` fixture
 
 MONITORED_QUEUES = ("panda.transformer.slices", "panda.results.fastprocessing")
 WAIT = 10.0  # seconds to wait for any single expected frame
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_script(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        ["bash", str(BROKER_SH), *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"broker.sh {' '.join(args)} exited {proc.returncode}\n"
-            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-        )
-    return proc
-
-
-@dataclass
-class Broker:
-    directory: Path
-    port: int
-    openwire_port: int
-    pid: int = 0
-
-    def start(self) -> None:
-        out = run_script("start", str(self.directory), str(self.port), str(self.openwire_port))
-        self.pid = int(out.stdout.strip().splitlines()[-1])
-
-    def stop(self) -> subprocess.CompletedProcess:
-        return run_script("stop", str(self.directory))
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    if not ACTIVEMQ_JAR.is_file():
-        msg = f"{ACTIVEMQ_JAR} missing: run deploy/activemq/broker.sh install"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    b = Broker(tmp_path_factory.mktemp("activemq"), free_port(), free_port())
-    try:
-        b.start()
-        yield b
-    finally:
-        # always stop, also when start or a test failed; stop is idempotent
-        run_script("stop", str(b.directory), check=False)
 
 
 class Collector(stomp.ConnectionListener):

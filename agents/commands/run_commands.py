@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from agents.cli import db_option, main
+from agents.commands import live_commands
 from agents.config import (
     ConfigError,
     WorkflowConfig,
@@ -40,19 +41,33 @@ from agents.runtime import ExecutionResult, Progress, prepare
 @click.option("--progress/--no-progress", default=None,
               help="Live progress line on stderr (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--broker", "broker_url", metavar="URL",
+              help="Live mode: send the run to the agents on this broker (`swf agent`, recorded "
+                   "by `swf record`) and wait for its result, instead of running embedded.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=3600.0,
+              show_default=True, help="With --broker: seconds to wait for the result.")
 @db_option
 def run_command(workflow: str, overrides: tuple[str, ...], seed: int, realtime: bool,
                 speed: float, start_time: str | None, data_dir: Path | None,
-                progress: bool | None, as_json: bool, db_url: str | None) -> None:
+                progress: bool | None, as_json: bool, broker_url: str | None, timeout: float,
+                db_url: str | None) -> None:
     """Run one execution of a workflow (default: fast_processing) to completion, embedded:
     all agents in this process, every message appended to the store before delivery. Then
     print the execution summary (as `swf query execution ID` does). Exit status 1 when the
-    execution did not complete."""
+    execution did not complete. With --broker, the live agents run it in real time."""
     from eventstore.store import EventStore
 
     config = _load(workflow, overrides)
     show = progress if progress is not None else sys.stderr.isatty()
     line = _ProgressLine() if show else None
+    if broker_url:
+        summary = live_commands.run_live(config, broker_url=broker_url, seed=seed,
+                                         start_time=start_time, db_url=db_url, timeout=timeout,
+                                         progress=line)
+        if line is not None:
+            line.close()
+        echo_mapping(summary, as_json)
+        sys.exit(0 if summary.get("status") == "completed" else 1)
     with EventStore(db_url) as store:
         runtime = prepare(store, config, seed=seed, data_dir=data_dir, start_time=start_time,
                           realtime=realtime, speed=speed, progress=line)

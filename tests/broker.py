@@ -1,0 +1,466 @@
+"""A real ActiveMQ broker, and live-mode processes on it, for tests.
+
+Load it as a plugin in a test module (pytest puts ``tests/`` on ``sys.path``)::
+
+    pytest_plugins = ["broker"]
+
+``broker`` (module scope): deploy/activemq/broker.sh starts a broker from the Debian package in a
+temporary directory on free ports and stops it after the module (skipped when the package is
+missing; a failure under CI). ``Broker.restart()`` keeps its data: durable subscriptions and
+persistent messages survive.
+
+``Cluster`` runs ``swf record`` and ``swf agent NAME`` as subprocesses against one broker and one
+store (``swf run --broker`` too), with their output in log files, and waits on real conditions:
+the recorder stores a probe, each agent's READY heartbeat from its own pid is in the store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parent.parent
+BROKER_SH = REPO / "deploy" / "activemq" / "broker.sh"
+ACTIVEMQ_JAR = Path(os.environ.get("ACTIVEMQ_HOME", "/usr/share/activemq")) / "bin" / "activemq.jar"
+WAIT = 30.0  # seconds any single condition may take before a test gives up
+SWF = [sys.executable, "-c", "from agents.cli import run; run()"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_script(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        ["bash", str(BROKER_SH), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"broker.sh {' '.join(args)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+@dataclass
+class Broker:
+    directory: Path
+    port: int
+    openwire_port: int
+    pid: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"stomp://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        out = run_script("start", str(self.directory), str(self.port), str(self.openwire_port))
+        self.pid = int(out.stdout.strip().splitlines()[-1])
+
+    def stop(self) -> subprocess.CompletedProcess:
+        return run_script("stop", str(self.directory))
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    if not ACTIVEMQ_JAR.is_file():
+        msg = f"{ACTIVEMQ_JAR} missing: run deploy/activemq/broker.sh install"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    b = Broker(tmp_path_factory.mktemp("activemq"), free_port(), free_port())
+    try:
+        b.start()
+        yield b
+    finally:
+        # always stop, also when start or a test failed; stop is idempotent
+        run_script("stop", str(b.directory), check=False)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT,
+             every: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned) or fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+def publish(url: str, messages: list[tuple[str, bytes]]) -> None:
+    """Send raw bodies (persistent), confirmed by the broker before returning."""
+    from agents.transport.stomp import StompTransport
+    from eventstore.broker import broker_config
+
+    transport = StompTransport(broker_config(url), name=f"test-{uuid.uuid4().hex[:6]}")
+    transport.start()
+    try:
+        transport.send([(destination, body, None) for destination, body in messages],
+                       timeout=WAIT)
+    finally:
+        transport.close()
+
+
+def stored_ids(engine: sa.Engine, **where: Any) -> list[str]:
+    from eventstore.schema import events
+
+    query = sa.select(events.c.event_id)
+    for name, value in where.items():
+        query = query.where(events.c[name] == value)
+    with engine.connect() as conn:
+        return list(conn.execute(query).scalars())
+
+
+@dataclass
+class Cluster:
+    """``swf record`` and ``swf agent`` processes sharing one broker, store and data dir."""
+
+    broker: Broker
+    root: Path
+    user: str = "tester"
+    heartbeat: float = 1.0
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_url = f"sqlite:///{self.root / 'swf.db'}"
+        self.data_dir = self.root / "data"
+        self.env = {**os.environ, "SWF_BROKER": self.broker.url, "SWF_DB": self.db_url,
+                    "SWF_DATA": str(self.data_dir), "USER": self.user, "LOGNAME": self.user,
+                    "PYTHONUNBUFFERED": "1"}
+        self.env.pop("SWF_CONFIG", None)
+        from eventstore.store import EventStore
+
+        self.store = EventStore(self.db_url)
+        self._logs = 0
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def spawn(self, key: str, *args: str, stdout: Path | None = None) -> subprocess.Popen:
+        self._logs += 1
+        log = (self.root / f"{key}.{self._logs}.log").open("wb")
+        out = stdout.open("wb") if stdout is not None else None
+        proc = subprocess.Popen([*SWF, *args], env=self.env, cwd=self.root,
+                                stdin=subprocess.DEVNULL, stdout=out or log,
+                                stderr=log if out else subprocess.STDOUT)
+        log.close()
+        if out is not None:
+            out.close()
+        self.procs[key] = proc
+        return proc
+
+    def start_recorder(self) -> subprocess.Popen:
+        proc = self.spawn("recorder", "-v", "record")
+        self.wait_recorder()
+        return proc
+
+    def start_agent(self, name: str) -> subprocess.Popen:
+        return self.spawn(name, "agent", name, "--heartbeat-interval", str(self.heartbeat),
+                          "--sent-log", str(self.root / f"{name}.sent"))
+
+    def sent(self) -> list[str]:
+        """The msg_ids every agent process so far said the broker confirmed (repeats kept)."""
+        return [line.split()[0] for path in sorted(self.root.glob("*.sent"))
+                for line in path.read_text().splitlines() if line.strip()]
+
+    def start_agents(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            self.start_agent(name)
+        for name in names:
+            self.wait_agent(name)
+
+    def kill(self, key: str, signum: int = signal.SIGKILL) -> None:
+        proc = self.procs[key]
+        proc.send_signal(signum)
+        proc.wait(WAIT)
+
+    def alive(self, key: str) -> bool:
+        return self.procs[key].poll() is None
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.store.close()
+
+    def log_text(self) -> str:
+        return "\n".join(f"== {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+                         for path in sorted(self.root.glob("*.log")))
+
+    # -- conditions ----------------------------------------------------------------------------
+
+    def wait_recorder(self) -> None:
+        """The recorder is subscribed once a probe published now reaches the store (probes
+        published before its subscription existed are lost, hence one per try)."""
+        def probe() -> bool:
+            msg_id = f"probe-{uuid.uuid4()}"
+            publish(self.broker.url, [("/topic/epictopic", orjson.dumps({
+                "msg_type": "agent_heartbeat", "msg_id": msg_id, "namespace": "probe",
+                "sender": "probe", "agent_type": "probe"}))])
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                if stored_ids(self.store.engine, event_id=msg_id):
+                    return True
+                time.sleep(0.05)
+            return False
+
+        wait_for(probe, "the recorder to store a probe", every=0)
+
+    def wait_agent(self, name: str) -> None:
+        """An agent is up once its READY heartbeat (sent after subscribing) is stored."""
+        from eventstore.schema import events
+
+        pid = self.procs[name].pid
+        columns = events.c
+
+        def ready() -> bool:
+            if self.procs[name].poll() is not None:
+                raise AssertionError(f"agent {name} exited:\n{self.log_text()}")
+            with self.store.engine.connect() as conn:
+                bodies = conn.execute(sa.select(columns.body).where(
+                    columns.msg_type == "agent_heartbeat",
+                    columns.sender.like(f"%-agent-{self.user}"))).scalars().all()
+            return any(orjson.loads(body).get("pid") == pid
+                       and orjson.loads(body).get("operational_state") == "READY"
+                       for body in bodies)
+
+        wait_for(ready, f"agent {name} to say READY")
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def run(self, *options: str, timeout: float = 120) -> subprocess.Popen:
+        """``swf run --broker`` in the background; ``finish`` collects its JSON summary."""
+        self._summary = self.root / f"run.{self._logs + 1}.json"
+        return self.spawn("run", "run", "--broker", self.broker.url, "--json",
+                          "--timeout", str(timeout), *options, stdout=self._summary)
+
+    def finish(self, proc: subprocess.Popen, timeout: float = 180) -> dict[str, Any]:
+        proc.wait(timeout)
+        text = self._summary.read_bytes()
+        if not text.strip():
+            raise AssertionError(f"swf run printed no summary:\n{self.log_text()}")
+        return orjson.loads(text)
+
+
+# -- comparing a live execution with its embedded twin ---------------------------------------------
+
+PROJECTIONS = ("executions", "runs", "stf_files", "tf_samples", "slices", "unmatched_results",
+               "datasets", "tasks", "logs")
+NOT_DECISIONS = frozenset({"agent_heartbeat", "agent_log"})  # carry the wall clock, pid, host
+# A 9 s run whose worker assignment is the embedded one: an STF's 15 slices reach the worker
+# well within the payload time (so none frees a worker early), and all finish well before the
+# next STF's slices come (so the next ones get workers 1-15 again).
+FAST = ("daq.stf_interval=0.8", "daq.imminent_delay=0.2",
+        "fast_processing.slice_processing_time=0.4")
+
+
+def timeless(row: dict[str, Any]) -> dict[str, Any]:
+    """A projection row without its time columns (and the store-specific position)."""
+    return {name: value for name, value in row.items()
+            if not (name.endswith(("_at", "_time")) or name in
+                    ("time", "first_seen", "last_heartbeat", "position", "duration_s"))}
+
+
+def projected(store: Any, execution_id: str, namespace: str | None = None
+              ) -> dict[str, list[dict[str, Any]]]:
+    """Every projection's rows of the execution, caught up, without time columns."""
+    from projections import Projector, queries
+
+    Projector(store).catch_up()
+    return {name: [timeless(row) for row in queries.query(
+        store.engine, name, execution_id=execution_id, namespace=namespace)]
+        for name in PROJECTIONS}
+
+
+def decisions(store: Any, execution_id: str, namespace: str = "torre2") -> list[str]:
+    """The msg_ids of the execution's valid messages in its namespace that decisions made
+    (sorted)."""
+    from eventstore.schema import events
+
+    columns = events.c
+    with store.engine.connect() as conn:
+        return sorted(conn.execute(sa.select(columns.event_id).where(
+            columns.execution_id == execution_id, columns.namespace == namespace,
+            columns.reject_reason.is_(None),
+            columns.msg_type.not_in(NOT_DECISIONS))).scalars())
+
+
+def allocation_of(store: Any, execution_id: str) -> Any:
+    """The live execution's id, run and start time, read back from its run_imminent."""
+    from agents.runtime import Allocation
+
+    (imminent,) = store.read(execution_id=execution_id, msg_types=["run_imminent"])
+    return Allocation(execution_id, imminent.run_id, imminent.sent_at)
+
+
+def embedded_twin(path: Path, allocation: Any, *options: str, seed: int, data_dir: Path,
+                  user: str) -> Any:
+    """The same execution (ids, start time, config, seed) run embedded into a fresh store."""
+    from unittest import mock
+
+    from agents.config import load_workflow
+    from agents.runtime import run_workflow
+    from eventstore.store import EventStore
+
+    store = EventStore(f"sqlite:///{path}")
+    with mock.patch("agents.runtime.allocate", return_value=allocation):
+        run_workflow(store, load_workflow("fast_processing", options), seed=seed,
+                     data_dir=data_dir, user=user, strict=True)
+    return store
+
+
+def outline(store: Any, execution_id: str
+            ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+    """What must not depend on delivery order: the projections without the worker each slice
+    ran on, and how many messages of each type decisions made. (Exact msg_ids do depend on
+    order where a decision is caused by the last of several events, e.g. run_processed.)"""
+    from collections import Counter
+
+    from eventstore.schema import events
+
+    tables = projected(store, execution_id)
+    for name in ("slices", "unmatched_results"):
+        tables[name] = [{k: v for k, v in row.items() if k != "worker"} for row in tables[name]]
+    columns = events.c
+    with store.engine.connect() as conn:
+        kinds = Counter(conn.execute(sa.select(columns.msg_type).where(
+            columns.execution_id == execution_id, columns.namespace == "torre2",
+            columns.reject_reason.is_(None),
+            columns.msg_type.not_in(NOT_DECISIONS))).scalars())
+    return tables, dict(kinds)
+
+
+# -- a proxy in front of the broker: TLS, and network drops ----------------------------------------
+
+
+def self_signed(folder: Path) -> Path:
+    """A self-signed certificate and key for 127.0.0.1 (PEM, in one file); skips without
+    openssl."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    pem = folder / "server.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
+                   check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    pem.write_text((folder / "cert.pem").read_text() + (folder / "key.pem").read_text())
+    return pem
+
+
+class Proxy:
+    """Forwards TCP connections to the broker, optionally terminating TLS with ``certificate``.
+    ``cut()`` drops every open connection at once, as a network failure would."""
+
+    def __init__(self, target_port: int, certificate: Path | None = None) -> None:
+        import ssl
+        import threading
+
+        self.target_port = target_port
+        self.context = None
+        if certificate is not None:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(str(certificate))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cuts = 0
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"{'stomp+ssl' if self.context else 'stomp'}://127.0.0.1:{self.port}"
+
+    def cut(self) -> None:
+        with self._lock:
+            doomed, self._open = self._open, []
+            self.cuts += 1
+        for sock in doomed:
+            _close(sock)
+
+    def close(self) -> None:
+        self._closed = True
+        _close(self.listener)
+        self.cut()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pump, args=(client,), daemon=True).start()
+
+    def _pump(self, client: socket.socket) -> None:
+        import select
+        import ssl
+
+        upstream = None
+        try:
+            if self.context is not None:
+                client = self.context.wrap_socket(client, server_side=True)
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._open += [client, upstream]
+            peer = {client: upstream, upstream: client}
+            while not self._closed:
+                pending = isinstance(client, ssl.SSLSocket) and client.pending()
+                ready = [client] if pending else select.select([client, upstream], [], [],
+                                                               0.5)[0]
+                for source in ready:
+                    data = source.recv(1 << 16)
+                    if not data:
+                        return
+                    peer[source].sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            _close(client)
+            if upstream is not None:
+                _close(upstream)
+
+
+def _close(sock: socket.socket) -> None:
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()

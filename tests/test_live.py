@@ -1,0 +1,339 @@
+"""The live agent host on the in-process bus (no broker): real time, own messages, redelivery,
+ack after recording, resume from the store after a restart, logs and heartbeats. The hosts and
+the bus are the ones `swf agent` uses; only the transport differs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+import pytest
+
+from agents.base import Agent, Output, Send, shift
+from agents.config import load_workflow
+from agents.live import LiveDaq, LiveHost, open_executions, request_run
+from agents.registry import create_adapter, create_agent, workflow_agents
+from agents.transport.memory import MemoryBroker
+from eventstore.envelope import TOPIC, Event, utc_now
+from eventstore.store import EventStore
+
+pytest.register_assert_rewrite("broker")
+from broker import (  # noqa: E402
+    allocation_of,
+    decisions,
+    embedded_twin,
+    outline,
+    projected,
+    stored_ids,
+    wait_for,
+)
+
+USER = "tester"
+SEED = 7
+# A 4 s run; each STF's slices all reach the worker well within their payload time, and finish
+# well before the next STF's, so the worker assignment is the embedded one (see broker.FAST).
+FAST = ("daq.stf_interval=0.35", "daq.imminent_delay=0.1",
+        "fast_processing.slice_processing_time=0.15")
+NS = "torre2"
+
+
+class Bus:
+    """Live hosts of a workflow's agents on one in-process bus that records into ``store``."""
+
+    def __init__(self, store: EventStore, data_dir: Path) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self.broker = MemoryBroker(store)
+        self.hosts: dict[str, LiveHost] = {}
+        self.client = self.broker.transport()
+        self.client.start()
+
+    def start(self, agent_type: str) -> LiveHost:
+        name = f"{agent_type}-agent-{USER}"
+        if agent_type == "daq_simulator":
+            agent: Agent = LiveDaq(name, NS, data_dir=str(self.data_dir))
+        else:
+            agent = create_agent(agent_type, name, NS)
+        host = LiveHost(agent, self.broker.transport(f"swf.{name}"), self.store,
+                        lambda adapter, params: create_adapter(adapter, self.data_dir, params),
+                        heartbeat_interval=1.0)
+        host.start()
+        assert host.wait_ready(5)
+        self.hosts[agent_type] = host
+        return host
+
+    def start_all(self, config: Any) -> None:
+        for agent_type in workflow_agents(config.enabled):
+            self.start(agent_type)
+
+    def stop(self, agent_type: str) -> None:
+        self.hosts.pop(agent_type).stop()
+
+    def close(self) -> None:
+        for agent_type in list(self.hosts):
+            self.stop(agent_type)
+
+    def finished(self, execution_id: str) -> dict[str, Any]:
+        from projections import Projector, queries
+
+        def done() -> dict[str, Any] | None:
+            Projector(self.store).catch_up()
+            summary = queries.execution_summary(self.store.engine, execution_id)
+            return summary if summary and summary["status"] != "running" else None
+
+        return wait_for(done, f"execution {execution_id} to finish", every=0.1)
+
+
+@pytest.fixture
+def bus(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 'live.db'}")
+    bus = Bus(store, tmp_path / "data")
+    yield bus
+    bus.close()
+    store.close()
+
+
+def count(store: EventStore, msg_type: str, execution_id: str) -> int:
+    return sum(1 for _ in store.read(execution_id=execution_id, msg_types=[msg_type]))
+
+
+@pytest.mark.slow
+def test_live_hosts_match_the_embedded_run_in_real_time(bus, tmp_path) -> None:
+    config = load_workflow("fast_processing", FAST)
+    bus.start_all(config)
+    allocation = request_run(bus.client, bus.store, config, seed=SEED, user=USER)
+    summary = bus.finished(allocation.execution_id)
+    assert summary["status"] == "completed" and summary["slices_completed"] == 150
+    twin = embedded_twin(tmp_path / "twin.db", allocation_of(bus.store, allocation.execution_id),
+                         *FAST, seed=SEED, data_dir=bus.data_dir, user=USER)
+    assert projected(bus.store, allocation.execution_id) == \
+        projected(twin, allocation.execution_id)
+    assert decisions(bus.store, allocation.execution_id) == \
+        decisions(twin, allocation.execution_id)
+    # Real time: nothing was published before its time (the bus records at publication).
+    early = [event for event in bus.store.read(execution_id=allocation.execution_id)
+             if event.sent_at and event.recorded_at < event.sent_at]
+    assert early == []
+    twin.close()
+
+
+@pytest.mark.slow
+def test_a_restarted_fast_processing_agent_resumes_its_run(bus, tmp_path) -> None:
+    config = load_workflow("fast_processing", FAST)
+    bus.start_all(config)
+    allocation = request_run(bus.client, bus.store, config, seed=SEED, user=USER)
+    execution = allocation.execution_id
+    wait_for(lambda: count(bus.store, "slice", execution) >= 45, "three samples sliced")
+    bus.stop("fast_processing")  # slices, results and samples pile up meanwhile
+    wait_for(lambda: count(bus.store, "tf_file_registered", execution) >= 6, "more samples")
+    host = bus.start("fast_processing")
+    assert host.stats.replayed > 0
+    assert bus.finished(execution)["status"] == "completed"
+    twin = embedded_twin(tmp_path / "twin.db", allocation_of(bus.store, execution), *FAST,
+                         seed=SEED, data_dir=bus.data_dir, user=USER)
+    assert outline(bus.store, execution) == outline(twin, execution)
+    twin.close()
+
+
+@pytest.mark.slow
+def test_a_restarted_daq_sends_the_rest_of_its_schedule(bus, tmp_path) -> None:
+    config = load_workflow("fast_processing", FAST)
+    bus.start_all(config)
+    allocation = request_run(bus.client, bus.store, config, seed=SEED, user=USER)
+    execution = allocation.execution_id
+    wait_for(lambda: count(bus.store, "stf_gen", execution) >= 3, "three STFs")
+    bus.stop("daq_simulator")
+    host = bus.start("daq_simulator")
+    assert host.stats.resent > 0  # the part of the schedule not yet in the store
+    assert bus.finished(execution)["status"] == "completed"
+    assert count(bus.store, "stf_gen", execution) == 10
+    twin = embedded_twin(tmp_path / "twin.db", allocation_of(bus.store, execution), *FAST,
+                         seed=SEED, data_dir=bus.data_dir, user=USER)
+    assert outline(bus.store, execution) == outline(twin, execution)
+    twin.close()
+
+
+# -- the host's rules, with a probe agent ---------------------------------------------------------
+
+
+@dataclass
+class Probe(Agent):
+    """Counts what it handles; on ``start_run`` answers with a message due ``delay`` later; on
+    ``pause_run`` logs a warning; on ``resume_run`` fails."""
+
+    agent_type: ClassVar[str] = "probe"
+    delay: float = 0.3
+    handled: list[str] = field(default_factory=list)
+
+    def handle(self, event: Event) -> list[Output]:
+        self.handled.append(event.event_id)
+        if event.msg_type == "start_run":
+            return [Send(self.message("end_run", event, time=shift(event.time, self.delay),
+                                      total_stf_files=0))]
+        if event.msg_type == "pause_run":
+            logging.getLogger("swf.agent.probe").warning("paused: %s", event.event_id)
+        if event.msg_type == "resume_run":
+            raise RuntimeError("cannot resume")
+        return []
+
+
+def message(msg_type: str, msg_id: str, namespace: str = NS, **payload: Any) -> bytes:
+    return orjson.dumps({"msg_type": msg_type, "msg_id": msg_id, "namespace": namespace,
+                         "execution_id": "e-1", "run_id": 1, "sender": "tester",
+                         "timestamp": utc_now(), **payload})
+
+
+@pytest.fixture
+def probe(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 'probe.db'}")
+    broker = MemoryBroker(store)
+    agent = Probe("probe-1", NS)
+    host = LiveHost(agent, broker.transport("swf.probe-1"), store, {}, heartbeat_interval=60.0)
+    host.start()
+    assert host.wait_ready(5)
+    yield broker, host, agent, store
+    host.stop()
+    store.close()
+
+
+def test_a_send_due_later_is_published_when_its_time_comes(probe) -> None:
+    broker, host, agent, store = probe
+    broker.publish(TOPIC, message("start_run", "go"))
+    answer = wait_for(lambda: list(store.read(msg_types=["end_run"])), "the delayed answer")[0]
+    (cause,) = store.read(msg_types=["start_run"])
+    assert answer.sent_at == shift(cause.sent_at, agent.delay)
+    assert answer.recorded_at >= answer.sent_at  # published at its time, not before
+    assert answer.event_id in agent.handled  # and handed back to its sender
+
+
+def test_a_redelivered_message_is_handled_once(probe) -> None:
+    broker, host, agent, store = probe
+    broker.publish(TOPIC, message("stf_gen", "twice", filename="a.stf"))
+    broker.publish(TOPIC, message("stf_gen", "twice", filename="a.stf"))
+    broker.publish(TOPIC, message("stf_gen", "marker", filename="b.stf"))
+    wait_for(lambda: "marker" in agent.handled, "the deliveries to be handled (in order)")
+    assert agent.handled.count("twice") == 1
+
+
+def test_acks_wait_for_the_record_and_ignored_messages_go_at_once(tmp_path) -> None:
+    store = EventStore(f"sqlite:///{tmp_path / 'acks.db'}")
+    broker = MemoryBroker()  # records nothing: the test plays the recorder
+    agent = Probe("probe-1", NS)
+    transport = broker.transport("swf.probe-1")
+    host = LiveHost(agent, transport, store, {}, heartbeat_interval=60.0)
+    host.start()
+    try:
+        body = message("stf_gen", "kept", filename="a.stf")
+        broker.publish(TOPIC, body)
+        broker.publish(TOPIC, message("stf_gen", "other", namespace="elsewhere",
+                                      filename="b.stf"))
+        broker.publish(TOPIC, b"not json")
+        wait_for(lambda: host.stats.acked == 2, "the ignored messages to be acked")
+        assert agent.handled == ["kept"]
+        (sub,) = broker._topics[TOPIC]
+
+        def unacked() -> list[bytes]:
+            return [m.body for m in list(sub.unacked.values()) if m.body == body]
+
+        assert unacked() == [body]  # handled, but not in the store yet
+        from eventstore.envelope import Incoming
+
+        store.append([Incoming(TOPIC, body)])
+        wait_for(lambda: not unacked(), "the recorded message to be acked")
+    finally:
+        host.stop()
+        store.close()
+
+
+def test_warnings_and_failures_become_agent_logs_and_the_host_goes_on(probe) -> None:
+    broker, host, agent, store = probe
+    broker.publish(TOPIC, message("pause_run", "p"))
+    broker.publish(TOPIC, message("resume_run", "r"))
+    broker.publish(TOPIC, message("stf_gen", "after", filename="a.stf"))
+    logs = wait_for(lambda: [e.data for e in store.read(msg_types=["agent_log"])
+                             if e.sender == "probe-1"] if "after" in agent.handled else None,
+                    "both logs")
+    levels = sorted((log["level"], log["execution_id"]) for log in logs)
+    assert levels == [("ERROR", "e-1"), ("WARNING", "e-1")]
+    assert any("cannot resume" in log["message"] for log in logs)
+    assert host.stats.errors == 1
+
+
+def test_heartbeats_carry_the_process_and_say_exited_at_stop(tmp_path) -> None:
+    store = EventStore(f"sqlite:///{tmp_path / 'beats.db'}")
+    broker = MemoryBroker(store)
+    host = LiveHost(Probe("probe-1", NS), broker.transport("swf.probe-1"), store, {},
+                    heartbeat_interval=0.1)
+    host.start()
+    wait_for(lambda: len(list(store.read(msg_types=["agent_heartbeat"]))) >= 3, "heartbeats")
+    host.stop()
+    beats = [event.data for event in store.read(msg_types=["agent_heartbeat"])]
+    assert {(b["pid"], b["hostname"]) for b in beats} == {(os.getpid(), socket.gethostname())}
+    assert beats[0]["operational_state"] == "READY"
+    assert beats[-1]["operational_state"] == "EXITED"
+    assert all(b["timestamp"] <= e.recorded_at for b, e in
+               zip(beats, store.read(msg_types=["agent_heartbeat"]), strict=True))
+    store.close()
+
+
+@pytest.mark.slow
+def test_open_executions_are_those_without_run_processed(bus) -> None:
+    config = load_workflow("fast_processing", FAST)
+    assert open_executions(bus.store, NS) == []
+    bus.start_all(config)
+    allocation = request_run(bus.client, bus.store, config, seed=SEED, user=USER)
+    assert open_executions(bus.store, NS) == [allocation.execution_id]
+    bus.finished(allocation.execution_id)
+    assert open_executions(bus.store, NS) == []
+    assert stored_ids(bus.store.engine, msg_type="run_processed")
+
+
+@pytest.mark.slow
+def test_a_host_started_after_the_run_replays_nothing(bus) -> None:
+    config = load_workflow("fast_processing", FAST)
+    bus.start_all(config)
+    allocation = request_run(bus.client, bus.store, config, seed=SEED, user=USER)
+    bus.finished(allocation.execution_id)
+    bus.stop("fast_processing")
+    host = bus.start("fast_processing")  # the execution is finished: nothing to resume
+    assert (host.stats.replayed, host.stats.resent) == (0, 0)
+
+
+@pytest.mark.slow
+def test_prompt_processing_runs_live_with_timed_polls(bus, tmp_path) -> None:
+    options = ("daq.stf_interval=0.2", "daq.imminent_delay=0.1", "processing.poll_interval=1")
+    config = load_workflow("prompt_processing", options)
+    bus.start_all(config)
+    allocation = request_run(bus.client, bus.store, config, seed=SEED, user=USER)
+    summary = bus.finished(allocation.execution_id)
+    assert summary["status"] == "completed", summary["errors"]
+    assert [(d["state"], d["file_count"]) for d in summary["datasets"]] == [("closed", 5)]
+    assert [task["status"] for task in summary["tasks"]] == ["finished"]
+    from unittest import mock
+
+    from agents.runtime import run_workflow
+
+    twin = EventStore(f"sqlite:///{tmp_path / 'twin.db'}")
+    with mock.patch("agents.runtime.allocate",
+                    return_value=allocation_of(bus.store, allocation.execution_id)):
+        run_workflow(twin, config, seed=SEED, data_dir=tmp_path / "twin-data", user=USER,
+                     strict=True)
+    live_kinds = outline(bus.store, allocation.execution_id)[1]
+    twin_kinds = outline(twin, allocation.execution_id)[1]
+    polls = "panda_task_status"  # how many polls it takes depends on the executor's pace
+    assert {k: v for k, v in live_kinds.items() if k != polls} == \
+        {k: v for k, v in twin_kinds.items() if k != polls}
+    twin.close()
+
+
+def test_recent_ids_forget_the_oldest_half_beyond_their_limit() -> None:
+    from agents.live import RecentIds
+
+    recent = RecentIds(limit=10)
+    recent.update(str(i) for i in range(11))
+    assert len(recent) == 6 and "0" not in recent and "10" in recent and "5" in recent

@@ -1,0 +1,234 @@
+"""The recorder on a real ActiveMQ broker: every destination of the pipeline recorded once,
+work queues left to their consumers, nothing lost while it is down or killed, bodies kept byte
+for byte."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import uuid
+
+import orjson
+import pytest
+import stomp
+
+from agents.transport.stomp import StompTransport
+from eventstore.broker import Backoff, broker_config
+from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, TOPIC
+from eventstore.recorder import BrokerRecorder
+from eventstore.store import EventStore
+
+pytest.register_assert_rewrite("broker")
+from broker import Cluster, Proxy, publish, self_signed, stored_ids, wait_for  # noqa: E402
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytest_plugins = ["broker"]  # the module-scoped ``broker`` fixture
+
+
+def heartbeat(msg_id: str, pad: int = 150) -> bytes:
+    """A ~300-byte message of the catalog."""
+    return orjson.dumps({"msg_type": "agent_heartbeat", "msg_id": msg_id, "namespace": "rec",
+                         "execution_id": None, "run_id": None, "sender": "bench",
+                         "timestamp": "2026-01-01T00:00:00.000000Z", "agent_type": "bench",
+                         "status": "OK", "operational_state": "READY", "pid": 1,
+                         "hostname": "h" * pad})
+
+
+@pytest.fixture
+def recorder(broker, sqlite_url):
+    """An in-process recorder with a name of its own (so its own durable subscriptions)."""
+    store = EventStore(sqlite_url)
+    name = f"rec-{uuid.uuid4().hex[:8]}"
+    started: list[BrokerRecorder] = []
+
+    def start() -> BrokerRecorder:
+        recorder = BrokerRecorder(store, broker_config(broker.url), name=name)
+        recorder.start()
+        assert recorder.wait_ready(30)
+        started.append(recorder)
+        return recorder
+
+    yield start, store
+    for recorder in started:
+        recorder.stop()
+    store.close()
+
+
+def drain(broker_url: str, destination: str, count: int) -> list[bytes]:
+    """Consume ``count`` messages of a queue, as its worker would."""
+    got: list[bytes] = []
+    done = threading.Event()
+
+    class Listener(stomp.ConnectionListener):
+        def on_message(self, frame) -> None:  # noqa: ANN001
+            got.append(frame.body)
+            conn.ack(frame.headers["ack"])
+            if len(got) >= count:
+                done.set()
+
+    config = broker_config(broker_url)
+    conn = stomp.Connection12([(config.host, config.port)], auto_decode=False)
+    conn.set_listener("l", Listener())
+    conn.connect(wait=True)
+    conn.subscribe(destination, id="work", ack="client-individual")
+    done.wait(30)
+    conn.disconnect()
+    return got
+
+
+def test_every_destination_is_recorded_once_and_queues_keep_their_work(broker,
+                                                                        recorder) -> None:
+    start, store = recorder
+    start()
+    tag = uuid.uuid4().hex[:8]
+    sent = {destination: [heartbeat(f"{tag}-{destination}-{i}") for i in range(20)]
+            for destination in (TOPIC, SLICE_QUEUE, RESULT_QUEUE)}
+    publish(broker.url, [(d, b) for d, bodies in sent.items() for b in bodies])
+    wait_for(lambda: len(list(store.read(namespace="rec"))) == 60, "60 stored")
+    for destination in (SLICE_QUEUE, RESULT_QUEUE):  # the work is still there for its consumer
+        assert drain(broker.url, destination, 20) == sent[destination]
+    events = list(store.read(namespace="rec"))
+    assert {(e.destination, e.body) for e in events} == \
+        {(d, b) for d, bodies in sent.items() for b in bodies}
+    assert all(e.headers["message-id"].startswith("ID:") for e in events)
+    publish(broker.url, [(TOPIC, sent[TOPIC][0])])  # the same msg_id again: absorbed
+    marker = heartbeat(f"{tag}-marker")
+    publish(broker.url, [(TOPIC, marker)])
+    wait_for(lambda: stored_ids(store.engine, event_id=f"{tag}-marker"), "the marker")
+    assert len(list(store.read(namespace="rec"))) == 61
+
+
+def test_what_is_sent_while_the_recorder_is_down_is_recorded_when_it_returns(
+        broker, recorder) -> None:
+    start, store = recorder
+    start().stop()  # its durable subscriptions exist from now on
+    tag = uuid.uuid4().hex[:8]
+    bodies = [heartbeat(f"{tag}-{i}") for i in range(200)]
+    publish(broker.url, [(TOPIC if i % 2 else SLICE_QUEUE, b) for i, b in enumerate(bodies)])
+    start()
+    wait_for(lambda: len(list(store.read(namespace="rec"))) == 200, "all 200 stored")
+    drain(broker.url, SLICE_QUEUE, 100)
+
+
+def test_odd_bodies_are_stored_byte_for_byte_and_rejected(broker, recorder) -> None:
+    start, store = recorder
+    start()
+    bodies = [b"\x00\x01binary\xff\xfe", b"", b"[1, 2]", b"x" * 100_000,
+              b'{"msg_type": "agent_log", "msg_id": 5}']
+    publish(broker.url, [(TOPIC, body) for body in bodies])
+    wait_for(lambda: len(list(store.read(valid=False))) == len(bodies), "all stored")
+    stored = {event.body: event for event in store.read(valid=False)}
+    assert set(stored) == set(bodies)
+    assert all(event.reject_reason for event in stored.values())
+
+
+def test_a_recorder_killed_mid_stream_loses_nothing_and_stores_nothing_twice(
+        broker, tmp_path) -> None:
+    cluster = Cluster(broker, tmp_path / "kill")
+    total = 12_000
+    try:
+        cluster.start_recorder()
+        tag = uuid.uuid4().hex[:8]
+        ids = [f"{tag}-{i}" for i in range(total)]
+        sender = threading.Thread(target=publish, args=(broker.url, [
+            (SLICE_QUEUE if i % 5 == 0 else TOPIC, heartbeat(msg_id))
+            for i, msg_id in enumerate(ids)]))
+        sender.start()
+
+        def stored() -> int:
+            return len(stored_ids(cluster.store.engine, namespace="rec"))
+
+        for fraction in (0.15, 0.4, 0.65):
+            wait_for(lambda f=fraction: stored() >= f * total, f"{fraction:.0%} stored", 120)
+            cluster.kill("recorder", signal.SIGKILL)
+            cluster.start_recorder()
+        sender.join(120)
+        wait_for(lambda: stored() >= total, "everything stored", 120)
+        assert sorted(stored_ids(cluster.store.engine, namespace="rec")) == sorted(ids)
+    finally:
+        cluster.stop_all()
+    drain(broker.url, SLICE_QUEUE, total // 5)
+
+
+def test_tls_with_credentials_that_are_never_logged(broker, sqlite_url, tmp_path,
+                                                    caplog) -> None:
+    certificate = self_signed(tmp_path)
+    proxy = Proxy(broker.port, certificate)
+    secret = f"pw-{uuid.uuid4().hex}"
+    env = {"SWF_STOMP_USER": "swf", "SWF_STOMP_PASSWORD": secret,
+           "SWF_STOMP_CA_CERTS": str(tmp_path / "cert.pem")}
+    config = broker_config(proxy.url, environ=env)
+    assert config.tls and config.password == secret
+    caplog.set_level(logging.DEBUG)
+    store = EventStore(sqlite_url)
+    recorder = BrokerRecorder(store, config, name=f"tls-{uuid.uuid4().hex[:8]}")
+    sender = StompTransport(config, name="tls-sender")
+    try:
+        recorder.start()
+        assert recorder.wait_ready(30)
+        sender.start()
+        ids = [f"tls-{uuid.uuid4()}" for _ in range(50)]
+        sender.send([(TOPIC, heartbeat(msg_id), None) for msg_id in ids], timeout=30)
+        wait_for(lambda: len(list(store.read(namespace="rec"))) == 50, "50 stored over TLS")
+        assert sorted(e.event_id for e in store.read(namespace="rec")) == sorted(ids)
+    finally:
+        sender.close()
+        recorder.stop()
+        proxy.close()
+        store.close()
+    assert caplog.records and secret not in caplog.text
+
+
+def test_tls_refuses_a_server_it_cannot_verify(broker, sqlite_url, tmp_path) -> None:
+    proxy = Proxy(broker.port, self_signed(tmp_path))
+    store = EventStore(sqlite_url)
+    recorder = BrokerRecorder(store, broker_config(proxy.url, environ={}), name="untrusting",
+                              backoff=Backoff(0.05, 0.1))
+    try:
+        recorder.start()
+        assert not recorder.wait_ready(1.5)  # the self-signed certificate is not trusted
+        assert recorder.consumer.connections == 0
+    finally:
+        recorder.stop()
+        proxy.close()
+        store.close()
+
+
+def test_network_drops_lose_nothing_for_sender_or_recorder(broker, sqlite_url) -> None:
+    proxy = Proxy(broker.port)
+    config = broker_config(proxy.url)
+    store = EventStore(sqlite_url)
+    recorder = BrokerRecorder(store, config, name=f"drop-{uuid.uuid4().hex[:8]}",
+                              backoff=Backoff(0.05, 0.5))
+    sender = StompTransport(config, name="drop-sender", backoff=Backoff(0.05, 0.5))
+    total = 6000
+    ids = [f"drop-{uuid.uuid4()}" for _ in range(total)]
+    try:
+        recorder.start()
+        assert recorder.wait_ready(30)
+        sender.start()
+
+        def send() -> None:
+            for start in range(0, total, 200):
+                sender.send([(TOPIC, heartbeat(msg_id), None)
+                             for msg_id in ids[start:start + 200]], timeout=60)
+
+        thread = threading.Thread(target=send)
+        thread.start()
+
+        def stored() -> int:
+            return len(stored_ids(store.engine, namespace="rec"))
+
+        for fraction in (0.3, 0.6):
+            wait_for(lambda f=fraction: stored() >= f * total, f"{fraction:.0%} stored", 60)
+            proxy.cut()
+        thread.join(120)
+        wait_for(lambda: stored() >= total, "everything stored", 60)
+        assert sorted(stored_ids(store.engine, namespace="rec")) == sorted(ids)
+        assert recorder.consumer.connections >= 3 and sender.connections >= 2
+    finally:
+        sender.close()
+        recorder.stop()
+        proxy.close()
+        store.close()
