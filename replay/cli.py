@@ -244,8 +244,10 @@ def _checkpoints(conn: sa.Connection) -> dict[str, int]:
 
 
 def _events(opened: Opened) -> list[Event]:
-    """The execution's own events, normalized by today's catalog (re-drive, diagram)."""
-    return list(source.read_events(opened.conn, opened.execution_id))
+    """The execution's own events, normalized by today's catalog (re-drive, diagram), after
+    the heartbeats by which live agents introduced themselves outside any execution."""
+    introduced = source.introductions(opened.conn, opened.execution_id)
+    return [*introduced, *source.read_events(opened.conn, opened.execution_id)]
 
 
 # -- actions ---------------------------------------------------------------------------------

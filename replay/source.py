@@ -195,24 +195,44 @@ def read_events(conn: sa.Connection, execution_id: str, chunk: int = CHUNK) -> I
     sql = (f"SELECT {', '.join(STORED_COLUMNS)} FROM events WHERE execution_id = {m} "
            f"AND position > {m} ORDER BY position LIMIT {m}")
     last = 0
-    loads = orjson.loads
     while True:
         rows = conn.exec_driver_sql(sql, (execution_id, last, chunk)).cursor.fetchall()
-        for (position, event_id, recorded_at, destination, headers, body, namespace, execution,
-             run_id, msg_type, sender, sent_at, version, reason) in rows:
-            body = bytes(body)
-            data = None
-            if reason is None:
-                verdict = examine(body, destination)
-                data, reason = verdict.data, verdict.reason
-                if data is not None and data["execution_id"] is None and execution is not None:
-                    data["execution_id"] = execution  # resolved by the store from the run
-            yield Event(position, event_id, recorded_at, destination,
-                        loads(bytes(headers)) if headers else {}, body, msg_type, namespace,
-                        execution, run_id, sender, sent_at, version, reason, data)
+        yield from _stored_events(rows)
         if len(rows) < chunk:
             return
         last = rows[-1][0]
+
+
+def introductions(conn: sa.Connection, execution_id: str) -> list[Event]:
+    """The first agent-level heartbeat (no execution) of each sender of the execution.
+
+    Live agents (``swf agent``) announce their type that way, before any execution exists;
+    without it a re-drive could not tell which agent type sent what. Embedded agents send
+    their heartbeats within the execution, so this is empty for them."""
+    m = mark(conn)
+    rows = conn.exec_driver_sql(
+        f"SELECT {', '.join(STORED_COLUMNS)} FROM events WHERE position IN ("
+        f"SELECT min(position) FROM events WHERE msg_type = 'agent_heartbeat' "
+        f"AND execution_id IS NULL AND sender IN (SELECT DISTINCT sender FROM events "
+        f"WHERE execution_id = {m}) GROUP BY sender) ORDER BY position",
+        (execution_id,)).cursor.fetchall()
+    return list(_stored_events(rows))
+
+
+def _stored_events(rows: list[Any]) -> Iterator[Event]:
+    loads = orjson.loads
+    for (position, event_id, recorded_at, destination, headers, body, namespace, execution,
+         run_id, msg_type, sender, sent_at, version, reason) in rows:
+        body = bytes(body)
+        data = None
+        if reason is None:
+            verdict = examine(body, destination)
+            data, reason = verdict.data, verdict.reason
+            if data is not None and data["execution_id"] is None and execution is not None:
+                data["execution_id"] = execution  # resolved by the store from the run
+        yield Event(position, event_id, recorded_at, destination,
+                    loads(bytes(headers)) if headers else {}, body, msg_type, namespace,
+                    execution, run_id, sender, sent_at, version, reason, data)
 
 
 def _position(row: Any) -> int:
