@@ -119,7 +119,7 @@ class Projector:
 
     def _step(self, fold: Fold, marks: dict[str, int], done: int, top: int) -> int:
         """Fold and commit one batch after ``done``."""
-        with _quiet_gc():
+        with quiet_gc():
             if fold.complete:  # nothing to load: stream
                 applied, covered = self._stream(fold, done, top, self.batch_size)
             else:
@@ -177,7 +177,7 @@ class Projector:
     def _replace(self, names: Collection[str], target: int, progress: Progress | None) -> int:
         fold = Fold(complete=True)
         others = [name for name in NAMES if name not in names]
-        with _quiet_gc():
+        with quiet_gc():
             folded, _done = self._stream(fold, 0, target, target, progress)
             changes = render(fold, names, fresh=True)
             del fold  # acyclic: freed right here, not by a later collection
@@ -254,7 +254,7 @@ def _checkpoints(conn: sa.Connection) -> dict[str, int]:
 
 
 @contextmanager
-def _quiet_gc() -> Iterator[None]:
+def quiet_gc() -> Iterator[None]:
     """The fold allocates millions of long-lived records and no reference cycles (keep it that
     way: its garbage is then freed by reference counting): the cyclic collector would only
     rescan them over and over, for about a third of a rebuild's time."""

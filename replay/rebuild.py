@@ -8,10 +8,8 @@ from the stored table, extra stored rows, and changed columns (stored -> rebuilt
 
 from __future__ import annotations
 
-import gc
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +19,7 @@ from projections import source as fast
 from projections import tables as t
 from projections.derive import everything, flushed, render
 from projections.fold import Fold
-from projections.projector import NAMES
+from projections.projector import NAMES, quiet_gc
 
 from . import source
 from .source import Limit, Scope
@@ -38,19 +36,6 @@ TABLE_NAMES: tuple[str, ...] = tuple(str(table.name) for _name, table in TABLES)
 TABLE_BY_NAME: dict[str, sa.Table] = {str(table.name): table for _name, table in TABLES}
 _RUN_KEYED = frozenset(str(table.name) for _name, table in TABLES
                        if table.c.keys()[:2] == ["run_number", "namespace"])
-
-
-@contextmanager
-def quiet_gc() -> Iterator[None]:
-    """The fold makes millions of long-lived, acyclic records: the cyclic collector would only
-    rescan them (see projections.projector._quiet_gc)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def key_width(table: sa.Table) -> int:

@@ -12,7 +12,7 @@ from eventstore.envelope import format_time, parse_time
 F = TypeVar("F", bound=Callable[..., object])
 
 
-def _iso_time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+def iso_time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """Accept any ISO-8601 time (naive = UTC) and return the store's one textual form."""
     if value is None:
         return None
@@ -24,7 +24,7 @@ def _iso_time(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 
 def time_window_options(function: F) -> F:
     """--since/--until on event time (the sender's timestamp, else the store's)."""
-    function = click.option("--until", callback=_iso_time,
+    function = click.option("--until", callback=iso_time,
                             help="Only events at or before this ISO-8601 time.")(function)
-    return click.option("--since", callback=_iso_time,
+    return click.option("--since", callback=iso_time,
                         help="Only events at or after this ISO-8601 time.")(function)

@@ -10,6 +10,7 @@ import click
 
 from agents.cli import db_option, main
 from agents.commands import live_commands
+from agents.commands.options import iso_time
 from agents.config import (
     ConfigError,
     WorkflowConfig,
@@ -33,7 +34,7 @@ from agents.runtime import ExecutionResult, Progress, prepare
 @click.option("--realtime", is_flag=True, help="Pace the run by the wall clock, like the DAQ.")
 @click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="With --realtime: simulated seconds per wall second.")
-@click.option("--start-time", callback=lambda _c, _p, value: _time(value),
+@click.option("--start-time", callback=iso_time,
               help="Simulated start time (default: from the store's latest event).")
 @click.option("--data-dir", envvar="SWF_DATA", type=click.Path(file_okay=False, path_type=Path),
               help="Where STF files and local DDM/batch state go (default: $SWF_DATA or "
@@ -96,17 +97,6 @@ def workflows_command(as_json: bool) -> None:
         rows.extend({"workflow": name, "setting": key, "value": value}
                     for key, value in describe(config))
     echo_rows(rows, ("workflow", "setting", "value"), as_json)
-
-
-def _time(value: str | None) -> str | None:
-    from eventstore.envelope import format_time, parse_time
-
-    if value is None:
-        return None
-    try:
-        return format_time(parse_time(value))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO-8601 time") from None
 
 
 def _load(workflow: str, overrides: tuple[str, ...]) -> WorkflowConfig:

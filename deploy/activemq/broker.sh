@@ -26,6 +26,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=deploy/lib.sh
+source "$HERE/../lib.sh"
 CONF_DIR="$HERE"
 AMQ_HOME="${ACTIVEMQ_HOME:-/usr/share/activemq}"
 AMQ_JAR="$AMQ_HOME/bin/activemq.jar"
@@ -38,20 +40,7 @@ usage() {
     exit 2
 }
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-# true if PID is a live (non-zombie) process
-alive() {
-    local pid="$1" state
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r "/proc/$pid/stat" ]]; then
-        state="$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null || true)"
-        [[ "$state" != "Z" && "$state" != "X" ]] || return 1
-    fi
-    return 0
-}
 
 # true if PID is the broker java process started for DIR (guards against pid reuse)
 is_our_broker() {
@@ -67,10 +56,6 @@ read_pid() {
 }
 
 # true if something accepts TCP connections on 127.0.0.1:PORT
-port_open() {
-    # shellcheck disable=SC2016  # $1 is expanded by the inner bash
-    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' port_open "$1" 2>/dev/null
-}
 
 # true if a STOMP CONNECT on 127.0.0.1:PORT is answered with CONNECTED
 stomp_ready() {
@@ -95,10 +80,6 @@ find_java() {
     fi
 }
 
-abs_dir() {
-    mkdir -p "$1"
-    (cd "$1" && pwd -P)
-}
 
 cmd_install() {
     if [[ -f "$AMQ_JAR" ]] && find_java >/dev/null; then

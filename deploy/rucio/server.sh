@@ -31,6 +31,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=deploy/lib.sh
+source "$HERE/../lib.sh"
 ROOT="$(dirname "$(dirname "$HERE")")"
 VENV="${SWF_RUCIO_VENV:-$ROOT/.cache/rucio-venv}"
 RUCIO_VERSION="${SWF_RUCIO_VERSION:-41.5.1}"
@@ -46,8 +48,6 @@ usage() {
     exit 2
 }
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 install_spec() { echo "rucio==$RUCIO_VERSION $GUNICORN_SPEC"; }
 
@@ -92,17 +92,6 @@ cmd_install() {
     log "installed $(install_spec) in $(elapsed "$t0") s ($VENV)"
 }
 
-# true if PID is a live (non-zombie) process
-alive() {
-    local pid="$1" state
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r "/proc/$pid/stat" ]]; then
-        state="$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null || true)"
-        [[ "$state" != "Z" && "$state" != "X" ]] || return 1
-    fi
-    return 0
-}
 
 # true if PID is the gunicorn master started for DIR (guards against pid reuse)
 is_our_server() {
@@ -128,15 +117,7 @@ ping_ok() {
     ' ping_ok "$1" 2>/dev/null
 }
 
-port_open() {
-    # shellcheck disable=SC2016
-    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' port_open "$1" 2>/dev/null
-}
 
-abs_dir() {
-    mkdir -p "$1"
-    (cd "$1" && pwd -P)
-}
 
 client_env() {
     local dir="$1" port="$2" pid="$3"
