@@ -40,9 +40,9 @@ import stomp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
-from eventstore.broker import BrokerConfig, broker_config  # noqa: E402
+from agents.recorder import BrokerRecorder  # noqa: E402
+from agents.transport.broker import BrokerConfig, broker_config  # noqa: E402
 from eventstore.envelope import TOPIC  # noqa: E402
-from eventstore.recorder import BrokerRecorder  # noqa: E402
 from eventstore.store import EventStore  # noqa: E402
 
 BROKER_SH = ROOT / "deploy" / "activemq" / "broker.sh"

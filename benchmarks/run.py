@@ -30,7 +30,7 @@ from agents.config import load_workflow  # noqa: E402
 from agents.runtime import run_workflow  # noqa: E402
 from eventstore.store import EventStore  # noqa: E402
 
-CLI = "import sys; from agents.cli import run; sys.argv[0] = 'swf'; run()"
+CLI = "import sys; from swf.cli import run; sys.argv[0] = 'swf'; run()"
 
 
 def cli_run(folder: Path) -> float:

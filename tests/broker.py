@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 BROKER_SH = REPO / "deploy" / "activemq" / "broker.sh"
 ACTIVEMQ_JAR = Path(os.environ.get("ACTIVEMQ_HOME", "/usr/share/activemq")) / "bin" / "activemq.jar"
 WAIT = 30.0  # seconds any single condition may take before a test gives up
-SWF = [sys.executable, "-c", "from agents.cli import run; run()"]
+SWF = [sys.executable, "-c", "from swf.cli import run; run()"]
 
 
 def free_port() -> int:
@@ -115,8 +115,8 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT,
 
 def publish(url: str, messages: list[tuple[str, bytes]]) -> None:
     """Send raw bodies (persistent), confirmed by the broker before returning."""
+    from agents.transport.broker import broker_config
     from agents.transport.stomp import StompTransport
-    from eventstore.broker import broker_config
 
     transport = StompTransport(broker_config(url), name=f"test-{uuid.uuid4().hex[:6]}")
     transport.start()

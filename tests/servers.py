@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from agents.batch.panda_api_server import PandaApiServer, PandaServerConfig
+from panda_api_server import PandaApiServer, PandaServerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 RUCIO_SH = REPO / "deploy" / "rucio" / "server.sh"

@@ -419,7 +419,7 @@ def test_tile_range_tiles_without_gaps_or_overlaps(first: int, count: int, parts
 def cli():
     from click.testing import CliRunner
 
-    from agents.cli import main
+    from swf.cli import main
 
     runner = CliRunner()
     return lambda *args: runner.invoke(main, list(args), env={"USER": "tester"})

@@ -19,11 +19,11 @@ from urllib.parse import unquote
 import orjson
 import pytest
 from click.testing import CliRunner
+from panda_api_server import DEFAULT_STEPS
 from prompt_runs import closed_port, messages, only, prompt_config, runtime
 
 from agents.base import Command
 from agents.batch.panda import PandaBatch, PandaSettings
-from agents.batch.panda_api_server import DEFAULT_STEPS
 
 if TYPE_CHECKING:
     from servers import PandaTestServer
@@ -103,7 +103,7 @@ def test_one_task_per_run_with_each_status_recorded(
         assert payload.endswith('; echo "$SWF_METADATA" > myout.txt')
     assert sorted(panda_server.server.state.tasks) == [1, 2]  # one task per run, no more
 
-    from agents.cli import main
+    from swf.cli import main
 
     shown = CliRunner().invoke(main, ["query", "tasks", "--json", "--db", sqlite_url],
                                catch_exceptions=False)

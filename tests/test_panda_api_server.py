@@ -1,4 +1,4 @@
-"""The local PanDA API server (agents/batch/panda_api_server.py) with the real pandaclient.
+"""The local PanDA API server (tests/panda_api_server.py, a test double) with the real pandaclient.
 
 What the PanDA adapter relies on, as returned by panda-client 2.2.0's ``pandaclient.Client``:
 
@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-
-from agents.batch.panda_api_server import DEFAULT_STEPS
+from panda_api_server import DEFAULT_STEPS
 
 if TYPE_CHECKING:
     from servers import PandaTestServer
@@ -361,9 +360,10 @@ def test_protocol_errors(panda_server: PandaTestServer) -> None:
 
 def test_command_line_server_and_clean_shutdown() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PANDA")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO),
+                                         env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agents.batch.panda_api_server", "--port", "0",
+        [sys.executable, "-m", "panda_api_server", "--port", "0",
          "--steps", "registered,done", "--log-level", "WARNING"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

@@ -9,9 +9,9 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from agents.cli import main
 from eventstore.envelope import SLICE_QUEUE, TOPIC, Incoming
 from eventstore.store import EventStore
+from swf.cli import main
 
 NS, EX, RUN = "cli", "fast_processing-cli-1", 4242
 STF = f"swf.{RUN}.000001.stf"

@@ -36,7 +36,7 @@ SUMMARY_KEYS = {"execution_id", "workflow", "namespace", "status", "phase", "run
 
 
 def swf(*args: str) -> Result:
-    from agents.cli import main
+    from swf.cli import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventstore.broker import (
+from agents.recorder import Recorder, stored_message
+from agents.transport.broker import (
     Backoff,
     BrokerConfigError,
     Delivery,
@@ -20,7 +21,7 @@ from eventstore.broker import (
     recorded_destination,
     unescape_header,
 )
-from eventstore.consumer import encode_frame, parse_frames
+from agents.transport.consumer import encode_frame, parse_frames
 from eventstore.envelope import (
     RESULT_MONITOR_TOPIC,
     RESULT_QUEUE,
@@ -28,7 +29,6 @@ from eventstore.envelope import (
     SLICE_QUEUE,
     TOPIC,
 )
-from eventstore.recorder import Recorder, stored_message
 from eventstore.store import EventStore
 
 # -- frames ------------------------------------------------------------------------------------

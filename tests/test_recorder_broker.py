@@ -13,10 +13,10 @@ import orjson
 import pytest
 import stomp
 
+from agents.recorder import BrokerRecorder
+from agents.transport.broker import Backoff, broker_config
 from agents.transport.stomp import StompTransport
-from eventstore.broker import Backoff, broker_config
 from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, TOPIC
-from eventstore.recorder import BrokerRecorder
 from eventstore.store import EventStore
 
 pytest.register_assert_rewrite("broker")

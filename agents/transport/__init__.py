@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from eventstore.broker import Delivery
+from agents.transport.broker import Delivery
 
 Outgoing = tuple[str, bytes, Mapping[str, str] | None]  # destination, body, extra headers
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventstore.broker import Delivery
+from agents.transport.broker import Delivery
 from eventstore.envelope import Incoming
 
 from . import Outgoing, TransportClosed

@@ -28,7 +28,7 @@ from typing import Any
 
 import stomp
 
-from eventstore.broker import Backoff, BrokerConfig, Delivery
+from agents.transport.broker import Backoff, BrokerConfig, Delivery
 
 from . import Outgoing, SendRefused, TransportClosed
 

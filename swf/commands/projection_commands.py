@@ -9,10 +9,10 @@ from contextlib import contextmanager
 
 import click
 
-from agents.cli import db_option, main
-from agents.output import echo_json, echo_rows
 from eventstore.store import EventStore
 from projections.projector import NAMES, Projector
+from swf.commands.group import db_option, main
+from swf.output import echo_json, echo_rows
 
 PROGRESS_FROM = 50_000  # log positions; shorter folds finish before a bar is worth drawing
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .envelope import (
+from eventstore.envelope import (
     RESULT_MONITOR_TOPIC,
     RESULT_QUEUE,
     SLICE_MONITOR_TOPIC,

@@ -28,15 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .broker import (
+from agents.transport.broker import (
     RECORDED_DESTINATIONS,
     Backoff,
     BrokerConfig,
     Delivery,
     recorded_destination,
 )
-from .consumer import StompConsumer, Subscription
-from .envelope import Incoming
+from agents.transport.consumer import StompConsumer, Subscription
+from eventstore.envelope import Incoming
 
 log = logging.getLogger("swf.recorder")
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import click
 
-from agents.cli import db_option, main
 from agents.config import WorkflowConfig, load_workflow
-from eventstore.broker import BrokerConfig, BrokerConfigError, broker_config, read_config_file
+from agents.transport.broker import BrokerConfig, BrokerConfigError, broker_config, read_config_file
+from swf.commands.group import db_option, main
 
 # `swf agent NAME` -> agent type.
 AGENT_NAMES = {"daq": "daq_simulator", "data": "data", "fastmon": "fastmon",
@@ -64,7 +64,7 @@ def record_command(broker_url: str | None, config_path: Path | None, db_url: str
     """Record every message of the pipeline into the store: durable subscriptions on the topic
     and the monitor copies of the work queues, appended in small batches, each message acked
     only after its batch committed. Runs until SIGTERM or Ctrl-C."""
-    from eventstore.recorder import DEFAULT_NAME, BrokerRecorder
+    from agents.recorder import DEFAULT_NAME, BrokerRecorder
     from eventstore.store import EventStore
 
     file = _config_file(config_path)

@@ -39,7 +39,7 @@ request with a rejected token on the real server. (The real server answers a req
 credentials at all with ``success: false`` and "SSL secure connection is required"; this
 server stays on plain http, so it does not check for SSL.)
 
-Run it with ``python -m agents.batch.panda_api_server --port 8080``, or in-process::
+Run it with ``python -m panda_api_server --port 8080``, or in-process::
 
     with PandaApiServer(PandaServerConfig(port=0)) as server:
         server.base_url  # http://127.0.0.1:PORT/server/panda, for PANDA_URL and PANDA_URL_SSL
@@ -711,7 +711,7 @@ def _steps(text: str) -> tuple[str, ...]:
 
 def parse_args(argv: Sequence[str] | None = None) -> PandaServerConfig:
     p = argparse.ArgumentParser(
-        prog="python -m agents.batch.panda_api_server",
+        prog="python -m panda_api_server",
         description="Local PanDA API v1 server (in-memory) for swf tests and development.",
     )
     p.add_argument("--host", default="127.0.0.1")

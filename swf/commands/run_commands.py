@@ -8,9 +8,6 @@ from typing import Any
 
 import click
 
-from agents.cli import db_option, main
-from agents.commands import live_commands
-from agents.commands.options import iso_time
 from agents.config import (
     ConfigError,
     WorkflowConfig,
@@ -18,9 +15,12 @@ from agents.config import (
     load_workflow,
     shipped_workflows,
 )
-from agents.output import echo_mapping, echo_rows
 from agents.registry import workflow_agents
 from agents.runtime import ExecutionResult, Progress, prepare
+from swf.commands import live_commands
+from swf.commands.group import db_option, main
+from swf.commands.options import iso_time
+from swf.output import echo_mapping, echo_rows
 
 
 @main.command("run")

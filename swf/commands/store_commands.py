@@ -9,12 +9,12 @@ from typing import Any
 import click
 import orjson
 
-from agents.cli import db_option, main
-from agents.commands.options import time_window_options
-from agents.commands.query_commands import query
-from agents.output import echo_json, echo_rows
 from eventstore.envelope import TOPIC, Event, Incoming
 from eventstore.store import EventStore
+from swf.commands.group import db_option, main
+from swf.commands.options import time_window_options
+from swf.commands.query_commands import query
+from swf.output import echo_json, echo_rows
 
 IMPORT_BATCH = 5000
 MESSAGE_COLUMNS = ("position", "time", "msg_type", "sender", "run_id", "execution_id",

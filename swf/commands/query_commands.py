@@ -10,12 +10,12 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
-from agents.cli import db_option, main
-from agents.commands.options import time_window_options
-from agents.output import echo_mapping, echo_rows
 from eventstore.store import EventStore
 from projections import queries
 from projections.projector import Projector
+from swf.commands.group import db_option, main
+from swf.commands.options import time_window_options
+from swf.output import echo_mapping, echo_rows
 
 # What the readable table shows; --json prints every column (queries.COLUMNS).
 DISPLAY = {

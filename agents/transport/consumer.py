@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .broker import Backoff, BrokerConfig, Delivery, escape_header, unescape_header
+from agents.transport.broker import Backoff, BrokerConfig, Delivery, escape_header, unescape_header
 
 log = logging.getLogger("swf.broker.consumer")
 
