@@ -43,6 +43,27 @@ def echo_mapping(values: Mapping[str, Any], as_json: bool) -> None:
         click.echo(f"{key.ljust(width)}  {_cell(value)}")
 
 
+def echo_summary(summary: Mapping[str, Any], as_json: bool) -> None:
+    """An execution summary (``projections.queries.execution_summary``), the one rendering shared
+    by ``swf run`` and ``swf query execution``: JSON as is, or readable lines with the errors
+    listed under their count."""
+    if as_json:
+        echo_json(dict(summary))
+        return
+    readable = dict(summary)
+    readable["runs"] = ", ".join(str(run) for run in summary.get("runs") or ()) or None
+    readable["datasets"] = "; ".join(
+        f"{d['scope']}:{d['name']} {d['state'] or '-'} ({d['file_count']} files, "
+        f"{d['size_bytes']} bytes)" for d in summary.get("datasets") or ()) or None
+    readable["tasks"] = "; ".join(f"{t['task_id'] or '-'} {t['status']}"
+                                  for t in summary.get("tasks") or ()) or None
+    errors = list(readable.pop("errors", None) or ())
+    readable["errors"] = len(errors)
+    echo_mapping(readable, False)
+    for line in errors:
+        click.echo(f"  {line}")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

@@ -15,7 +15,7 @@ from projections import queries
 from projections.projector import Projector
 from swf.commands.group import db_option, main
 from swf.commands.options import time_window_options
-from swf.output import echo_mapping, echo_rows
+from swf.output import echo_rows, echo_summary
 
 # What the readable table shows; --json prints every column (queries.COLUMNS).
 DISPLAY = {
@@ -157,18 +157,4 @@ def query_execution(execution_id: str, db_url: str | None, namespace: str | None
     if summary is None:
         raise click.ClickException(f"no execution {execution_id!r}"
                                    + (f" in namespace {namespace!r}" if namespace else ""))
-    if as_json:
-        echo_mapping(summary, True)
-        return
-    readable = dict(summary)
-    readable["datasets"] = "; ".join(
-        f"{d['scope']}:{d['name']} {d['state'] or '-'} ({d['file_count']} files, "
-        f"{d['size_bytes']} bytes)" for d in summary["datasets"]) or None
-    readable["tasks"] = "; ".join(f"{t['task_id'] or '-'} {t['status']}"
-                                  for t in summary["tasks"]) or None
-    readable["runs"] = ", ".join(str(run) for run in summary["runs"]) or None
-    errors = readable.pop("errors")
-    readable["errors"] = len(errors)
-    echo_mapping(readable, False)
-    for line in errors:
-        click.echo(f"  {line}")
+    echo_summary(summary, as_json)

@@ -17,10 +17,12 @@ from agents.config import (
 )
 from agents.registry import workflow_agents
 from agents.runtime import ExecutionResult, Progress, prepare
+from projections.projector import Projector
+from projections.queries import execution_summary as query_summary
 from swf.commands import live_commands
 from swf.commands.group import db_option, main
 from swf.commands.options import iso_time
-from swf.output import echo_mapping, echo_rows
+from swf.output import echo_rows, echo_summary
 
 
 @main.command("run")
@@ -67,7 +69,7 @@ def run_command(workflow: str, overrides: tuple[str, ...], seed: int, realtime: 
                                          progress=line)
         if line is not None:
             line.close()
-        echo_mapping(summary, as_json)
+        echo_summary(summary, as_json)
         sys.exit(0 if summary.get("status") == "completed" else 1)
     with EventStore(db_url) as store:
         runtime = prepare(store, config, seed=seed, data_dir=data_dir, start_time=start_time,
@@ -80,7 +82,7 @@ def run_command(workflow: str, overrides: tuple[str, ...], seed: int, realtime: 
             if line is not None:
                 line.close()
         summary = execution_summary(store, result)
-    echo_mapping(summary, as_json)
+    echo_summary(summary, as_json)
     if summary.get("status") != "completed":
         sys.exit(1)
 
@@ -108,28 +110,11 @@ def _load(workflow: str, overrides: tuple[str, ...]) -> WorkflowConfig:
 
 def execution_summary(store: Any, result: ExecutionResult) -> dict[str, Any]:
     """Catch the projections up, then the same summary as ``swf query execution ID``."""
-    try:  # INTEGRATION POINT: the projections package (projector + queries)
-        from projections.projector import Projector
-        from projections.queries import execution_summary as query_summary
-    except ImportError:
-        return _fallback_summary(store, result)
     Projector(store).catch_up()
-    summary = query_summary(store.engine, result.execution_id, namespace=result.namespace)
-    return dict(summary) if summary is not None else _fallback_summary(store, result)
-
-
-def _fallback_summary(store: Any, result: ExecutionResult) -> dict[str, Any]:
-    """Until the projections exist: the run's outcome from the log, the runtime's counts."""
-    counts = result.counts
-    outcomes = [event.data["status"] for event in store.read(
-        execution_id=result.execution_id, msg_types=["run_processed"], valid=True)]
-    status = outcomes[-1] if outcomes else "running"
-    return {"execution_id": result.execution_id, "workflow": result.workflow,
-            "run_id": result.run_id, "status": status,
-            "start_time": result.start_time, "end_time": result.end_time,
-            "events": result.events, "stf_files": counts.get("stf_gen", 0),
-            "tf_samples": counts.get("tf_file_registered", 0),
-            "slices": counts.get("slice", 0)}
+    summary = query_summary(store.engine, result.execution_id or "", namespace=result.namespace)
+    if summary is None:  # the runtime stored nothing of its execution: say so, not a traceback
+        raise click.ClickException(f"no execution {result.execution_id!r} in the store")
+    return summary
 
 
 class _ProgressLine:
