@@ -4,19 +4,26 @@ A workflow is a TOML file (``agents/workflows/{name}_default.toml`` or any path)
 the file, then ``--set section.key=value`` overrides (coerced to the setting's type), then the
 defaults of every section the workflow uses, then range checks. The resolved dict, nested as
 in the TOML, is what travels in ``run_imminent.workflow_params`` (plus ``seed``), so agents read
-their parameters from the log, never from a file.
+their parameters from the log, never from a file: through ``param``, which checks a value
+against the schema (a sender may be another system) and falls back to the default.
+
+This is the one mechanism for workflow parameters. Deployment settings (where the store, the
+broker, Rucio and PanDA are; credentials) are the application shell's: swf/settings.py.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 WORKFLOW_SUFFIX = "_default.toml"
 AGENT_SECTIONS = ("data", "fastmon", "fast_processing", "processing")
@@ -56,6 +63,7 @@ def _non_empty(value: Any) -> bool:
 
 _POS, _NONNEG = (_positive, "> 0"), (_non_negative, ">= 0")
 _FRACTION, _OPEN_FRACTION = (_fraction, "between 0 and 1"), (_open_fraction, "in (0, 1]")
+_TEXT = (_non_empty, "a non-empty string")
 
 # The run shape, read by the DAQ simulator from the workflow's own section (the seed puts it in
 # [fast_processing]; prompt_processing keeps it in [prompt_processing]).
@@ -66,7 +74,7 @@ RUN_SHAPE: dict[str, Setting] = {
 
 SCHEMA: dict[str, dict[str, Setting]] = {
     "testbed": {
-        "namespace": Setting("swf", str, _non_empty, "a non-empty string"),
+        "namespace": Setting("swf", str, *_TEXT),
         "workflow": Setting(None, str),  # optional: the workflow name when the file stem is not
     },
     "runtime": {
@@ -95,6 +103,18 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "fail_attempts": Setting(0, int, *_NONNEG),  # every slice's first N attempts fail
         "payload_command": Setting("", str),  # empty: the built-in placeholder payload
         "payload_timeout": Setting(600.0, float, *_POS),
+    },
+    "processing": {  # the processing agent (prompt processing): one dataset and task per run
+        "scope": Setting("group.daq", str, *_TEXT),  # DDM scope of the run datasets
+        "rse": Setting("DAQ_DISK", str, *_TEXT),  # where the STF replicas are registered
+        "close_timeout": Setting(60.0, float, *_NONNEG),  # after end_run, for missing files
+        "poll_interval": Setting(10.0, float, *_NONNEG),  # between task status polls
+        "site": Setting("E1_BNL", str, *_TEXT),
+        "vo": Setting("epic", str, *_TEXT),
+        "working_group": Setting("EIC", str, *_TEXT),
+        "prod_source_label": Setting("test", str, *_TEXT),
+        "nickname": Setting("swf", str, *_TEXT),  # output dataset user.{nickname}.swf.{run}...
+        "payload": Setting("builtin", str, *_TEXT),  # "builtin" or a shell command (SWF_* env)
     },
 }
 _AGENT_ENABLED = Setting(False, bool)
@@ -159,13 +179,26 @@ def resolve(raw: Mapping[str, Any], *, source: str = "<config>", default_workflo
 
 def param(params: Mapping[str, Any] | None, path: str, workflow: str | None = None) -> Any:
     """A resolved parameter by dotted path, else its schema default (for messages from senders
-    that carry no or partial ``workflow_params``)."""
+    that carry no or partial ``workflow_params``). A value the schema refuses (wrong type or
+    out of range: only another sender's parameters can hold one) is logged and replaced by the
+    default, so an agent never works with it."""
     node: Any = params or {}
     for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:
             return _default_for(path, workflow)
         node = node[part]
-    return node
+    setting = _setting(path, workflow or path.split(".")[0])
+    if setting is None:
+        return node
+    integral = setting.kind is int and isinstance(node, float) and node.is_integer()
+    value = _accept(int(node) if integral else node, setting.kind)
+    problem = _KIND_WORDS[setting.kind] if value is _BAD else \
+        setting.rule if setting.check is not None and not setting.check(value) else None
+    if problem is None:
+        return value
+    log.warning("%s = %r is not usable (must be %s); using %r", path, node, problem,
+                setting.default)
+    return setting.default
 
 
 def describe(config: WorkflowConfig) -> list[tuple[str, Any]]:
@@ -229,6 +262,8 @@ def _sections_in_use(params: Mapping[str, Any], workflow: str) -> list[str]:
         sections.append("fastmon")
     if on("fast_processing"):
         sections += ["fast_processing", "workers"]
+    if on("processing"):
+        sections.append("processing")
     return list(dict.fromkeys(sections))
 
 

@@ -13,11 +13,13 @@ messages and redelivered or repeated events never advance a run twice.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from agents import batch, ddm
 from agents.base import Agent, Command, Output, Send, shift
+from agents.config import SCHEMA, param
 from eventstore.envelope import Event, parse_time
 
 log = logging.getLogger(__name__)
@@ -26,40 +28,9 @@ MAX_STATUS_ERRORS = 3  # consecutive "unknown" task statuses before the run is g
 MAX_ORPHAN_FILES = 10_000  # stf_ready held per run while its run_imminent has not been seen
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """The ``[processing]`` section of the workflow parameters."""
-
-    scope: str = "group.daq"
-    rse: str = "DAQ_DISK"
-    close_timeout: float = 60.0  # seconds after end_run to wait for missing files
-    poll_interval: float = 10.0  # seconds between task status polls
-    site: str = "E1_BNL"
-    vo: str = "epic"
-    working_group: str = "EIC"
-    prod_source_label: str = "test"
-    nickname: str = "swf"
-    payload: str = "builtin"
-
-    @classmethod
-    def from_params(cls, workflow_params: dict[str, Any] | None) -> Settings:
-        section = (workflow_params or {}).get("processing")
-        section = section if isinstance(section, dict) else {}
-        values: dict[str, Any] = {}
-        for spec in fields(cls):
-            value = section.get(spec.name)
-            if value is None:
-                continue
-            default = spec.default
-            if isinstance(default, float) and isinstance(value, int | float) \
-                    and not isinstance(value, bool) and value >= 0:
-                values[spec.name] = float(value)
-            elif isinstance(default, str) and isinstance(value, str) and value:
-                values[spec.name] = value
-            else:
-                log.warning("processing.%s = %r is not usable; using %r", spec.name, value,
-                            default)
-        return cls(**values)
+def run_settings(workflow_params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``[processing]`` parameters of one run (agents.config's schema: defaults, checks)."""
+    return {key: param(workflow_params, f"processing.{key}") for key in SCHEMA["processing"]}
 
 
 @dataclass(slots=True)
@@ -81,7 +52,7 @@ class RunBook:
 
     run: int
     execution_id: str | None
-    settings: Settings
+    settings: dict[str, Any]  # the run's [processing] parameters (run_settings)
     scope: str
     dataset: str
     open_reply: str | None = None
@@ -162,8 +133,8 @@ class ProcessingAgent(Agent):
         if known is not None:
             log.warning("run %s: new execution %s replaces %s (a retried run)", run,
                         event.execution_id, known.execution_id)
-        settings = Settings.from_params(data.get("workflow_params"))
-        scope, dataset = ddm.split_did(data.get("dataset") or f"swf.{run}.run", settings.scope)
+        settings = run_settings(data.get("workflow_params"))
+        scope, dataset = ddm.split_did(data.get("dataset") or f"swf.{run}.run", settings["scope"])
         book = RunBook(run=run, execution_id=event.execution_id, settings=settings,
                        scope=scope, dataset=dataset)
         self.runs[run] = book
@@ -243,7 +214,7 @@ class ProcessingAgent(Agent):
                             size_bytes=entry.size_bytes, checksum=entry.checksum,
                             outcome=None, error=None)
         entry.reply_id = reply["msg_id"]
-        params = {"scope": book.scope, "dataset": book.dataset, "rse": book.settings.rse,
+        params = {"scope": book.scope, "dataset": book.dataset, "rse": book.settings["rse"],
                   "files": [{"name": entry.name, "size_bytes": entry.size_bytes,
                              "checksum": entry.checksum, "file_url": entry.file_url}]}
         if book.reused:  # files of the earlier attempt are in the dataset already
@@ -384,7 +355,7 @@ class ProcessingAgent(Agent):
             if book.end_time is None or book.close_reply is not None or book.done:
                 continue
             now = now or parse_time(event.time)
-            if now >= parse_time(shift(book.end_time, book.settings.close_timeout)):
+            if now >= parse_time(shift(book.end_time, book.settings["close_timeout"])):
                 outputs.extend(self._maybe_close(event, book, timed_out=True))
         return outputs
 
@@ -392,7 +363,7 @@ class ProcessingAgent(Agent):
         """Our own heartbeat at the close deadline: an event at that time is then certain to
         come, even when nothing else is pending (the embedded runtime stops its periodic
         heartbeats when no work is left; a lost adapter reply leaves none)."""
-        deadline = shift(book.end_time or event.time, book.settings.close_timeout)
+        deadline = shift(book.end_time or event.time, book.settings["close_timeout"])
         return Send(self._reply("agent_heartbeat", event, book, "wake", time=deadline,
                                 agent_type=self.agent_type, status="OK",
                                 operational_state="PROCESSING",
@@ -400,15 +371,15 @@ class ProcessingAgent(Agent):
 
     def _submit(self, event: Event, book: RunBook) -> Command:
         settings = book.settings
-        output_dataset = f"user.{settings.nickname}.swf.{book.run}.processed"
+        output_dataset = f"user.{settings['nickname']}.swf.{book.run}.processed"
         metadata = {"run_number": book.run, "execution_id": book.execution_id,
                     "file_count": book.file_count, "size_bytes": book.size_bytes,
                     "files_failed": book.files_failed}
         # prun-style task parameters (option names as in prun's command line)
         params = {"taskName": output_dataset, "inDS": book.dataset_did, "outDS": output_dataset,
-                  "vo": settings.vo, "site": settings.site,
-                  "prodSourceLabel": settings.prod_source_label,
-                  "workingGroup": settings.working_group, "exec": settings.payload,
+                  "vo": settings["vo"], "site": settings["site"],
+                  "prodSourceLabel": settings["prod_source_label"],
+                  "workingGroup": settings["working_group"], "exec": settings["payload"],
                   "nJobs": 1, "noBuild": True, "metadata": metadata}
         reply = self._reply("panda_task_submitted", event, book, "submit", task_id=None,
                             status=batch.UNKNOWN, input_dataset=book.dataset_did,
@@ -430,7 +401,7 @@ class ProcessingAgent(Agent):
                                  f"task {book.task_id} status unknown {book.status_errors} "
                                  f"times in a row: {error}")]
         book.polls += 1
-        at = shift(event.time, book.settings.poll_interval)
+        at = shift(event.time, book.settings["poll_interval"])
         reply = self._reply("panda_task_status", event, book, f"poll/{book.polls}", time=at,
                             task_id=book.task_id, status=batch.UNKNOWN, error=None)
         book.poll_reply = reply["msg_id"]

@@ -7,7 +7,7 @@ from importlib import resources
 
 import pytest
 
-from agents.config import ConfigError, load_workflow, param, resolve, shipped_workflows
+from agents.config import SCHEMA, ConfigError, load_workflow, param, resolve, shipped_workflows
 
 
 def test_shipped_fast_processing_has_the_seed_keys_and_values() -> None:
@@ -103,14 +103,41 @@ def test_a_file_names_its_workflow_by_stem_or_testbed_key(tmp_path) -> None:
 
 
 def test_keys_of_other_sections_take_their_type_from_the_file() -> None:
-    config = resolve({"processing": {"close_timeout": 60, "site": "E1"}},
+    # (a section outside the schema: [processing] has joined it, see the test below)
+    config = resolve({"extras": {"close_timeout": 60, "site": "E1"}},
                      default_workflow="prompt_processing",
-                     overrides=["processing.close_timeout=5", "processing.site=E2"])
-    assert config.get("processing.close_timeout") == 5
-    assert config.get("processing.site") == "E2"
+                     overrides=["extras.close_timeout=5", "extras.site=E2"])
+    assert config.get("extras.close_timeout") == 5
+    assert config.get("extras.site") == "E2"
     with pytest.raises(ConfigError, match="expected an integer"):
-        resolve({"processing": {"close_timeout": 60}}, default_workflow="p",
-                overrides=["processing.close_timeout=soon"])
+        resolve({"extras": {"close_timeout": 60}}, default_workflow="p",
+                overrides=["extras.close_timeout=soon"])
+
+
+def test_processing_parameters_are_checked_at_start_and_defaulted() -> None:
+    config = load_workflow("prompt_processing", ["processing.close_timeout=5.5"])
+    assert config.get("processing.close_timeout") == 5.5
+    assert config.get("processing.nickname") == "swf"
+    enabled = resolve({"agents": {"processing": {"enabled": True}}}, default_workflow="mine")
+    assert enabled.params["processing"] == {key: setting.default for key, setting
+                                            in SCHEMA["processing"].items()}
+    for override, problem in (("processing.close_timeout=soon", "expected a number"),
+                              ("processing.poll_interval=-1", "must be >= 0"),
+                              ("processing.site=", "must be a non-empty string"),
+                              ("processing.sight=E1", "did you mean 'processing.site'")):
+        with pytest.raises(ConfigError, match=problem):
+            load_workflow("prompt_processing", [override])
+
+
+def test_param_replaces_another_senders_unusable_value_by_the_default(
+        caplog: pytest.LogCaptureFixture) -> None:
+    assert param({"processing": {"close_timeout": "soon"}}, "processing.close_timeout") == 60.0
+    assert param({"processing": {"close_timeout": -1}}, "processing.close_timeout") == 60.0
+    assert param({"processing": {"close_timeout": 5}}, "processing.close_timeout") == 5
+    assert param({"fastmon": {"tf_count_per_stf": 7.0}}, "fastmon.tf_count_per_stf") == 7
+    assert [record.getMessage() for record in caplog.records] == [
+        "processing.close_timeout = 'soon' is not usable (must be a number); using 60.0",
+        "processing.close_timeout = -1 is not usable (must be >= 0); using 60.0"]
 
 
 def test_param_falls_back_to_defaults() -> None:
