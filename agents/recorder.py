@@ -2,7 +2,7 @@
 store exactly once, and acknowledged to the broker only after the batch holding it committed.
 
     with EventStore(url) as store:
-        recorder = BrokerRecorder(store, broker_config("stomp://127.0.0.1:61613"))
+        recorder = BrokerRecorder(store, BrokerConfig.from_url("stomp://127.0.0.1:61613"))
         recorder.start()          # subscribes (durable, client-individual) and starts writing
         recorder.wait_ready(10)   # True once every subscription is confirmed
         ...
@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agents.retry import RetryPolicy, retry_call
 from agents.transport.broker import (
     RECORDED_DESTINATIONS,
     Backoff,
@@ -45,6 +46,9 @@ BATCH_SIZE = 500
 BATCH_WAIT = 0.02  # seconds a batch waits for more messages after its first
 PREFETCH = 5000  # unacked messages per subscription the broker may push ahead
 STATS_EVERY = 10.0
+# A failed append is tried again until it succeeds or the recorder stops (a database outage must
+# not end the recorder: the broker holds what comes meanwhile, unacked).
+APPEND_RETRY = RetryPolicy(attempts=None, initial=0.2, maximum=5.0, jitter=0.2)
 # Per-delivery STOMP headers: they differ between a message's deliveries and say nothing about
 # the message, so they are not stored (the first stored copy wins anyway).
 _DELIVERY_HEADERS = frozenset({"ack", "subscription", "content-length", "redelivered"})
@@ -84,12 +88,12 @@ class Recorder:
 
     def __init__(self, store: Any, ack: Callable[[list[Delivery]], int], *,
                  batch_size: int = BATCH_SIZE, batch_wait: float = BATCH_WAIT,
-                 retry: Backoff | None = None) -> None:
+                 retry: RetryPolicy = APPEND_RETRY) -> None:
         self.store = store
         self.ack = ack
         self.batch_size = batch_size
         self.batch_wait = batch_wait
-        self.retry = retry or Backoff(0.2, 5.0)
+        self.retry = retry
         self.stats = RecorderStats()
         self.stopping = threading.Event()  # ends a retry loop during a database outage
         self._pending: list[Delivery] = []
@@ -123,20 +127,20 @@ class Recorder:
         stats = self.stats
         stats.received += len(batch)
         messages = [stored_message(delivery) for delivery in batch]
-        while True:
-            try:
-                result = self.store.append(messages)
-                break
-            except Exception as problem:  # noqa: BLE001 - a database outage must not end us
-                stats.store_errors += 1
-                if self.stopping.is_set():
-                    log.error("recorder: %d messages not stored (%s); the broker will "
-                              "redeliver them", len(batch), problem)
-                    return
-                delay = self.retry.next()
-                log.error("recorder: append failed (%s); retrying in %.1f s", problem, delay)
-                self.stopping.wait(delay)
-        self.retry.reset()
+
+        def failed(_attempt: int, delay: float, problem: BaseException) -> None:
+            stats.store_errors += 1
+            log.error("recorder: append failed (%s); retrying in %.1f s", problem, delay)
+
+        try:
+            result = retry_call(lambda: self.store.append(messages), self.retry,
+                                retry_on=Exception, sleep=self.stopping.wait,
+                                stop=self.stopping, before_retry=failed)
+        except Exception as problem:  # noqa: BLE001 - only when stopping: the broker redelivers
+            stats.store_errors += 1
+            log.error("recorder: %d messages not stored (%s); the broker will redeliver them",
+                      len(batch), problem)
+            return
         stats.batches += 1
         stats.stored += len(result.events)
         stats.duplicates += len(result.duplicates)

@@ -1,15 +1,27 @@
 """Agent types and adapters by name. Imports are lazy, so a missing optional part (or one still
-being written) only fails when it is actually used."""
+being written) only fails when it is actually used.
+
+An adapter is made from two things: the deployment's settings for the external systems
+(``AdapterSettings``: where Rucio and PanDA are and how to log in, built by the application
+shell from its configuration) and the execution's workflow parameters (``[ddm]``, ``[batch]``:
+which backend, and its options). ``swf run``, ``swf agent`` and the tests all go through
+``create_adapter``.
+"""
 
 from __future__ import annotations
 
 import importlib
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.base import Adapter, Agent, Command
+
+if TYPE_CHECKING:
+    from agents.batch.panda import PandaSettings
+    from agents.ddm.rucio import RucioSettings
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +39,28 @@ AGENT_TYPES: dict[str, str] = {
 Params = Mapping[str, Any] | None  # the execution's resolved workflow parameters
 
 
-def _files(data_dir: Path, params: Params = None) -> Adapter:
+@dataclass(frozen=True, slots=True)
+class AdapterSettings:
+    """The deployment's side of the external adapters (None: the adapter's defaults)."""
+
+    rucio: RucioSettings | None = None
+    panda: PandaSettings | None = None
+
+
+NO_SETTINGS = AdapterSettings()
+
+
+def _files(data_dir: Path, params: Params, settings: AdapterSettings) -> Adapter:
     from agents.files import FilesAdapter
     return FilesAdapter()
 
 
-def _payload(data_dir: Path, params: Params = None) -> Adapter:
+def _payload(data_dir: Path, params: Params, settings: AdapterSettings) -> Adapter:
     from agents.payload import PayloadAdapter
     return PayloadAdapter()
 
 
-def _ddm(data_dir: Path, params: Params = None) -> Adapter:
+def _ddm(data_dir: Path, params: Params, settings: AdapterSettings) -> Adapter:
     """``[ddm] backend``: ``local`` (the embedded catalog) or ``rucio``."""
     section = _section(params, "ddm")
     backend = section.get("backend") or "local"
@@ -46,11 +69,11 @@ def _ddm(data_dir: Path, params: Params = None) -> Adapter:
         return LocalCatalog(data_dir / "ddm")
     if backend == "rucio":
         from agents.ddm.rucio import RucioCatalog, RucioSettings
-        return RucioCatalog(RucioSettings.resolve(section))
+        return RucioCatalog((settings.rucio or RucioSettings()).for_workflow(section))
     return Misconfigured(f"[ddm] backend = {backend!r} is not one of 'local', 'rucio'")
 
 
-def _batch(data_dir: Path, params: Params = None) -> Adapter:
+def _batch(data_dir: Path, params: Params, settings: AdapterSettings) -> Adapter:
     """``[batch] backend``: ``local`` (the embedded executor) or ``panda``."""
     section = _section(params, "batch")
     backend = section.get("backend") or "local"
@@ -59,13 +82,13 @@ def _batch(data_dir: Path, params: Params = None) -> Adapter:
         return LocalExecutor(data_dir / "batch")
     if backend == "panda":
         from agents.batch.panda import PandaBatch, PandaSettings
-        return PandaBatch(PandaSettings.resolve(section))
+        return PandaBatch((settings.panda or PandaSettings()).for_workflow(section))
     return Misconfigured(f"[batch] backend = {backend!r} is not one of 'local', 'panda'")
 
 
-# adapter name -> factory(data_dir, workflow params); the embedded defaults unless the workflow
-# chooses another backend.
-ADAPTERS: dict[str, Callable[[Path, Params], Adapter]] = {
+# adapter name -> factory(data_dir, workflow params, deployment settings); the embedded
+# defaults unless the workflow chooses another backend.
+ADAPTERS: dict[str, Callable[[Path, Params, AdapterSettings], Adapter]] = {
     "files": _files,
     "payload": _payload,
     "ddm": _ddm,
@@ -111,14 +134,16 @@ def create_agent(agent_type: str, name: str, namespace: str) -> Agent:
     return agent_class(agent_type)(name, namespace)
 
 
-def create_adapter(name: str, data_dir: Path, params: Params = None) -> Adapter:
+def create_adapter(name: str, data_dir: Path, params: Params = None,
+                   settings: AdapterSettings | None = None) -> Adapter:
     """The adapter ``name`` for an execution: ``params`` (its workflow parameters) choose the
-    backend (``[ddm] backend``, ``[batch] backend``) and configure it."""
+    backend (``[ddm] backend``, ``[batch] backend``) and configure it, over the deployment's
+    ``settings`` (default: none, so an external backend gets only the workflow's options)."""
     try:
         factory = ADAPTERS[name]
     except KeyError:
         raise ValueError(f"unknown adapter {name!r}; known: {', '.join(ADAPTERS)}") from None
-    return factory(data_dir, params)
+    return factory(data_dir, params, settings or NO_SETTINGS)
 
 
 def workflow_agents(enabled: Callable[[str], bool]) -> list[str]:

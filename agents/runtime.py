@@ -43,7 +43,7 @@ from agents.base import Adapter, Agent, Command, Output, Send
 from agents.config import WorkflowConfig, param
 from agents.daq import DaqSimulator
 from agents.heartbeat import LogCapture, LogContext, heartbeat
-from agents.registry import create_adapter, create_agent, workflow_agents
+from agents.registry import AdapterSettings, create_adapter, create_agent, workflow_agents
 from eventstore.envelope import TOPIC, Event, Incoming, format_time, parse_time
 
 log = logging.getLogger("swf.runtime")
@@ -381,7 +381,8 @@ def prepare(store: Any, config: WorkflowConfig, *, seed: int = 0,
             user: str | None = None, agent_types: Sequence[str] | None = None,
             adapters: Mapping[str, Adapter] | None = None, realtime: bool = False,
             speed: float = 1.0, strict: bool = False,
-            progress: Callable[[Progress], None] | None = None) -> EmbeddedRuntime:
+            progress: Callable[[Progress], None] | None = None,
+            adapter_settings: AdapterSettings | None = None) -> EmbeddedRuntime:
     """A runtime loaded with one execution of ``config``: ids allocated from the store, agents
     created (``agent_types``: a chosen subset, default: the workflow's), the DAQ's schedule on
     the heap (when the DAQ is among the agents). Call ``.run()`` on it."""
@@ -396,7 +397,8 @@ def prepare(store: Any, config: WorkflowConfig, *, seed: int = 0,
     fixed = dict(adapters or {})
 
     def adapter(name: str) -> Adapter:
-        return fixed[name] if name in fixed else create_adapter(name, data_path, config.params)
+        return fixed[name] if name in fixed else create_adapter(name, data_path, config.params,
+                                                                adapter_settings)
 
     runtime = EmbeddedRuntime(
         store, agents, adapter, start_time=allocation.start_time,

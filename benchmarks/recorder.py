@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
 from agents.recorder import BrokerRecorder  # noqa: E402
-from agents.transport.broker import BrokerConfig, broker_config  # noqa: E402
+from agents.transport.broker import BrokerConfig  # noqa: E402
 from eventstore.envelope import TOPIC  # noqa: E402
 from eventstore.store import EventStore  # noqa: E402
 
@@ -193,7 +193,7 @@ def register(config: BrokerConfig, bare_id: str, recorder_name: str) -> None:
 @click.option("--db", "db_url", help="recorder store (default: a fresh SQLite file per round)")
 def main(count: int, size: int, rounds: int, broker_url: str | None, db_url: str | None) -> None:
     with (local_broker() if broker_url is None else _given(broker_url)) as url:
-        config = broker_config(url)
+        config = BrokerConfig.from_url(url)
         click.echo(f"{count} messages of {len(body('0' * 36, size))} bytes on {TOPIC}, "
                    f"broker {config.address}")
         click.echo(f"{'round':<6} {'measurement':<44} {'seconds':>8} {'msg/s':>9} {'vs bare':>8}")

@@ -115,8 +115,8 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT,
 
 def publish(url: str, messages: list[tuple[str, bytes]]) -> None:
     """Send raw bodies (persistent), confirmed by the broker before returning."""
-    from agents.transport.broker import broker_config
     from agents.transport.stomp import StompTransport
+    from swf.settings import broker_config
 
     transport = StompTransport(broker_config(url), name=f"test-{uuid.uuid4().hex[:6]}")
     transport.start()

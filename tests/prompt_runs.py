@@ -15,6 +15,7 @@ from typing import Any
 from agents.base import shift
 from agents.config import WorkflowConfig, load_workflow
 from agents.runtime import EmbeddedRuntime, prepare
+from swf.settings import load_settings
 
 
 def closed_port() -> int:
@@ -36,9 +37,10 @@ def prompt_config(*overrides: str, ddm: dict[str, Any] | None = None,
 
 def runtime(store: Any, data_dir: Path, config: WorkflowConfig, *,
             agent_types: list[str] | None = None) -> EmbeddedRuntime:
-    """A strict runtime: an agent or adapter exception fails the test instead of being logged."""
+    """A strict runtime: an agent or adapter exception fails the test instead of being logged.
+    Its adapters get the deployment settings of this environment, as `swf run`'s do."""
     return prepare(store, config, data_dir=data_dir, user="tester", strict=True,
-                   agent_types=agent_types)
+                   agent_types=agent_types, adapter_settings=load_settings().adapter_settings())
 
 
 def messages(store: Any, execution_id: str | None = None, msg_type: str | None = None

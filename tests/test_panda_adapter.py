@@ -24,6 +24,7 @@ from prompt_runs import closed_port, messages, only, prompt_config, runtime
 
 from agents.base import Command
 from agents.batch.panda import PandaBatch, PandaSettings
+from swf.settings import load_settings
 
 if TYPE_CHECKING:
     from servers import PandaTestServer
@@ -50,6 +51,11 @@ def store(sqlite_url: str) -> Iterator[Any]:
 def panda_workflow(*overrides: str, **batch: Any) -> Any:
     return prompt_config("batch.backend=panda", *overrides,
                          batch={"retry_delay": 0, **batch})
+
+
+def deployed(section: dict[str, Any] | None = None) -> PandaSettings:
+    """The settings `swf run` would give the adapter in this environment (PANDA_URL...)."""
+    return load_settings().panda_settings().for_workflow(section)
 
 
 def batch(adapter: PandaBatch, action: str, **params: Any) -> dict[str, Any]:
@@ -193,7 +199,7 @@ def test_authentication_failures_are_replies(
     server = panda_server_factory(require_token=TOKEN)
     for name, value in auth.items():
         monkeypatch.setenv(name, value)
-    adapter = PandaBatch(PandaSettings.resolve({}), sleep=pytest.fail)  # auth: never retried
+    adapter = PandaBatch(deployed(), sleep=pytest.fail)  # auth: never retried
     for reply in (batch(adapter, "submit_task", **task_request()),
                   batch(adapter, "status", task_id=1)):
         assert reply["error"].startswith("authentication failed: ")
@@ -211,7 +217,7 @@ def test_authentication_failures_are_replies(
 
 
 def test_unknown_task_and_bad_requests_are_replies(panda_server: PandaTestServer) -> None:
-    adapter = PandaBatch(PandaSettings.resolve({}))
+    adapter = PandaBatch(deployed())
     assert batch(adapter, "status", task_id=42) == {
         "msg_id": "test", "task_id": 42, "status": "unknown",
         "error": f"task 42 unknown to the PanDA server {panda_server.base_url}: getTaskStatus "
@@ -227,7 +233,7 @@ def test_unknown_task_and_bad_requests_are_replies(panda_server: PandaTestServer
 
 def test_same_task_name_while_active_is_refused_and_after_done_reactivated(
         panda_server: PandaTestServer) -> None:
-    adapter = PandaBatch(PandaSettings.resolve({}))
+    adapter = PandaBatch(deployed())
     assert batch(adapter, "submit_task", **task_request())["task_id"] == 1
     again = batch(adapter, "submit_task", **task_request())
     assert again["task_id"] is None
@@ -254,7 +260,7 @@ def test_a_lost_submission_answer_adopts_the_task_instead_of_a_second_one(
 
     monkeypatch.setattr(Client, "insertTaskParams", lossy)
     delays: list[float] = []
-    adapter = PandaBatch(PandaSettings.resolve({"retry_delay": 0.5}), sleep=delays.append)
+    adapter = PandaBatch(deployed({"retry_delay": 0.5}), sleep=delays.append)
     reply = batch(adapter, "submit_task", **task_request())
     assert (reply["task_id"], reply["status"], reply["error"]) == (1, "submitted", None)
     assert answers[1][1][0] == 2  # the retry met our own task, still active
@@ -278,7 +284,7 @@ def test_pandaclient_leaves_stdout_argv_and_environment_alone(
     monkeypatch.setenv("RUCIO_ACCOUNT", "mine")
     monkeypatch.delenv("RUCIO_APPID", raising=False)
     argv = list(sys.argv)
-    adapter = PandaBatch(PandaSettings.resolve({}))
+    adapter = PandaBatch(deployed())
     assert batch(adapter, "submit_task", **task_request())["task_id"] == 1
     assert batch(adapter, "status", task_id=7)["status"] == "unknown"
     out = capsys.readouterr().out
@@ -306,9 +312,10 @@ def test_import_time_dns_does_not_stop_the_agent(panda_server: PandaTestServer,
     script = (
         "import json\n"
         "from agents.base import Command\n"
-        "from agents.batch.panda import PandaBatch, PandaSettings\n"
+        "from agents.batch.panda import PandaBatch\n"
+        "from swf.settings import load_settings\n"
         "from tests_request import request\n"
-        "reply = PandaBatch(PandaSettings.resolve({})).execute(\n"
+        "reply = PandaBatch(load_settings().panda_settings()).execute(\n"
         "    Command('batch', 'submit_task', request, reply={}))\n"
         "print(json.dumps(reply))\n")
     (tmp_path / "tests_request.py").write_text(f"request = {task_request()!r}\n")

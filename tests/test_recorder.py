@@ -12,11 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agents.recorder import Recorder, stored_message
+from agents.retry import RetryPolicy
 from agents.transport.broker import (
-    Backoff,
     BrokerConfigError,
     Delivery,
-    broker_config,
     escape_header,
     recorded_destination,
     unescape_header,
@@ -30,6 +29,7 @@ from eventstore.envelope import (
     TOPIC,
 )
 from eventstore.store import EventStore
+from swf.settings import broker_config
 
 # -- frames ------------------------------------------------------------------------------------
 
@@ -151,7 +151,7 @@ def test_nothing_is_acked_until_the_store_takes_the_batch(sqlite_url) -> None:
     store = EventStore(sqlite_url)
     acks = Acks(store)
     recorder = Recorder(FlakyStore(store, failures=3), acks, batch_size=100,
-                        retry=Backoff(0.01, 0.02))
+                        retry=RetryPolicy(attempts=None, initial=0.01, maximum=0.02))
     items = [Delivery(TOPIC, {}, body(f"id-{i}"), f"ack-{i}", 1) for i in range(20)]
     feed(recorder, items)
     assert recorder.stats.store_errors == 3

@@ -14,10 +14,11 @@ import pytest
 import stomp
 
 from agents.recorder import BrokerRecorder
-from agents.transport.broker import Backoff, broker_config
+from agents.transport.broker import Backoff
 from agents.transport.stomp import StompTransport
 from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, TOPIC
 from eventstore.store import EventStore
+from swf.settings import broker_config
 
 pytest.register_assert_rewrite("broker")
 from broker import Cluster, Proxy, publish, self_signed, stored_ids, wait_for  # noqa: E402
@@ -178,6 +179,38 @@ def test_tls_with_credentials_that_are_never_logged(broker, sqlite_url, tmp_path
         proxy.close()
         store.close()
     assert caplog.records and secret not in caplog.text
+
+
+def test_swf_record_runs_on_upstreams_activemq_variables_alone(broker, tmp_path) -> None:
+    """No SWF_BROKER nor SWF_STOMP_*: ACTIVEMQ_HOST/PORT/USE_SSL, the CA file and the
+    credentials take `swf record` over TLS to the broker, and the password is never shown."""
+    certificate = self_signed(tmp_path)
+    proxy = Proxy(broker.port, certificate)
+    secret = f"pw-{uuid.uuid4().hex}"
+    cluster = Cluster(broker, tmp_path / "cluster")
+    for name in [name for name in cluster.env if name.startswith(("SWF_STOMP_", "ACTIVEMQ_"))]:
+        del cluster.env[name]
+    del cluster.env["SWF_BROKER"]
+    name = f"amq-{uuid.uuid4().hex[:8]}"  # a durable subscription of its own
+    config = tmp_path / "swf.toml"
+    config.write_text(f'[recorder]\nname = "{name}"\n')
+    cluster.env.update(ACTIVEMQ_HOST="127.0.0.1", ACTIVEMQ_PORT=str(proxy.port),
+                       ACTIVEMQ_USE_SSL="true", ACTIVEMQ_SSL_CA_CERTS=str(tmp_path / "cert.pem"),
+                       ACTIVEMQ_USER="upstream", ACTIVEMQ_PASSWORD=secret,
+                       SWF_CONFIG=str(config))
+    try:
+        cluster.start_recorder()  # its probes, sent on the plain port, are stored
+        ids = [f"amq-{uuid.uuid4()}" for _ in range(20)]
+        publish(broker.url, [(TOPIC, heartbeat(msg_id)) for msg_id in ids])
+        wait_for(lambda: len(stored_ids(cluster.store.engine, namespace="rec")) == 20,
+                 "20 stored through the TLS proxy")
+        assert sorted(stored_ids(cluster.store.engine, namespace="rec")) == sorted(ids)
+    finally:
+        cluster.stop_all()
+        proxy.close()
+    log = "".join(path.read_text() for path in (tmp_path / "cluster").glob("recorder.*.log"))
+    assert f"recording stomp+ssl://127.0.0.1:{proxy.port} as {name}" in log
+    assert secret not in log
 
 
 def test_tls_refuses_a_server_it_cannot_verify(broker, sqlite_url, tmp_path) -> None:

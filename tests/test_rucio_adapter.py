@@ -18,6 +18,7 @@ from prompt_runs import Injector, closed_port, messages, only, prompt_config, ru
 
 from agents.base import Command
 from agents.ddm.rucio import BATCH_SIZE, RucioCatalog, RucioSettings
+from swf.settings import load_settings
 
 if TYPE_CHECKING:
     from servers import RucioServer
@@ -41,8 +42,8 @@ def scope(admin: Any) -> str:
 
 @pytest.fixture
 def settings(rucio_server: RucioServer) -> RucioSettings:
-    return RucioSettings.resolve({"rucio_config": str(rucio_server.config_file),
-                                  "retry_delay": 0}, environ={})
+    return RucioSettings().for_workflow({"rucio_config": str(rucio_server.config_file),
+                                         "retry_delay": 0})
 
 
 @pytest.fixture
@@ -346,7 +347,7 @@ def test_settings_from_the_environment(rucio_server: RucioServer, scope: str,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RUCIO_CONFIG", raising=False)
     env = {key: value for key, value in rucio_server.env().items() if key.startswith("RUCIO_")}
-    settings = RucioSettings.resolve({}, environ=env)
+    settings = load_settings(environ=env).rucio_settings()
     assert (settings.host, settings.account, settings.problem) == (rucio_server.host, "root", None)
     assert settings.password == rucio_server.password  # from RUCIO_PASSWORD_FILE
     reply = ddm(RucioCatalog(settings), "add_dataset", scope=scope, name="swf.11.run")
@@ -361,11 +362,12 @@ def test_an_explicit_config_file_wins_over_the_environment(tmp_path: Path) -> No
     config.write_text("[client]\nrucio_host = http://file:1\naccount = filed\n"
                       "auth_type = userpass\nusername = u\npassword = secret\n")
     env = {"RUCIO_HOST": "http://env:2", "RUCIO_ACCOUNT": "envacct", "RUCIO_CONFIG": "/nope"}
-    explicit = RucioSettings.resolve({"rucio_config": str(config), "rse": "OTHER"}, environ=env)
+    explicit = load_settings(environ=env).rucio_settings().for_workflow(
+        {"rucio_config": str(config), "rse": "OTHER"})
     assert (explicit.host, explicit.account, explicit.rse) == ("http://file:1", "filed", "OTHER")
     assert explicit.client_options()["creds"] == {"username": "u", "password": "secret"}
     assert "secret" not in repr(explicit)
-    layered = RucioSettings.resolve({}, environ={**env, "RUCIO_CONFIG": str(config)})
+    layered = load_settings(environ={**env, "RUCIO_CONFIG": str(config)}).rucio_settings()
     assert (layered.host, layered.account, layered.username) == ("http://env:2", "envacct", "u")
 
 
@@ -377,7 +379,8 @@ def test_an_explicit_config_file_wins_over_the_environment(tmp_path: Path) -> No
      "configuration error: userpass authentication needs a username and a password"),
 ])
 def test_configuration_problems_are_replies(section: dict, env: dict, expected: str) -> None:
-    reply = ddm(RucioCatalog(RucioSettings.resolve(section, environ=env)), "add_dataset",
+    settings = load_settings(environ=env).rucio_settings().for_workflow(section)
+    reply = ddm(RucioCatalog(settings), "add_dataset",
                 scope="group.daq", name="swf.1.run")
     assert reply["outcome"] == "error" and reply["error"].startswith(expected)
 

@@ -20,9 +20,12 @@ templates are completed with the same fields as ``LocalExecutor``'s (``task_id``
 - its messages go to stdout (``No valid grid proxy certificate found``, which would corrupt
   ``swf run --json``): stdout is captured during calls and its logger is forwarded at DEBUG.
 
-Server: ``[batch] panda_url``, else ``PANDA_URL_SSL``/``PANDA_URL``; authentication only from
-``PANDA_AUTH``/``PANDA_AUTH_VO``/``PANDA_AUTH_ID_TOKEN``/``OIDC_AUTH_*`` or an X.509 proxy, as
-pandaclient reads them. Tokens never appear in replies or logs.
+Server: ``[batch] panda_url`` of the workflow, else the deployment's (``PandaSettings``, built by
+the application shell from its ``[panda]`` settings or ``PANDA_URL_SSL``/``PANDA_URL``; see
+swf/settings.py). Authentication is pandaclient's own: it reads ``PANDA_AUTH``,
+``PANDA_AUTH_VO``, ``PANDA_AUTH_ID_TOKEN``, ``OIDC_AUTH_*``, ``PANDA_CONFIG_ROOT`` or an X.509 proxy
+from the environment itself. Tokens never appear in replies or logs. Failed submissions are
+retried with bounded exponential backoff (``agents.retry``), never after an auth refusal.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +48,7 @@ import orjson
 
 from agents.base import Adapter, Command
 from agents.batch import FAILED, SUBMITTED, UNKNOWN
+from agents.retry import RetryPolicy, Transient, retry_call
 
 log = logging.getLogger(__name__)
 _CLIENT_LOG = logging.getLogger("swf.panda.client")
@@ -67,22 +71,28 @@ class PandaSettings:
     retry_delay: float = 1.0  # first backoff; doubles per retry
     max_delay: float = 8.0
 
-    @classmethod
-    def resolve(cls, section: Mapping[str, Any] | None = None,
-                environ: Mapping[str, str] | None = None) -> PandaSettings:
+    def __repr__(self) -> str:
+        """The dataclass's repr without a password in a server URL."""
+        url, plain = (_public_url(value) if value else value for value in (self.url,
+                                                                           self.plain_url))
+        return (f"PandaSettings(url={url!r}, plain_url={plain!r}, attempts={self.attempts!r}, "
+                f"retry_delay={self.retry_delay!r}, max_delay={self.max_delay!r})")
+
+    def for_workflow(self, section: Mapping[str, Any] | None) -> PandaSettings:
+        """These settings under a workflow's ``[batch]`` section: ``panda_url`` (both URLs) and
+        the retry options ``attempts``, ``retry_delay``, ``max_delay``."""
         section = section or {}
-        env = os.environ if environ is None else environ
-        explicit = str(section.get("panda_url") or "").strip() or None
-        url = explicit or env.get("PANDA_URL_SSL") or env.get("PANDA_URL") or None
-        plain = explicit or env.get("PANDA_URL") or url
         values: dict[str, Any] = {}
+        explicit = str(section.get("panda_url") or "").strip()
+        if explicit:
+            values.update(url=explicit, plain_url=explicit)
         for key, kind in (("attempts", int), ("retry_delay", float), ("max_delay", float)):
             value = section.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
                 values[key] = kind(value)
             elif value not in (None, ""):
                 log.warning("batch.%s = %r is not usable; ignored", key, value)
-        return cls(url=url, plain_url=plain, **values)
+        return replace(self, **values)
 
     @property
     def where(self) -> str:
@@ -136,21 +146,31 @@ class PandaBatch(Adapter):
                 return {"task_id": None, "status": FAILED,
                         "error": f"invalid task parameters{code}: {_first(exc)}"
                                  f"{capture.reason()}"}
-            attempts = max(1, self.settings.attempts)
-            for attempt in range(attempts):
+            policy = RetryPolicy(attempts=max(1, self.settings.attempts),
+                                 initial=self.settings.retry_delay,
+                                 maximum=self.settings.max_delay)
+            tries = 0
+
+            def attempt() -> dict[str, Any]:
+                nonlocal tries
+                tries += 1
                 status, output = client.insertTaskParams(task, properErrorCode=True)
                 if status == 0 and isinstance(output, tuple | list) and len(output) == 2:
-                    return self._registered(task["taskName"], output, retried=attempt > 0)
+                    return self._registered(task["taskName"], output, retried=tries > 1)
                 kind, text = _diagnose(client, "insertTaskParams", status, output,
                                        self.settings.where)
-                # Not an auth refusal: retried (an answer lost on the way is adopted below).
-                if kind == "auth" or attempt + 1 == attempts:
+                if kind == "auth":  # never retried: the same credentials would fail again
                     return {"task_id": None, "status": FAILED, "error": text}
-                delay = min(self.settings.max_delay, self.settings.retry_delay * 2 ** attempt)
+                raise Transient(text)  # an answer lost on the way is adopted by the retry
+
+            def again(number: int, delay: float, problem: BaseException) -> None:
                 log.warning("batch submit_task: %s; retrying in %.2f s (attempt %d of %d)",
-                            text, delay, attempt + 2, attempts)
-                self._sleep(delay)
-        raise AssertionError("unreachable code")  # pragma: no cover
+                            problem, delay, number, policy.attempts)
+
+            try:
+                return retry_call(attempt, policy, sleep=self._sleep, before_retry=again)
+            except Transient as problem:
+                return {"task_id": None, "status": FAILED, "error": str(problem)}
 
     def _registered(self, name: str, output: Any, *, retried: bool) -> dict[str, Any]:
         code, message = output

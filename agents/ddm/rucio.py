@@ -13,16 +13,18 @@ set_metadata), so the agent cannot tell the two apart except by what a real serv
 - ``close`` -> ``set_status(open=False)``, then the totals from ``list_files``.
 
 Transient failures (connection refused or timed out, HTTP 5xx) are retried with bounded
-exponential backoff; refusals and authentication failures are not. Every failure becomes
-``outcome="error"`` with a one-line ``error`` that starts with what happened:
+exponential backoff (``agents.retry``); refusals and authentication failures are not. Every
+failure becomes ``outcome="error"`` with a one-line ``error`` that starts with what happened:
 ``unreachable: ...``, ``authentication failed: ...``, ``configuration error: ...`` or the Rucio
 exception name (``DataIdentifierAlreadyExists: ...``, ``UnsupportedOperation: ...``,
 ``InvalidObject: invalid adler32 ...``). Nothing is raised out of ``execute``.
 
-Client settings, in order: the ``[client]`` section of ``[ddm] rucio_config`` when the workflow
-names a file (that file alone); otherwise the ``RUCIO_*`` environment variables over the file
-Rucio itself would read (``RUCIO_CONFIG``, else ``$RUCIO_HOME/etc/rucio.cfg`` ...). Passwords
-come only from those files (or ``RUCIO_PASSWORD_FILE``) and never appear in replies or logs.
+Client settings (``RucioSettings``) come from the deployment: the application shell builds them
+from its ``[rucio]`` settings, the ``RUCIO_*`` variables and Rucio's own rucio.cfg (see
+swf/settings.py). A workflow adds its ``[ddm]`` keys (``RucioSettings.for_workflow``): the
+adapter options (rse, timeout, attempts, retry_delay, max_delay) and, when ``rucio_config`` names
+a rucio.cfg, that file's ``[client]`` section alone in place of the deployment's client settings.
+Passwords never appear in replies, reprs or logs.
 Each catalog keeps its auth token in a private temporary directory: Rucio's default token cache
 is keyed by account only, so a wrong password would otherwise ride on another client's token.
 """
@@ -39,12 +41,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from agents.base import Adapter, Command
 from agents.ddm import DdmError, did, name_problem, replica_problem, scope_problem
+from agents.retry import RetryPolicy, Transient, retry_call
 
 log = logging.getLogger(__name__)
 # rucio-clients logs every refused connection at ERROR on its own; our retry warnings and the
@@ -58,8 +61,6 @@ BATCH_SIZE = 500  # files per attach_dids call (SQLite servers hit an expression
 _TRANSIENT_STATUS = re.compile(r"http status code: 5\d\d")
 _BAD_VALUE = re.compile(r"'([^']*)' does not match")
 _OUTAGES = ("unreachable:", "authentication failed:", "configuration error:", "server error:")
-_ENV_KEYS = {"host": "RUCIO_HOST", "auth_host": "RUCIO_AUTH_HOST", "account": "RUCIO_ACCOUNT",
-             "auth_type": "RUCIO_AUTH_TYPE", "username": "RUCIO_USERNAME", "vo": "RUCIO_VO"}
 _FILE_KEYS = {"host": "rucio_host", "auth_host": "auth_host", "account": "account",
               "auth_type": "auth_type", "username": "username", "password": "password",
               "vo": "vo", "ca_cert": "ca_cert", "client_cert": "client_cert",
@@ -89,35 +90,31 @@ class RucioSettings:
     source: str = "defaults"  # where the client settings came from, for messages
     problem: str | None = None  # a configuration error found while resolving
 
-    @classmethod
-    def resolve(cls, section: Mapping[str, Any] | None = None,
-                environ: Mapping[str, str] | None = None) -> RucioSettings:
-        """Settings from the workflow's ``[ddm]`` section, the config file and the environment."""
+    def __repr__(self) -> str:
+        """The dataclass's repr without a password: neither the field nor one in a server URL."""
+        shown = []
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.name in ("host", "auth_host") and isinstance(value, str):
+                value = _public_url(value)
+            if spec.repr:
+                shown.append(f"{spec.name}={value!r}")
+        return f"RucioSettings({', '.join(shown)})"
+
+    def for_workflow(self, section: Mapping[str, Any] | None) -> RucioSettings:
+        """These settings under a workflow's ``[ddm]`` section: its adapter options, and the
+        ``[client]`` section of the rucio.cfg it names in ``rucio_config`` (that file alone)."""
         section = section or {}
-        env = os.environ if environ is None else environ
+        base = self
         explicit = str(section.get("rucio_config") or "").strip()
-        path = explicit or env.get("RUCIO_CONFIG") or _standard_config(env)
-        values: dict[str, Any] = {}
-        problem = None
-        if path:
+        if explicit:
             try:
-                values.update(_read_client_section(os.path.expanduser(path)))
+                client, problem = read_client_section(os.path.expanduser(explicit)), None
             except (OSError, configparser.Error) as exc:
-                if explicit or env.get("RUCIO_CONFIG"):  # named on purpose: must be readable
-                    problem = f"cannot read Rucio config {path}: {exc}"
-        if not explicit:  # as rucio-clients does: the environment overrides the file
-            values.update({key: env[name] for key, name in _ENV_KEYS.items() if env.get(name)})
-            password_file = env.get("RUCIO_PASSWORD_FILE")
-            if password_file:
-                try:
-                    with open(os.path.expanduser(password_file)) as handle:
-                        values["password"] = handle.read().strip()
-                except OSError as exc:
-                    problem = f"cannot read RUCIO_PASSWORD_FILE: {exc.strerror}"
-        values.update(_adapter_options(section))
-        source = f"{path} ([ddm] rucio_config)" if explicit else (
-            f"environment and {path}" if path else "environment")
-        return cls(**values, source=source, problem=problem)
+                client, problem = {}, f"cannot read Rucio config {explicit}: {exc}"
+            base = RucioSettings(**client, source=f"{explicit} ([ddm] rucio_config)",
+                                 problem=problem)
+        return replace(base, **_adapter_options(section))
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for ``rucio.client.Client`` (unset ones: rucio's own defaults)."""
@@ -196,24 +193,31 @@ class RucioCatalog(Adapter):
         except DdmError as problem:
             return {"outcome": "error", "error": str(problem)}
         state = _Attempts()
-        attempts = max(1, self.settings.attempts)
-        while True:
+        policy = RetryPolicy(attempts=max(1, self.settings.attempts),
+                             initial=self.settings.retry_delay, maximum=self.settings.max_delay)
+
+        def attempt() -> dict[str, Any]:
             try:
                 return action(self._connect(), params, state)
             except DdmError as problem:
                 return {"outcome": "error", "error": str(problem), **state.partial()}
             except Exception as exc:  # noqa: BLE001 - every outside failure becomes a reply
                 transient, text = self._describe(exc, params)
-                if not transient or state.number + 1 >= attempts:
-                    if transient:
-                        text += f" (after {state.number + 1} attempts)"
-                    return {"outcome": "error", "error": text, **state.partial()}
-                delay = min(self.settings.max_delay, self.settings.retry_delay * 2 ** state.number)
-                log.warning("ddm %s: %s; retrying in %.2f s (attempt %d of %d)", name, text,
-                            delay, state.number + 2, attempts)
-                self._client = None  # a fresh session (and token) for the next try
-                state.number += 1
-                self._sleep(delay)
+                if transient:
+                    raise Transient(text) from exc
+                return {"outcome": "error", "error": text, **state.partial()}
+
+        def again(number: int, delay: float, problem: BaseException) -> None:
+            log.warning("ddm %s: %s; retrying in %.2f s (attempt %d of %d)", name, problem,
+                        delay, number, policy.attempts)
+            self._client = None  # a fresh session (and token) for the next try
+            state.number += 1
+
+        try:
+            return retry_call(attempt, policy, sleep=self._sleep, before_retry=again)
+        except Transient as problem:
+            return {"outcome": "error", "error": f"{problem} (after {state.number + 1} attempts)",
+                    **state.partial()}
 
     def _connect(self) -> Any:
         if self._client is None:
@@ -496,17 +500,8 @@ def _public_url(url: str) -> str:
     return url
 
 
-def _standard_config(env: Mapping[str, str]) -> str | None:
-    """The rucio.cfg rucio-clients would find without RUCIO_CONFIG."""
-    for variable in ("RUCIO_HOME", "VIRTUAL_ENV", "CONDA_PREFIX"):
-        if env.get(variable):
-            candidate = os.path.join(env[variable], "etc", "rucio.cfg")
-            if os.path.exists(candidate):
-                return candidate
-    return "/opt/rucio/etc/rucio.cfg" if os.path.exists("/opt/rucio/etc/rucio.cfg") else None
-
-
-def _read_client_section(path: str) -> dict[str, str]:
+def read_client_section(path: str) -> dict[str, Any]:
+    """The settings in the ``[client]`` section of a rucio.cfg, by ``RucioSettings`` field name."""
     parser = configparser.ConfigParser()  # as rucio-clients reads it (with interpolation)
     if parser.read(path) != [path]:
         raise OSError(f"{path} is missing or unreadable")
@@ -535,4 +530,4 @@ def _adapter_options(section: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-__all__ = ["BATCH_SIZE", "RucioCatalog", "RucioSettings"]
+__all__ = ["BATCH_SIZE", "RucioCatalog", "RucioSettings", "read_client_section"]

@@ -2,33 +2,18 @@
 (``BrokerConfig``), a received message (``Delivery``), reconnect backoff, and which destinations
 the pipeline records.
 
-Credentials come from the environment (``SWF_STOMP_USER``, ``SWF_STOMP_PASSWORD``) or from the
-``[broker]`` table of a TOML config file, never from the command line. They are kept out of
-``repr`` and ``address``, so logging a config or an error never shows them.
+``BrokerConfig`` is a plain value: the application shell (swf/settings.py) builds it from the
+command line, the environment and the config file. Credentials are kept out of ``repr`` and
+``address``, so logging a config or an error never shows them.
 
     stomp://HOST:PORT          plain TCP
-    stomp+ssl://HOST:PORT      TLS (also ``stomp+tls://``, ``ssl://``); the CA file, client
-                               certificate and key, and ``verify`` come from the config file or
-                               SWF_STOMP_CA_CERTS / SWF_STOMP_CERT_FILE / SWF_STOMP_KEY_FILE
-
-Config file (``--config PATH.toml``; the agent and recorder sections live in the same file)::
-
-    [broker]
-    url = "stomp+ssl://broker.example.org:61612"
-    user = "swf"
-    password = "..."          # better: SWF_STOMP_PASSWORD in the environment
-    ca_certs = "/etc/swf/ca.pem"
-    verify = true
+    stomp+ssl://HOST:PORT      TLS (also ``stomp+tls://``, ``ssl://``, ``stomps://``)
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,7 +36,7 @@ MONITORED_QUEUES = {SLICE_MONITOR_TOPIC: SLICE_QUEUE, RESULT_MONITOR_TOPIC: RESU
 
 
 class BrokerConfigError(ValueError):
-    """A broker URL or config file is unusable; the message is one line and holds no secret."""
+    """A broker URL or setting is unusable; the message is one line and holds no secret."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,71 +60,31 @@ class BrokerConfig:
     def __str__(self) -> str:
         return self.address
 
-
-def broker_config(url: str | None = None, *, config_file: str | os.PathLike[str] | None = None,
-                  environ: Mapping[str, str] | None = None) -> BrokerConfig:
-    """The broker to use: ``url``, else the config file's ``[broker] url``, else $SWF_BROKER.
-    Credentials and TLS files: the environment wins over the config file."""
-    env = os.environ if environ is None else environ
-    table = _broker_table(config_file)
-    text = url or table.get("url") or env.get("SWF_BROKER")
-    if not text:
-        raise BrokerConfigError("no broker given: pass --broker stomp://HOST:PORT "
-                                "(or set SWF_BROKER, or [broker] url in the config file)")
-    parts = urlsplit(str(text))
-    scheme = parts.scheme.lower()
-    if scheme not in PLAIN_SCHEMES | TLS_SCHEMES:
-        raise BrokerConfigError(f"not a STOMP broker URL: {_without_secret(str(text))!r} "
-                                "(expected stomp://HOST:PORT or stomp+ssl://HOST:PORT)")
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise BrokerConfigError(f"bad port in broker URL {_without_secret(str(text))!r}") from None
-    if not parts.hostname:
-        raise BrokerConfigError(f"no host in broker URL {_without_secret(str(text))!r}")
-
-    def pick(env_name: str, key: str, default: Any = None) -> Any:
-        return env.get(env_name) or table.get(key) or default
-
-    verify = table.get("verify", True)
-    if "SWF_STOMP_VERIFY" in env:
-        verify = env["SWF_STOMP_VERIFY"].strip().lower() not in ("0", "false", "no", "off")
-    return BrokerConfig(
-        host=parts.hostname, port=port, tls=scheme in TLS_SCHEMES,
-        user=pick("SWF_STOMP_USER", "user", parts.username),
-        password=pick("SWF_STOMP_PASSWORD", "password", parts.password),
-        ca_certs=pick("SWF_STOMP_CA_CERTS", "ca_certs"),
-        cert_file=pick("SWF_STOMP_CERT_FILE", "cert_file"),
-        key_file=pick("SWF_STOMP_KEY_FILE", "key_file"),
-        verify=bool(verify), vhost=pick("SWF_STOMP_VHOST", "vhost"))
-
-
-def read_config_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """A TOML config file as a dict ({} without a path)."""
-    if path is None:
-        return {}
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as problem:
-        raise BrokerConfigError(f"cannot read config file {path}: {problem.strerror}") from None
-    except tomllib.TOMLDecodeError as problem:
-        raise BrokerConfigError(f"config file {path} is not valid TOML: {problem}") from None
-
-
-def _broker_table(path: str | os.PathLike[str] | None) -> dict[str, Any]:
-    table = read_config_file(path).get("broker", {})
-    if not isinstance(table, dict):
-        raise BrokerConfigError(f"config file {path}: [broker] must be a table")
-    return table
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> BrokerConfig:
+        """The broker at ``url`` (credentials in its userinfo are used unless ``options`` give
+        ``user``/``password``); ``options`` set the other fields, None meaning the default."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in PLAIN_SCHEMES | TLS_SCHEMES:
+            raise BrokerConfigError(f"not a STOMP broker URL: {_without_secret(url)!r} "
+                                    "(expected stomp://HOST:PORT or stomp+ssl://HOST:PORT)")
+        try:
+            port = parts.port or DEFAULT_PORT
+        except ValueError:
+            raise BrokerConfigError(f"bad port in broker URL {_without_secret(url)!r}") from None
+        if not parts.hostname:
+            raise BrokerConfigError(f"no host in broker URL {_without_secret(url)!r}")
+        values = {"user": parts.username, "password": parts.password,
+                  **{key: value for key, value in options.items() if value is not None}}
+        return cls(host=parts.hostname, port=port, tls=scheme in TLS_SCHEMES, **values)
 
 
 def _without_secret(url: str) -> str:
     parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
+    if "@" not in parts.netloc:
         return url
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return parts._replace(netloc=f"***@{host}{port}").geturl()
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
 @dataclass(slots=True)
@@ -166,7 +111,7 @@ def recorded_destination(delivery: Delivery) -> str:
     if queue is None:
         return delivery.destination
     original = delivery.headers.get("original-destination")
-    return original if original in MONITORED_QUEUES.values() else queue
+    return original if original is not None and original in MONITORED_QUEUES.values() else queue
 
 
 class Backoff:

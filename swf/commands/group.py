@@ -2,19 +2,34 @@
 
 Command modules import ``main`` from here and add their commands to it; ``swf.cli`` imports
 them all. Nothing here imports a command module, so every module imports on its own.
+
+Deployment settings (store, broker, agent, recorder, Rucio, PanDA) are read in one place,
+swf/settings.py: flags > environment > config file > defaults. A command passes its flags to
+``load`` (None: not given) and gets the whole ``Settings``; a problem is one line, exit code 2.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
+from agents.transport.broker import BrokerConfigError
+from swf.settings import Settings, SettingsError, load_settings
+
 F = TypeVar("F", bound=Callable[..., object])
 
-DB_OPTION_HELP = "Database URL (default: $SWF_DB or sqlite:///swf.db)."
+DB_OPTION_HELP = ("Database URL (default: $SWF_DB, else [store] url of the config file, else "
+                  "sqlite:///swf.db).")
+
+
+class SettingsProblem(click.ClickException):
+    """Unusable settings: ``Error: <one line>`` on stderr, exit code 2 (as a usage error)."""
+
+    exit_code = 2
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +40,33 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def load(config_path: Path | None = None, **flags: Mapping[str, Any] | None) -> Settings:
+    """The settings for a command: its flags (per section), the environment, the config file
+    (``config_path``, else $SWF_CONFIG)."""
+    try:
+        return load_settings(config_path, **flags)
+    except (SettingsError, BrokerConfigError) as problem:
+        raise SettingsProblem(str(problem)) from None
+
+
+def config_option(function: F) -> F:
+    """--config PATH: the TOML config file (the environment variable is read by settings)."""
+    return click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="TOML config file ([store], [broker], [agent], [recorder], [rucio], [panda]); "
+             "default $SWF_CONFIG.")(function)
+
+
+def db_flag(function: F) -> F:
+    """--db as given (None when not): for commands that resolve all their settings at once."""
+    return click.option("--db", "db_url", default=None, metavar="URL",
+                        help=DB_OPTION_HELP)(function)
+
+
 def db_option(function: F) -> F:
-    return click.option("--db", "db_url", envvar="SWF_DB", default=None,
+    """--db resolved to the store URL through the settings."""
+    def resolve(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+        return load(store={"url": value}).store.url
+
+    return click.option("--db", "db_url", default=None, metavar="URL", callback=resolve,
                         help=DB_OPTION_HELP)(function)

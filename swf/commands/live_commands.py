@@ -1,9 +1,10 @@
 """Live mode on a broker: ``swf record``, ``swf agent NAME``, and ``swf run --broker``'s path.
 
-Each runs until SIGTERM or SIGINT (Ctrl-C) and then stops cleanly. One config file can serve all
+Each runs until SIGTERM or SIGINT (Ctrl-C) and then stops cleanly. Their settings come from
+swf/settings.py (flags > environment > config file > defaults); one config file can serve all
 of them (``--config PATH.toml`` or $SWF_CONFIG)::
 
-    [broker]                   # see eventstore/broker.py; credentials better in the environment
+    [broker]                   # credentials better in the environment (SWF_STOMP_PASSWORD)
     url = "stomp://127.0.0.1:61613"
     [store]
     url = "sqlite:///swf.db"
@@ -29,8 +30,9 @@ from typing import Any
 import click
 
 from agents.config import WorkflowConfig, load_workflow
-from agents.transport.broker import BrokerConfig, BrokerConfigError, broker_config, read_config_file
-from swf.commands.group import db_option, main
+from agents.transport.broker import BrokerConfig, BrokerConfigError
+from swf.commands.group import SettingsProblem, config_option, db_flag, load, main
+from swf.settings import Settings
 
 # `swf agent NAME` -> agent type.
 AGENT_NAMES = {"daq": "daq_simulator", "data": "data", "fastmon": "fastmon",
@@ -40,43 +42,46 @@ POLL = 0.25  # seconds between looks at the store while `swf run --broker` waits
 
 
 def broker_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    function = click.option(
-        "--config", "config_path", envvar="SWF_CONFIG",
-        type=click.Path(dir_okay=False, exists=True, path_type=Path),
-        help="TOML config file ([broker], [store], [agent], [recorder]); $SWF_CONFIG.")(function)
+    function = config_option(function)
     return click.option(
-        "--broker", "broker_url", envvar="SWF_BROKER", metavar="URL",
-        help="STOMP broker, stomp://HOST:PORT or stomp+ssl://HOST:PORT ($SWF_BROKER); "
-             "credentials from SWF_STOMP_USER/SWF_STOMP_PASSWORD or the config file.")(function)
+        "--broker", "broker_url", metavar="URL",
+        help="STOMP broker, stomp://HOST:PORT or stomp+ssl://HOST:PORT (default: $SWF_BROKER, "
+             "else ACTIVEMQ_HOST/ACTIVEMQ_PORT/ACTIVEMQ_USE_SSL, else [broker] url); "
+             "credentials from SWF_STOMP_USER/SWF_STOMP_PASSWORD (or ACTIVEMQ_USER/"
+             "ACTIVEMQ_PASSWORD) or the config file.")(function)
 
 
 @main.command("record")
 @broker_options
-@db_option
+@db_flag
 @click.option("--name", help="Client id and durable subscription prefix "
                              "(default: [recorder] name, else swf-recorder).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Most messages appended in one transaction.")
-@click.option("--batch-wait", type=click.FloatRange(min=0), default=0.02, show_default=True,
-              help="Seconds a batch waits for more messages after its first.")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Most messages appended in one transaction (default: [recorder] "
+                   "batch_size, else 500).")
+@click.option("--batch-wait", type=click.FloatRange(min=0),
+              help="Seconds a batch waits for more messages after its first (default: "
+                   "[recorder] batch_wait, else 0.02).")
 def record_command(broker_url: str | None, config_path: Path | None, db_url: str | None,
-                   name: str | None, batch_size: int, batch_wait: float) -> None:
+                   name: str | None, batch_size: int | None, batch_wait: float | None) -> None:
     """Record every message of the pipeline into the store: durable subscriptions on the topic
     and the monitor copies of the work queues, appended in small batches, each message acked
     only after its batch committed. Runs until SIGTERM or Ctrl-C."""
-    from agents.recorder import DEFAULT_NAME, BrokerRecorder
+    from agents.recorder import BrokerRecorder
     from eventstore.store import EventStore
 
-    file = _config_file(config_path)
-    config = _broker(broker_url, config_path)
-    name = name or file.get("recorder", {}).get("name") or DEFAULT_NAME
+    settings = load(config_path, store={"url": db_url}, broker={"url": broker_url},
+                    recorder={"name": name, "batch_size": batch_size, "batch_wait": batch_wait})
+    config = _broker(settings)
+    options = settings.recorder
     _quiet_stomp()
     stop = _stop_on_signals()
-    with EventStore(db_url or file.get("store", {}).get("url")) as store:
-        recorder = BrokerRecorder(store, config, name=name, batch_size=batch_size,
-                                  batch_wait=batch_wait)
+    with EventStore(settings.store.url) as store:
+        recorder = BrokerRecorder(store, config, name=options.name, batch_size=options.batch_size,
+                                  batch_wait=options.batch_wait, prefetch=options.prefetch)
         recorder.start()
-        logging.getLogger("swf.recorder").info("recording %s as %s", config.address, name)
+        logging.getLogger("swf.recorder").info("recording %s as %s", config.address,
+                                               options.name)
         stop.wait()
         recorder.stop()
     stats = recorder.stats
@@ -87,55 +92,64 @@ def record_command(broker_url: str | None, config_path: Path | None, db_url: str
 @main.command("agent")
 @click.argument("agent", metavar="NAME", type=click.Choice(sorted(AGENT_NAMES)))
 @broker_options
-@db_option
+@db_flag
 @click.option("--name", "instance", help="Instance name, the sender of its messages "
-                                         "(default: TYPE-agent-$USER, as in `swf run`).")
+                                         "(default: [agent] name, else TYPE-agent-$USER, as in "
+                                         "`swf run`).")
 @click.option("--namespace", help="Namespace to work in (default: [agent] namespace, else the "
                                   "default workflow's).")
-@click.option("--data-dir", envvar="SWF_DATA", type=click.Path(file_okay=False, path_type=Path),
-              help="STF files, local DDM and batch state ($SWF_DATA, default ./swf-data).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="STF files, local DDM and batch state (default: $SWF_DATA, else [agent] "
+                   "data_dir, else ./swf-data).")
 @click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True),
               help="Seconds between heartbeats (default: [agent] heartbeat_interval, else 60).")
-@click.option("--payload-threads", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Slice payloads run at the same time (worker).")
+@click.option("--payload-threads", type=click.IntRange(min=1),
+              help="Slice payloads run at the same time (worker; default: [agent] "
+                   "payload_threads, else 32).")
 @click.option("--sent-log", type=click.Path(dir_okay=False, path_type=Path),
               help="Append 'msg_id destination' for every message the broker confirmed "
-                   "(an audit trail to hold against the store).")
+                   "(an audit trail to hold against the store; default: [agent] sent_log).")
 def agent_command(agent: str, broker_url: str | None, config_path: Path | None,
                   db_url: str | None, instance: str | None, namespace: str | None,
                   data_dir: Path | None, heartbeat_interval: float | None,
-                  payload_threads: int, sent_log: Path | None) -> None:
+                  payload_threads: int | None, sent_log: Path | None) -> None:
     """Run one agent (daq, data, fastmon, fast_processing, processing, worker) as this process,
     on the broker, until SIGTERM or Ctrl-C. It resumes from the store: the executions still
     open are replayed through it first. The daq agent starts a run when `swf run --broker`
     asks."""
+    from agents.base import Agent
     from agents.live import LiveDaq, LiveHost
     from agents.registry import create_adapter, create_agent
-    from agents.runtime import default_data_dir, default_user
+    from agents.runtime import default_user
     from agents.transport.stomp import StompTransport
     from eventstore.store import EventStore
 
-    file = _config_file(config_path)
-    section = file.get("agent", {})
-    config = _broker(broker_url, config_path)
+    settings = load(config_path, store={"url": db_url}, broker={"url": broker_url},
+                    agent={"name": instance, "namespace": namespace, "data_dir": data_dir,
+                           "heartbeat_interval": heartbeat_interval,
+                           "payload_threads": payload_threads, "sent_log": sent_log})
+    config = _broker(settings)
+    options = settings.agent
     agent_type = AGENT_NAMES[agent]
-    name = instance or section.get("name") or f"{agent_type}-agent-{default_user()}"
-    namespace = namespace or section.get("namespace") or \
-        str(load_workflow("fast_processing").get("testbed.namespace"))
-    data_path = Path(data_dir or section.get("data_dir") or default_data_dir()).absolute()
-    interval = heartbeat_interval or float(section.get("heartbeat_interval", 60.0))
+    name = options.name or f"{agent_type}-agent-{default_user()}"
+    namespace = options.namespace or str(load_workflow("fast_processing").get("testbed.namespace"))
+    data_path = options.data_dir.absolute()
+    adapter_settings = settings.adapter_settings()
+    actor: Agent
     if agent_type == "daq_simulator":
         actor = LiveDaq(name, namespace, data_dir=str(data_path))
     else:
         actor = create_agent(agent_type, name, namespace)
     _quiet_stomp()
     stop = _stop_on_signals()
-    with EventStore(db_url or file.get("store", {}).get("url")) as store:
+    with EventStore(settings.store.url) as store:
         transport = StompTransport(config, client_id=f"swf.{name}", name=name)
         host = LiveHost(actor, transport, store,
-                        lambda adapter, params: create_adapter(adapter, data_path, params),
-                        heartbeat_interval=interval,
-                        adapter_threads={"payload": payload_threads}, sent_log=sent_log)
+                        lambda adapter, params: create_adapter(adapter, data_path, params,
+                                                               adapter_settings),
+                        heartbeat_interval=options.heartbeat_interval,
+                        adapter_threads={"payload": options.payload_threads},
+                        sent_log=options.sent_log)
         host.start()
         logging.getLogger("swf.live").info("%s (%s) on %s, namespace %s", name, agent_type,
                                            config.address, namespace)
@@ -147,9 +161,8 @@ def agent_command(agent: str, broker_url: str | None, config_path: Path | None,
         raise click.ClickException(f"agent {name} stopped unexpectedly")
 
 
-def run_live(config: WorkflowConfig, *, broker_url: str, seed: int, start_time: str | None,
-             db_url: str | None, timeout: float, progress: Callable[[Any], None] | None = None
-             ) -> dict[str, Any]:
+def run_live(config: WorkflowConfig, *, settings: Settings, seed: int, start_time: str | None,
+             timeout: float, progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """``swf run --broker``: start one execution on the live agents and wait until the store
     (which the recorder fills) says it completed or failed, or ``timeout`` seconds passed.
     Returns the execution summary (as `swf query execution ID`)."""
@@ -161,10 +174,10 @@ def run_live(config: WorkflowConfig, *, broker_url: str, seed: int, start_time: 
     from projections.projector import Projector
     from projections.queries import execution_summary
 
-    broker = _broker(broker_url, None)
+    broker = _broker(settings)
     _quiet_stomp()
     namespace = str(config.get("testbed.namespace"))
-    with EventStore(db_url) as store:
+    with EventStore(settings.store.url) as store:
         transport = StompTransport(broker, name="swf-run")
         transport.start()
         try:
@@ -200,18 +213,11 @@ def run_live(config: WorkflowConfig, *, broker_url: str, seed: int, start_time: 
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _config_file(path: Path | None) -> dict[str, Any]:
+def _broker(settings: Settings) -> BrokerConfig:
     try:
-        return read_config_file(path)
+        return settings.broker_config()
     except BrokerConfigError as problem:
-        raise click.UsageError(str(problem)) from None
-
-
-def _broker(url: str | None, config_path: Path | None) -> BrokerConfig:
-    try:
-        return broker_config(url, config_file=config_path)
-    except BrokerConfigError as problem:
-        raise click.UsageError(str(problem)) from None
+        raise SettingsProblem(str(problem)) from None
 
 
 def _quiet_stomp() -> None:

@@ -20,7 +20,7 @@ from agents.runtime import ExecutionResult, Progress, prepare
 from projections.projector import Projector
 from projections.queries import execution_summary as query_summary
 from swf.commands import live_commands
-from swf.commands.group import db_option, main
+from swf.commands.group import config_option, db_flag, load, main
 from swf.commands.options import iso_time
 from swf.output import echo_rows, echo_summary
 
@@ -38,22 +38,24 @@ from swf.output import echo_rows, echo_summary
               show_default=True, help="With --realtime: simulated seconds per wall second.")
 @click.option("--start-time", callback=iso_time,
               help="Simulated start time (default: from the store's latest event).")
-@click.option("--data-dir", envvar="SWF_DATA", type=click.Path(file_okay=False, path_type=Path),
-              help="Where STF files and local DDM/batch state go (default: $SWF_DATA or "
-                   "./swf-data).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where STF files and local DDM/batch state go (default: $SWF_DATA, else "
+                   "[agent] data_dir, else ./swf-data).")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress line on stderr (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--broker", "broker_url", metavar="URL",
               help="Live mode: send the run to the agents on this broker (`swf agent`, recorded "
-                   "by `swf record`) and wait for its result, instead of running embedded.")
+                   "by `swf record`) and wait for its result, instead of running embedded. "
+                   "Credentials and TLS files as for `swf agent`.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=3600.0,
               show_default=True, help="With --broker: seconds to wait for the result.")
-@db_option
+@db_flag
+@config_option
 def run_command(workflow: str, overrides: tuple[str, ...], seed: int, realtime: bool,
                 speed: float, start_time: str | None, data_dir: Path | None,
                 progress: bool | None, as_json: bool, broker_url: str | None, timeout: float,
-                db_url: str | None) -> None:
+                db_url: str | None, config_path: Path | None) -> None:
     """Run one execution of a workflow (default: fast_processing) to completion, embedded:
     all agents in this process, every message appended to the store before delivery. Then
     print the execution summary (as `swf query execution ID` does). Exit status 1 when the
@@ -61,19 +63,21 @@ def run_command(workflow: str, overrides: tuple[str, ...], seed: int, realtime: 
     from eventstore.store import EventStore
 
     config = _load(workflow, overrides)
+    settings = load(config_path, store={"url": db_url}, broker={"url": broker_url},
+                    agent={"data_dir": data_dir})
     show = progress if progress is not None else sys.stderr.isatty()
     line = _ProgressLine() if show else None
     if broker_url:
-        summary = live_commands.run_live(config, broker_url=broker_url, seed=seed,
-                                         start_time=start_time, db_url=db_url, timeout=timeout,
-                                         progress=line)
+        summary = live_commands.run_live(config, settings=settings, seed=seed,
+                                         start_time=start_time, timeout=timeout, progress=line)
         if line is not None:
             line.close()
         echo_summary(summary, as_json)
         sys.exit(0 if summary.get("status") == "completed" else 1)
-    with EventStore(db_url) as store:
-        runtime = prepare(store, config, seed=seed, data_dir=data_dir, start_time=start_time,
-                          realtime=realtime, speed=speed, progress=line)
+    with EventStore(settings.store.url) as store:
+        runtime = prepare(store, config, seed=seed, data_dir=settings.agent.data_dir,
+                          start_time=start_time, realtime=realtime, speed=speed, progress=line,
+                          adapter_settings=settings.adapter_settings())
         if line is not None:
             line.start = runtime.start_time
         try:
