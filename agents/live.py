@@ -30,7 +30,6 @@ loop does there:
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import itertools
 import logging
@@ -47,7 +46,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 
 from agents.base import Adapter, Agent, Command, Output, Send, derive_id
 from agents.config import WorkflowConfig
@@ -55,16 +53,14 @@ from agents.daq import DaqSimulator
 from agents.heartbeat import LogContext, heartbeat
 from agents.runtime import Allocation, allocate, default_user
 from agents.transport import Delivery, SendRefused, Transport, TransportClosed
-from eventstore.catalog import examine
-from eventstore.envelope import TOPIC, Event, event_id_for, parse_time, utc_now
-from eventstore.schema import events
+from eventstore.envelope import TOPIC, Event, parse_time, utc_now
+from eventstore.identity import RunExecutions, as_stored
 
 log = logging.getLogger("swf.live")
 
 ACK_POLL = 0.05  # seconds between checks of which handled messages the recorder stored
 RECORD_WAIT = 120.0  # seconds a handled message waits for the recorder before it is acked anyway
 SEND_HEADERS = {"content-type": "application/json"}
-_EVENT_ID_LIMIT = 512  # as the store's COLUMN_LIMIT: longer ids are stored hashed
 _QUIET_LOGGERS = ("swf.transport", "swf.broker", "stomp.py", "swf.live")
 _STOP = object()
 AdapterFactory = Callable[[str, "dict[str, Any] | None"], Adapter]  # (name, workflow params)
@@ -212,7 +208,7 @@ class LiveHost:
         self._awaiting: list[tuple[str, Delivery, float]] = []  # handled, not yet acked
         self._running_commands = 0
         self._resume: list[Output] = []
-        self._runs: dict[tuple[str | None, int], str] = {}  # run -> execution, for bare messages
+        self._runs = RunExecutions()  # run -> execution, for messages that name only a run
         self._execution: str | None = None  # latest seen, for heartbeats
         self._run: int | None = None
         self._relay = LogRelay(agent, self.pid, self.hostname)
@@ -275,7 +271,7 @@ class LiveHost:
                 except Exception:  # noqa: BLE001 - a replay failure is counted, not fatal
                     self.stats.errors += 1
                 self.stats.replayed += 1
-        present = self._recorded({_output_id(output) for output in pending})
+        present = self.store.stored_ids({_output_id(output) for output in pending})
         self._resume = [output for output in pending if _output_id(output) not in present]
         self.stats.resent = len(self._resume)
         if self.stats.replayed:
@@ -287,7 +283,7 @@ class LiveHost:
         """Events of this namespace's executions that have not finished (no run_processed)."""
         namespace = self.agent.namespace
         streams = [self.store.read(execution_id=execution_id, namespace=namespace)
-                   for execution_id in open_executions(self.store, namespace)]
+                   for execution_id in self.store.open_executions(namespace)]
         return heapq.merge(*streams, key=lambda event: event.position)
 
     def _relevant(self, event: Event) -> bool:
@@ -525,7 +521,7 @@ class LiveHost:
             return
         self._next_ack_check = now + self.ack_poll
         try:
-            stored = self._recorded({event_id for event_id, _, _ in self._awaiting})
+            stored = self.store.stored_ids({event_id for event_id, _, _ in self._awaiting})
         except Exception as problem:  # noqa: BLE001 - the store may be briefly unavailable
             log.warning("%s: cannot check the store (%s)", self.agent.name, problem)
             return
@@ -543,16 +539,6 @@ class LiveHost:
             # messages; only a restart of this agent before it does would miss them.
             log.warning("%s: acked %d handled messages the store still lacks after %.0f s: "
                         "is the recorder running?", self.agent.name, overdue, self.record_wait)
-
-    def _recorded(self, event_ids: set[str]) -> set[str]:
-        found: set[str] = set()
-        ids = [event_id for event_id in event_ids if event_id]
-        with self.store.engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                found.update(conn.execute(sa.select(events.c.event_id)
-                                          .where(events.c.event_id.in_(chunk))).scalars())
-        return found
 
     def _flush_logs(self) -> None:
         messages = self._relay.take()
@@ -580,31 +566,18 @@ class LiveHost:
     # -- events --------------------------------------------------------------------------------
 
     def _event_of(self, destination: str, headers: dict[str, str], body: bytes) -> Event:
-        """A received message as the store will hold it (same event_id), without a position."""
-        verdict = examine(body, destination)
-        event_id = verdict.msg_id or event_id_for(None, headers, destination, body)
-        if len(event_id) > _EVENT_ID_LIMIT:  # as the store does
-            event_id = f"long:{hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()}"
-        execution_id, run_id = verdict.execution_id, verdict.run_id
-        if run_id is not None:
-            key = (verdict.namespace, run_id)
-            if execution_id is None:
-                execution_id = self._runs.get(key)
-                if execution_id is not None and verdict.data is not None:
-                    verdict.data["execution_id"] = execution_id
-            else:
-                self._runs[key] = execution_id
-        return Event(0, event_id, utc_now(), destination, headers, body, verdict.msg_type,
-                     verdict.namespace, execution_id, run_id, verdict.sender, verdict.sent_at,
-                     verdict.schema_version, verdict.reason, verdict.data)
+        """A received message as the store will hold it (same event_id, and the execution
+        inferred from its run as far as this host has seen it), without a position."""
+        event = as_stored(destination, headers, body, utc_now())
+        self._runs.resolve(event)
+        return event
 
     def _track(self, event: Event) -> None:
         if event.msg_type == "run_imminent" and event.data is not None:
             self._params[event.execution_id] = event.data.get("workflow_params") or {}
         if event.execution_id is not None and event.msg_type not in _RUNLESS:
             self._execution, self._run = event.execution_id, event.run_id
-            if event.run_id is not None:
-                self._runs[(event.namespace, event.run_id)] = event.execution_id
+            self._runs.note(event.namespace, event.run_id, event.execution_id)
 
 
 _RUNLESS = frozenset({"agent_heartbeat", "agent_log"})
@@ -630,21 +603,6 @@ def request_run(transport: Transport, store: Any, config: WorkflowConfig, *, see
     assert isinstance(first, Send) and first.message["msg_type"] == "run_imminent"
     transport.send([(first.destination, orjson.dumps(first.message), SEND_HEADERS)])
     return allocation
-
-
-def open_executions(store: Any, namespace: str) -> list[str]:
-    """Executions of ``namespace`` that started (run_imminent) and have not finished
-    (run_processed), oldest first: the ones a restarted agent may still have work in."""
-    columns = events.c
-    valid = sa.and_(columns.namespace == namespace, columns.reject_reason.is_(None),
-                    columns.execution_id.is_not(None))
-    finished = sa.select(columns.execution_id).where(valid, columns.msg_type == "run_processed")
-    query = (sa.select(columns.execution_id, sa.func.min(columns.position).label("first"))
-             .where(valid, columns.msg_type == "run_imminent",
-                    columns.execution_id.not_in(finished))
-             .group_by(columns.execution_id).order_by("first"))
-    with store.engine.connect() as conn:
-        return [row[0] for row in conn.execute(query)]
 
 
 def _output_id(output: Output) -> str:

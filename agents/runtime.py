@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 
 from agents.base import Adapter, Agent, Command, Output, Send
 from agents.config import WorkflowConfig, param
@@ -350,21 +349,13 @@ class Allocation:
 def allocate(store: Any, workflow: str, user: str, start_time: str | None = None) -> Allocation:
     """Execution id, run number and start time, all from the store's contents (not the clock):
     the same store contents give the same ids and times."""
-    from eventstore.schema import events
-
     prefix = f"{workflow}-{user}-"
-    with store.engine.connect() as conn:
-        latest = conn.execute(sa.select(sa.func.max(events.c.sent_at))).scalar() \
-            or conn.execute(sa.select(sa.func.max(events.c.recorded_at))).scalar()
-        top_run = conn.execute(sa.select(sa.func.max(events.c.run_id))).scalar()
-        executions = conn.execute(
-            sa.select(sa.func.count(sa.distinct(events.c.execution_id)))
-            .where(sa.func.substr(events.c.execution_id, 1, len(prefix)) == prefix)
-        ).scalar() or 0
+    facts = store.allocation_facts(prefix)
     if start_time is None:
-        start_time = EMPTY_STORE_START if latest is None else _next_minute(latest)
-    return Allocation(execution_id=f"{prefix}{executions + 1:04d}",
-                      run_id=FIRST_RUN_NUMBER if top_run is None else int(top_run) + 1,
+        start_time = (EMPTY_STORE_START if facts.latest_time is None
+                      else _next_minute(facts.latest_time))
+    return Allocation(execution_id=f"{prefix}{facts.executions + 1:04d}",
+                      run_id=FIRST_RUN_NUMBER if facts.top_run is None else facts.top_run + 1,
                       start_time=_normal(start_time))
 
 

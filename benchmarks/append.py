@@ -27,17 +27,18 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source checkout
 
-from eventstore import store as store_module  # noqa: E402
+from eventstore import identity  # noqa: E402
 from eventstore.catalog import examine  # noqa: E402
+from eventstore.engine import SQLITE_WAL_AUTOCHECKPOINT  # noqa: E402
 from eventstore.envelope import (  # noqa: E402
     RESULT_QUEUE,
     SLICE_QUEUE,
     TOPIC,
     Incoming,
-    event_id_for,
     format_time,
 )
-from eventstore.store import SQLITE_WAL_AUTOCHECKPOINT, EventStore  # noqa: E402
+from eventstore.identity import event_id  # noqa: E402
+from eventstore.store import EventStore  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -105,8 +106,8 @@ def sqlite3_baseline(path: Path, messages: list[Incoming], batch: int) -> int:
     rows = []
     for message in messages:
         verdict = examine(message.body, message.destination)
-        rows.append((event_id_for(verdict.msg_id, message.headers, message.destination,
-                                  message.body), "2025-06-01T12:00:00.000000Z",
+        rows.append((event_id(verdict.msg_id, message.headers, message.destination,
+                              message.body), "2025-06-01T12:00:00.000000Z",
                      message.destination, orjson.dumps(message.headers), message.body,
                      verdict.namespace, verdict.execution_id, verdict.run_id, verdict.msg_type,
                      verdict.sender, verdict.sent_at, 1, verdict.reason))
@@ -139,12 +140,12 @@ def sqlite3_baseline(path: Path, messages: list[Incoming], batch: int) -> int:
 def catalog_precomputed(messages: list[Incoming]) -> Iterator[dict[bytes, Any]]:
     """Let the store look verdicts up instead of running the catalog: what the store costs."""
     verdicts = {m.body: examine(m.body, m.destination, "epic-bench") for m in messages}
-    real = store_module.examine
-    store_module.examine = lambda body, *_args: verdicts[body]
+    real = identity.examine
+    identity.examine = lambda body, *_args: verdicts[body]
     try:
         yield verdicts
     finally:
-        store_module.examine = real
+        identity.examine = real
 
 
 def measure_store(label: str, urls: tuple[str, str], messages: list[Incoming], batch: int

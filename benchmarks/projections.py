@@ -147,12 +147,11 @@ def read_all(store: EventStore) -> int:
 def source_all(store: EventStore) -> int:
     """The projector's read+decode path alone: fetch in chunks, parse, no folding."""
     count = done = 0
-    with store.engine.connect() as conn:
-        top = source.head(conn)
+    top = store.head()
     while done < top:
-        with store.engine.connect() as conn:
-            rows, done = source.fetch(conn, done, top, source.CHUNK)
-            count += len(source.decode(conn, rows))
+        with store.snapshot() as view:
+            rows, done = view.fold_rows(done, top, source.CHUNK)
+            count += len(source.decode(view, rows))
     return count
 
 

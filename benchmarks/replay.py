@@ -8,8 +8,9 @@ once) in a fresh SQLite store, projects it (``Projector.rebuild``), then measure
 
 - raw read+decode: the execution's rows read the way the replay reads them (by execution, in
   chunks) and every body parsed with orjson - the floor for anything that looks at each event;
-- replay (in process): ``swf-replay EXECUTION --db URL`` through click's test runner: catch-up
-  check, fold of the execution in memory, render, read of the stored rows, row-level compare;
+- replay (in process): ``swf-replay EXECUTION --db URL`` through click's test runner: the
+  store opened read-only, fold of the execution in memory, render, read of the stored rows,
+  row-level compare;
 - replay (command): the same as a subprocess, interpreter start and imports included.
 
 Then the replay's phases one by one: fold (read, decode, fold), render, read of the stored
@@ -60,8 +61,8 @@ def _log_builder():  # noqa: ANN202 - the sibling benchmark's generator, loaded 
 def raw_read(url: str, execution_id: str) -> int:
     count = 0
     loads = orjson.loads
-    with EventStore(url) as store, store.engine.connect() as conn:
-        for rows in source.execution_chunks(conn, execution_id, source.Limit()):
+    with EventStore(url, read_only=True) as store, store.snapshot() as view:
+        for rows in view.execution_rows(execution_id, source.Limit()):
             for row in rows:
                 loads(row[5])
             count += len(rows)
@@ -71,17 +72,17 @@ def raw_read(url: str, execution_id: str) -> int:
 def phases(url: str, execution_id: str) -> dict[str, float]:
     """Where a replay's time goes: the same steps as ``swf-replay``, timed one by one."""
     spent: dict[str, float] = {}
-    with EventStore(url) as store, store.engine.connect() as conn, conn.begin():
+    with EventStore(url, read_only=True) as store, store.snapshot() as view:
         began = time.perf_counter()
         scope = source.Scope(execution_id)
-        fold, _count = rebuild.fold_execution(conn, scope, source.Limit())
+        fold, _count = rebuild.fold_execution(view, scope, source.Limit())
         spent["fold (read, decode, fold)"] = time.perf_counter() - began
         began = time.perf_counter()
         rows = rebuild.rebuilt_rows(fold, scope)
         del fold
         spent["render rows"] = time.perf_counter() - began
         began = time.perf_counter()
-        stored = rebuild.read_stored(conn, scope)
+        stored = rebuild.read_stored(view.connection, scope)
         spent["read stored rows"] = time.perf_counter() - began
         began = time.perf_counter()
         diffs = rebuild.diff_tables(rows, stored)

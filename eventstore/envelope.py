@@ -7,7 +7,6 @@ byte; everything else on an ``Event`` is derived from it (and from the headers) 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -65,17 +64,6 @@ class Event:
     def time(self) -> str:
         """The event's time for decisions and projections: the sender's stamp, else the store's."""
         return self.sent_at or self.recorded_at
-
-
-def event_id_for(msg_id: str | None, headers: dict[str, str], destination: str, body: bytes) -> str:
-    """Idempotency key: the sender's msg_id, else the broker message-id, else a content hash."""
-    if msg_id:
-        return str(msg_id)
-    broker_id = headers.get("message-id")
-    if broker_id:
-        return f"broker:{broker_id}"
-    digest = hashlib.blake2b(destination.encode() + b"\0" + body, digest_size=16).hexdigest()
-    return f"sha:{digest}"
 
 
 def format_time(moment: datetime) -> str:

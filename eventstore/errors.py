@@ -13,3 +13,11 @@ class StoreUnavailable(StoreError):
 
 class SchemaTooNew(StoreError):
     """The database was migrated by newer code: it carries a revision this code does not know."""
+
+
+class SchemaOutdated(StoreError):
+    """A store opened read-only has no schema yet, or an older one: it cannot be migrated."""
+
+
+class ReadOnlyStore(StoreError):
+    """A write was asked of a store opened read-only."""

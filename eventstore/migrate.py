@@ -13,7 +13,6 @@ and its code calls ``upgrade(engine, script_location, version_table)`` before fi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +22,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .errors import SchemaTooNew, StoreUnavailable
+from .engine import create_engine, lock_key
+from .errors import SchemaOutdated, SchemaTooNew, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,32 @@ STORE_VERSION_TABLE = "swf_schema_eventstore"
 def upgrade_store(engine: sa.Engine) -> None:
     """Bring the event store's tables to the newest revision this code knows."""
     upgrade(engine, STORE_SCRIPTS, STORE_VERSION_TABLE)
+
+
+def check_store(engine: sa.Engine) -> None:
+    """For a read-only opening: the event store's tables must be at this code's revision."""
+    check_current(engine, STORE_SCRIPTS, STORE_VERSION_TABLE, "event store")
+
+
+def check_current(engine: sa.Engine, script_location: str, version_table: str, what: str
+                  ) -> None:
+    """Raise unless one package's tables are at exactly the revision this code knows, without
+    changing anything: SchemaOutdated when missing or older, SchemaTooNew when newer."""
+    try:
+        with engine.connect() as conn:
+            current = current_revisions(conn, version_table)
+    except sa.exc.OperationalError as problem:
+        raise StoreUnavailable(f"cannot reach {engine.url!r}: {_first_line(problem)}") from problem
+    if current == declared_heads(script_location):
+        return
+    heads, known = _revisions(script_location)
+    _check_known(current, heads, known, version_table)
+    if current == heads:
+        return
+    if not current:
+        raise SchemaOutdated(f"no {what} in {engine.url!r}: run `swf db upgrade` to create it")
+    raise SchemaOutdated(f"the {what} is at revision {', '.join(sorted(current))}, older than "
+                         f"this code's {', '.join(sorted(heads))}: run `swf db upgrade`")
 
 
 def upgrade(engine: sa.Engine, script_location: str, version_table: str) -> None:
@@ -104,8 +130,6 @@ def run_migrations(context: Any, target_metadata: sa.MetaData) -> None:
             context.run_migrations()
         return
     # Invoked from the alembic command line (e.g. to autogenerate a revision).
-    from .store import create_engine  # late import: store imports this module
-
     engine = create_engine(config.get_main_option("sqlalchemy.url"))
     with engine.begin() as connection:
         context.configure(connection=connection, **options)
@@ -166,12 +190,6 @@ def _migration_lock(engine: sa.Engine, version_table: str) -> Iterator[sa.Connec
                     # An engine without our begin listener: take SQLite's write lock ourselves.
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
             yield conn
-
-
-def lock_key(name: str) -> int:
-    """A stable signed 64-bit key for pg_advisory locks, derived from a name."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
-                          signed=True)
 
 
 def _first_line(problem: BaseException) -> str:

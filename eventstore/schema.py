@@ -12,7 +12,8 @@ metadata = sa.MetaData()
 POSITION_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 # Text columns have no length limit: their values come from arbitrary messages, and an append
-# must never fail on one (the store keeps indexed values short, see store._storable).
+# must never fail on one (the store keeps indexed values short, see identity._storable).
+COLUMN_LIMIT = 512  # characters kept in an indexed text column (bodies keep everything)
 
 
 def _key() -> sa.types.TypeEngine:
@@ -52,3 +53,5 @@ events = sa.Table(
 EVENT_COLUMNS = ("event_id", "recorded_at", "destination", "headers", "body", "namespace",
                  "execution_id", "run_id", "msg_type", "sender", "sent_at", "schema_version",
                  "reject_reason")
+# Every stored column, in the table's order (an event exported or restored exactly as stored).
+STORED_COLUMNS = ("position", *EVENT_COLUMNS)

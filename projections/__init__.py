@@ -1,15 +1,15 @@
 """Projections: all workflow state as rebuildable folds over the event log, and audit queries.
 
     from projections import Projector, queries
-    projector = Projector(store_or_engine)   # creates/upgrades the tables (own alembic history)
+    projector = Projector(store)             # creates/upgrades the tables (own alembic history)
     projector.catch_up()                     # apply new events; returns how many
     projector.rebuild(["tf_slices"])         # or rebuild() for all; from position 0
     projector.status()                       # [{name, position, head, lag}]
-    queries.execution_summary(engine, "exec-id")
-    queries.runs(engine, execution_id=..., run=..., status=..., since=..., limit=...)
+    queries.execution_summary(store, "exec-id")
+    queries.runs(store, execution_id=..., run=..., status=..., since=..., limit=...)
 
 Modules: ``tables`` (schema), ``records``/``fold`` (the fold), ``derive`` (statuses, counters,
-rows), ``load`` (rows back into the fold for catch-up), ``source`` (fast log reading),
+rows), ``load`` (rows back into the fold for catch-up), ``source`` (decoding the log for the fold),
 ``projector`` (checkpoints, catch-up, rebuild), ``queries`` (audit queries).
 """
 

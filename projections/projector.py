@@ -24,8 +24,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from eventstore.migrate import lock_key, upgrade, upgrade_store
-from eventstore.schema import events
+from eventstore.engine import lock_key
+from eventstore.errors import ReadOnlyStore
+from eventstore.migrate import upgrade, upgrade_store
+from eventstore.store import EventStore
 
 from . import source
 from .derive import Changes, flushed, render
@@ -56,8 +58,11 @@ def upgrade_projections(engine: sa.Engine) -> None:
 class Projector:
     """Keeps the projection tables of one database in step with its event log."""
 
-    def __init__(self, store_or_engine: Any, *, batch_size: int = DEFAULT_BATCH) -> None:
-        self.engine: sa.Engine = getattr(store_or_engine, "engine", store_or_engine)
+    def __init__(self, store: EventStore, *, batch_size: int = DEFAULT_BATCH) -> None:
+        if store.read_only:
+            raise ReadOnlyStore("the projector writes its tables: open the store read-write")
+        self.store = store
+        self.engine: sa.Engine = store.engine
         self.batch_size = batch_size
         upgrade_projections(self.engine)
         self._sql = _Statements(self.engine.dialect)
@@ -75,12 +80,10 @@ class Projector:
 
     def status(self) -> list[dict[str, Any]]:
         """Per projection: its checkpoint, the log's head, and how many events it lags."""
-        with self.engine.connect() as conn:
-            marks = _checkpoints(conn)
-            top = source.head(conn)
-            lags = {mark: conn.execute(sa.select(sa.func.count()).select_from(events)
-                                       .where(events.c.position > mark)).scalar_one()
-                    for mark in set(marks.values())}
+        with self.store.snapshot() as view:
+            marks = _checkpoints(view.connection)
+            top = view.head()
+            lags = {mark: view.count_after(mark) for mark in set(marks.values())}
         return [{"name": name, "position": mark, "head": top, "lag": lags[mark]}
                 for name, mark in marks.items()]
 
@@ -91,9 +94,9 @@ class Projector:
         applied = 0
         fold: Fold | None = None
         while True:
-            with self.engine.connect() as conn:
-                marks = _checkpoints(conn)
-                top = source.head(conn)
+            with self.store.snapshot() as view:
+                marks = _checkpoints(view.connection)
+                top = view.head()
             done = max(marks.values())
             behind = [name for name, mark in marks.items() if mark < done]
             if behind:
@@ -123,10 +126,10 @@ class Projector:
             if fold.complete:  # nothing to load: stream
                 applied, covered = self._stream(fold, done, top, self.batch_size)
             else:
-                with self.engine.connect() as conn:
-                    rows, covered = source.fetch(conn, done, top, self.batch_size)
-                    items = source.decode(conn, rows)
-                    preload(conn, fold, items)
+                with self.store.snapshot() as view:
+                    rows, covered = view.fold_rows(done, top, self.batch_size)
+                    items = source.decode(view, rows)
+                    preload(view.connection, fold, items)
                 applied = fold.feed(items)
             changes = render(fold, NAMES)
             with self._writing() as conn:
@@ -144,9 +147,9 @@ class Projector:
         folded and the position covered."""
         folded = 0
         while done < until and limit > 0:
-            with self.engine.connect() as conn:
-                rows, covered = source.fetch(conn, done, until, min(source.CHUNK, limit))
-                folded += source.fold_rows(fold, conn, rows)
+            with self.store.snapshot() as view:
+                rows, covered = view.fold_rows(done, until, min(source.CHUNK, limit))
+                folded += source.fold_rows(fold, view, rows)
             limit -= len(rows)
             if progress is not None:
                 progress(covered - done)
@@ -165,9 +168,9 @@ class Projector:
         while True:
             if partial:
                 self.catch_up()
-            with self.engine.connect() as conn:
-                marks = _checkpoints(conn)
-                top = source.head(conn)
+            with self.store.snapshot() as view:
+                marks = _checkpoints(view.connection)
+                top = view.head()
             target = max(marks[name] for name in NAMES if name not in chosen) if partial else top
             try:
                 return self._replace(chosen, target, progress)
@@ -248,8 +251,8 @@ def check_names(names: Collection[str] | None) -> list[str]:
 
 
 def _checkpoints(conn: sa.Connection) -> dict[str, int]:
-    stored = dict(conn.execute(sa.select(projection_checkpoints.c.name,
-                                         projection_checkpoints.c.position)).all())
+    stored: dict[str, int] = dict(conn.execute(sa.select(
+        projection_checkpoints.c.name, projection_checkpoints.c.position)).all())
     return {name: stored.get(name, 0) for name in NAMES}
 
 

@@ -17,7 +17,7 @@ import orjson
 import sqlalchemy as sa
 
 from eventstore.envelope import format_time, parse_time
-from eventstore.schema import events
+from eventstore.store import EventStore
 
 from . import tables as t
 
@@ -84,7 +84,7 @@ def _row(row: sa.Row[Any]) -> dict[str, Any]:
     return values
 
 
-def query(engine: sa.Engine, name: str, *, execution_id: str | None = None,
+def query(store: EventStore, name: str, *, execution_id: str | None = None,
           run: int | None = None, namespace: str | None = None, status: str | None = None,
           since: When = None, until: When = None, limit: int | None = None
           ) -> list[dict[str, Any]]:
@@ -118,71 +118,71 @@ def query(engine: sa.Engine, name: str, *, execution_id: str | None = None,
         statement = statement.order_by(*(c.desc() for c in order)).limit(limit)
     else:
         statement = statement.order_by(*order).limit(limit)
-    with engine.connect() as conn:
+    with store.engine.connect() as conn:
         rows = [_row(row) for row in conn.execute(statement)]
     if limit is not None and spec.latest:
         rows.reverse()
     return rows
 
 
-def executions(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
-    return query(engine, "executions", **filters)
+def executions(store: EventStore, **filters: Any) -> list[dict[str, Any]]:
+    return query(store, "executions", **filters)
 
 
-def runs(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
+def runs(store: EventStore, **filters: Any) -> list[dict[str, Any]]:
     """run_state rows; ``status`` filters on the phase."""
-    return query(engine, "runs", **filters)
+    return query(store, "runs", **filters)
 
 
-def stf_files(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
-    return query(engine, "stf_files", **filters)
+def stf_files(store: EventStore, **filters: Any) -> list[dict[str, Any]]:
+    return query(store, "stf_files", **filters)
 
 
-def tf_samples(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
-    return query(engine, "tf_samples", **filters)
+def tf_samples(store: EventStore, **filters: Any) -> list[dict[str, Any]]:
+    return query(store, "tf_samples", **filters)
 
 
-def slices(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
-    return query(engine, "slices", **filters)
+def slices(store: EventStore, **filters: Any) -> list[dict[str, Any]]:
+    return query(store, "slices", **filters)
 
 
-def unmatched_results(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
-    return query(engine, "unmatched_results", **filters)
+def unmatched_results(store: EventStore, **filters: Any) -> list[dict[str, Any]]:
+    return query(store, "unmatched_results", **filters)
 
 
-def datasets(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
+def datasets(store: EventStore, **filters: Any) -> list[dict[str, Any]]:
     """Datasets; ``status`` filters on the state (open/closed)."""
-    return query(engine, "datasets", **filters)
+    return query(store, "datasets", **filters)
 
 
-def dataset_files(engine: sa.Engine, scope: str, dataset: str, *,
+def dataset_files(store: EventStore, scope: str, dataset: str, *,
                   namespace: str | None = None) -> list[dict[str, Any]]:
     statement = (sa.select(t.dataset_files)
                  .where(t.dataset_files.c.scope == scope, t.dataset_files.c.dataset == dataset)
                  .order_by(t.dataset_files.c.name))
     if namespace is not None:
         statement = statement.where(t.dataset_files.c.namespace == namespace)
-    with engine.connect() as conn:
+    with store.engine.connect() as conn:
         return [_row(row) for row in conn.execute(statement)]
 
 
-def tasks(engine: sa.Engine, **filters: Any) -> list[dict[str, Any]]:
-    return query(engine, "tasks", **filters)
+def tasks(store: EventStore, **filters: Any) -> list[dict[str, Any]]:
+    return query(store, "tasks", **filters)
 
 
-def logs(engine: sa.Engine, *, level: str | None = None, **filters: Any) -> list[dict[str, Any]]:
+def logs(store: EventStore, *, level: str | None = None, **filters: Any) -> list[dict[str, Any]]:
     """agent_log records; ``level`` (or ``status``) filters on the level."""
     if level is not None:
         filters["status"] = level.upper()
-    return query(engine, "logs", **filters)
+    return query(store, "logs", **filters)
 
 
-def agents(engine: sa.Engine, *, namespace: str | None = None, status: str | None = None,
+def agents(store: EventStore, *, namespace: str | None = None, status: str | None = None,
            since: When = None, until: When = None, limit: int | None = None,
            now: When = None) -> list[dict[str, Any]]:
     """Agents with their status at ``now`` (default: the wall clock): EXITED when the last
     heartbeat is more than 3 minutes old, else the status the agent last reported."""
-    rows = query(engine, "agents", namespace=namespace, since=since, until=until)
+    rows = query(store, "agents", namespace=namespace, since=since, until=until)
     moment = parse_time(_moment(now) or format_time(datetime.now(UTC)))
     cutoff = format_time(moment - STALE_AFTER)
     for row in rows:
@@ -200,11 +200,12 @@ SUMMARY_COUNTERS = ("stf_count", "stf_samples_received", "slices_created", "slic
                     "slices_processing", "slices_completed", "slices_failed", "slice_retries")
 
 
-def execution_summary(engine: sa.Engine, execution_id: str, *, namespace: str | None = None,
+def execution_summary(store: EventStore, execution_id: str, *, namespace: str | None = None,
                       now: When = None) -> dict[str, Any] | None:
     """One execution at a glance; None if unknown. Raises AmbiguousExecution when the id exists
     in several namespaces and ``namespace`` is not given."""
-    with engine.connect() as conn:
+    with store.snapshot() as view:
+        conn = view.connection
         found = conn.execute(sa.select(t.executions).where(
             t.executions.c.execution_id == execution_id)).all()
         if namespace is not None:
@@ -232,10 +233,7 @@ def execution_summary(engine: sa.Engine, execution_id: str, *, namespace: str | 
             sa.tuple_(t.unmatched_results.c.run_number, t.unmatched_results.c.namespace)
             .in_(run_keys)).order_by(*t.unmatched_results.primary_key.columns)).all() \
             if run_keys else []
-        rejected = conn.execute(
-            sa.select(events.c.position, events.c.msg_type, events.c.reject_reason)
-            .where(events.c.execution_id == execution_id, events.c.reject_reason.is_not(None))
-            .order_by(events.c.position)).all()
+        rejected = view.rejected(execution_id)
         bad_logs = conn.execute(sa.select(t.logs).where(mine(
             t.logs.c.namespace == ns, t.logs.c.execution_id == execution_id,
             t.logs.c.level.in_(ERROR_LEVELS))).order_by(t.logs.c.position)).all()

@@ -17,11 +17,11 @@ from click.core import ParameterSource
 
 from eventstore.envelope import Event
 from eventstore.errors import SchemaTooNew, StoreUnavailable
-from eventstore.store import EventStore
+from eventstore.store import EventStore, Snapshot
 from projections.projector import NAMES, Projector
 from projections.tables import projection_checkpoints
 
-from . import fixture, mermaid, rebuild, redrive, render, source, timeline
+from . import fixture, mermaid, rebuild, redrive, render, timeline
 from .fixture import Fixture, FixtureError
 from .rebuild import Row
 from .source import Scope
@@ -36,11 +36,11 @@ Progress = Callable[[int], None] | None
 
 @dataclass
 class Opened:
-    """One execution ready to replay: its store (a fixture's is an in-memory copy), a read
-    connection holding one snapshot, and what the stored projections cover."""
+    """One execution ready to replay: its store (a fixture's is an in-memory copy), one
+    snapshot of it, and what the stored projections cover."""
 
     store: EventStore
-    conn: sa.Connection
+    view: Snapshot
     execution_id: str
     label: str
     stops: dict[str, int]  # projection -> the log position its stored rows cover
@@ -152,7 +152,7 @@ def _replay(*, execution_id: str | None, db_url: str | None, fixture_path: Path 
         if step:
             return _step(opened, limit or timeline.Limit(), as_json)
         if limit is not None:
-            state = timeline.state_at(opened.conn, Scope(opened.execution_id), limit)
+            state = timeline.state_at(opened.view, Scope(opened.execution_id), limit)
             _emit(state, as_json, render.state_lines)
             return 0
         if agents:
@@ -167,7 +167,7 @@ def _replay(*, execution_id: str | None, db_url: str | None, fixture_path: Path 
         bar_length = opened.events if _show_progress(progress, opened.events) else 0
         with _bar("rebuild", bar_length) as bar:
             scope = Scope(opened.execution_id)
-            comparison = rebuild.compare(opened.conn, scope, opened.stops, opened.stored, bar)
+            comparison = rebuild.compare(opened.view, scope, opened.stops, opened.stored, bar)
         _emit(render.comparison_json(comparison, opened.label), as_json,
               lambda _value: render.comparison_lines(comparison, opened.label))
         return 0 if comparison.identical else EXIT_DIFFERENT
@@ -198,43 +198,27 @@ def _opened(execution_id: str | None, db_url: str | None, fixture_path: Path | N
         store = EventStore(db_url)
         loaded, label = None, "store"
     try:
-        with store.engine.connect() as base:
-            conn = base
-            if store.backend == "postgresql":  # one snapshot for the whole replay
-                conn = base.execution_options(isolation_level="REPEATABLE READ")
+        if loaded is None:
+            projector = Projector(store)
+            if catch_up:
+                lag = max((row["lag"] for row in projector.status()), default=0)
+                with _bar("catch-up", lag if _show_progress(progress, lag) else 0) as bar:
+                    projector.catch_up(bar)
+        with store.snapshot() as view:  # one moment of the store for the whole replay
+            # counting is an index scan: only when a progress bar may want the length
+            events = view.event_count(execution_id) if progress is not False else int(
+                view.has_events(execution_id))
+            if not events:
+                raise ReplayError(f"no events of execution {execution_id} in the "
+                                  f"{'fixture' if loaded else 'store'}")
             if loaded is None:
-                projector = Projector(store)
-                if catch_up:
-                    lag = max((row["lag"] for row in projector.status()), default=0)
-                    with _bar("catch-up", lag if _show_progress(progress, lag) else 0) as bar:
-                        projector.catch_up(bar)
-            with conn.begin():
-                # counting is an index scan: only when a progress bar may want the length
-                events = _count(conn, execution_id) if progress is not False else _any(
-                    conn, execution_id)
-                if not events:
-                    raise ReplayError(f"no events of execution {execution_id} in the "
-                                      f"{'fixture' if loaded else 'store'}")
-                if loaded is None:
-                    stops = _checkpoints(conn)
+                stops = _checkpoints(view.connection)
 
-                    def stored(scope: Scope) -> Mapping[str, Sequence[Row]]:
-                        return rebuild.read_stored(conn, scope)
-                yield Opened(store, conn, execution_id, label, stops, events, loaded, stored)
+                def stored(scope: Scope) -> Mapping[str, Sequence[Row]]:
+                    return rebuild.read_stored(view.connection, scope)
+            yield Opened(store, view, execution_id, label, stops, events, loaded, stored)
     finally:
         store.close()
-
-
-def _count(conn: sa.Connection, execution_id: str) -> int:
-    m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    return conn.exec_driver_sql(f"SELECT count(*) FROM events WHERE execution_id = {m}",
-                                (execution_id,)).scalar_one()
-
-
-def _any(conn: sa.Connection, execution_id: str) -> int:
-    m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    return int(conn.exec_driver_sql(f"SELECT 1 FROM events WHERE execution_id = {m} LIMIT 1",
-                                    (execution_id,)).first() is not None)
 
 
 def _checkpoints(conn: sa.Connection) -> dict[str, int]:
@@ -246,8 +230,8 @@ def _checkpoints(conn: sa.Connection) -> dict[str, int]:
 def _events(opened: Opened) -> list[Event]:
     """The execution's own events, normalized by today's catalog (re-drive, diagram), after
     the heartbeats by which live agents introduced themselves outside any execution."""
-    introduced = source.introductions(opened.conn, opened.execution_id)
-    return [*introduced, *source.read_events(opened.conn, opened.execution_id)]
+    introduced = opened.view.introductions(opened.execution_id)
+    return [*introduced, *opened.view.execution_events(opened.execution_id)]
 
 
 # -- actions ---------------------------------------------------------------------------------
@@ -262,7 +246,7 @@ def _agents(opened: Opened, as_json: bool, progress: bool | None) -> int:
 
 
 def _step(opened: Opened, limit: timeline.Limit, as_json: bool) -> int:
-    steps = timeline.steps(opened.conn, Scope(opened.execution_id), limit)
+    steps = timeline.steps(opened.view, Scope(opened.execution_id), limit)
     if as_json:
         _emit({"execution_id": opened.execution_id,
                "steps": [timeline.step_json(step) for step in steps]}, True, None)
@@ -275,7 +259,7 @@ def _step(opened: Opened, limit: timeline.Limit, as_json: bool) -> int:
 
 def _export(opened: Opened, path: Path, as_json: bool) -> int:
     scenario = opened.fixture.expected.get("scenario") if opened.fixture else None
-    rows, expected, comparison = fixture.export(opened.conn, opened.execution_id, opened.stops,
+    rows, expected, comparison = fixture.export(opened.view, opened.execution_id, opened.stops,
                                                 opened.stored, scenario)
     events_path, expected_path = fixture.write(path, rows, expected)
     summary = {"execution_id": opened.execution_id, "events": len(rows),

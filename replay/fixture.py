@@ -1,6 +1,6 @@
 """Fixture files: a recorded execution as JSON Lines, plus its expected projections.
 
-``NAME.jsonl``: one stored event per line, every column as stored (``source.STORED_COLUMNS``),
+``NAME.jsonl``: one stored event per line, every column as stored (``STORED_COLUMNS``),
 keys sorted; ``body`` is the raw body as a JSON string when it is valid UTF-8, else
 ``{"base64": ...}``; ``headers`` the STOMP headers object. Loading a fixture inserts the rows as
 they are (same positions, event ids and store times), so a replay of the fixture is a replay of
@@ -15,18 +15,15 @@ it again, or null). Both files are deterministic: the same execution gives the s
 from __future__ import annotations
 
 import base64
-import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 
-from eventstore.catalog import examine
-from eventstore.envelope import event_id_for
-from eventstore.store import COLUMN_LIMIT, EventStore
+from eventstore.identity import as_stored
+from eventstore.store import EventStore, Snapshot
 
 from . import rebuild
 from .rebuild import TABLE_NAMES, Comparison, Row, rows_to_dicts
@@ -37,7 +34,6 @@ EVENTS_SUFFIX = ".jsonl"
 EXPECTED_SUFFIX = ".expected.json"
 _JSON = orjson.OPT_SORT_KEYS
 _PRETTY = orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2
-_HEADERS, _BODY = STORED_COLUMNS.index("headers"), STORED_COLUMNS.index("body")
 
 
 class FixtureError(ValueError):
@@ -109,44 +105,16 @@ def write_expected(path: Path, expected: Mapping[str, Any]) -> None:
     path.write_bytes(orjson.dumps(dict(expected), option=_PRETTY) + b"\n")
 
 
-def export_rows(conn: sa.Connection, execution_id: str, until: int,
-                extra_positions: Iterable[int]) -> list[Row]:
-    """Every stored column of the execution's events and of the ``extra_positions`` (events of
-    other executions its rows depend on), up to ``until``, in position order."""
-    m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    select = f"SELECT {', '.join(STORED_COLUMNS)} FROM events"
-    rows = [tuple(row) for row in conn.exec_driver_sql(
-        f"{select} WHERE execution_id = {m} AND position <= {m} ORDER BY position",
-        (execution_id, until)).fetchall()]
-    extra = sorted(set(extra_positions))
-    for start in range(0, len(extra), 500):
-        chunk = extra[start:start + 500]
-        rows.extend(tuple(row) for row in conn.exec_driver_sql(
-            f"{select} WHERE position IN ({', '.join([m] * len(chunk))})", tuple(chunk)))
-    rows = list({row[0]: _plain(row) for row in rows}.values())
-    rows.sort(key=lambda row: row[0])
-    return rows
-
-
-def export(conn: sa.Connection, execution_id: str, stops: Mapping[str, int],
+def export(view: Snapshot, execution_id: str, stops: Mapping[str, int],
            stored: Callable[[Scope], Mapping[str, Sequence[Row]]], scenario: str | None
            ) -> tuple[list[Row], dict[str, Any], Comparison]:
     """The execution as a fixture: (its events as stored, the expected-file object with the
     stored projection rows, the comparison of those with a rebuild from the log)."""
     scope = Scope(execution_id)
-    comparison = rebuild.compare(conn, scope, stops, stored)
-    rows = export_rows(conn, execution_id, max(stops.values()), scope.extra_positions)
+    comparison = rebuild.compare(view, scope, stops, stored)
+    rows = view.export_rows(execution_id, max(stops.values()), scope.extra_positions)
     expected = expected_object(execution_id, rows, stored(scope), scenario)
     return rows, expected, comparison
-
-
-def _plain(row: Row) -> Row:
-    """bytes for the byte columns (PostgreSQL may hand back memoryviews)."""
-    values = list(row)
-    for index in (_HEADERS, _BODY):
-        if values[index] is not None and not isinstance(values[index], bytes):
-            values[index] = bytes(values[index])
-    return tuple(values)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -198,7 +166,7 @@ def _decode(line: bytes, number: int, name: str) -> Row:
     headers = values["headers"] or {}
     if not isinstance(headers, dict):
         raise FixtureError(f"{where}: headers must be an object")
-    expected_id = _event_id(raw, values["destination"], headers)
+    expected_id = as_stored(values["destination"], headers, raw, "").event_id
     if values["event_id"] != expected_id:
         raise FixtureError(f"{where}: event_id {values['event_id']!r} does not match the "
                            f"event (msg_id, message-id header or content hash: {expected_id!r})")
@@ -207,38 +175,21 @@ def _decode(line: bytes, number: int, name: str) -> Row:
     return tuple(values[column] for column in STORED_COLUMNS)
 
 
-def _event_id(body: bytes, destination: str, headers: dict[str, str]) -> str:
-    """The store's idempotency key for this event (EventStore._examined)."""
-    event_id = examine(body, destination).msg_id or event_id_for(None, headers, destination,
-                                                                 body)
-    if len(event_id) > COLUMN_LIMIT:
-        event_id = f"long:{hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()}"
-    return event_id
-
-
 def scratch_store(rows: Sequence[Row]) -> EventStore:
     """An in-memory SQLite store holding exactly these stored events."""
     store = EventStore("sqlite://")
-    insert = (f"INSERT INTO events ({', '.join(STORED_COLUMNS)}) "
-              f"VALUES ({', '.join('?' * len(STORED_COLUMNS))})")
-    with store.engine.begin() as conn:
-        if rows:
-            conn.exec_driver_sql(insert, list(rows))
+    store.restore(rows)
     return store
 
 
 def into_store(url: str, fixture: Fixture) -> EventStore:
     """A store at ``url`` (empty) with the fixture's events inserted as stored (tests, tools)."""
     store = EventStore(url)
-    table = sa.table("events", *(sa.column(name) for name in STORED_COLUMNS))
-    with store.engine.begin() as conn:
+    try:
         if store.head():
             raise FixtureError("the target store is not empty")
-        conn.execute(sa.insert(table), [dict(zip(STORED_COLUMNS, row, strict=True))
-                                        for row in fixture.rows])
-    if store.backend == "postgresql":  # explicit positions: move the sequence past them
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql(
-                "SELECT setval(pg_get_serial_sequence('events', 'position'), "
-                "(SELECT coalesce(max(position), 1) FROM events))")
+        store.restore(fixture.rows)
+    except BaseException:
+        store.close()
+        raise
     return store

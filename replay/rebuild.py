@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
+from eventstore.store import Snapshot
 from projections import source as fast
 from projections import tables as t
 from projections.derive import everything, flushed, render
@@ -49,34 +50,37 @@ def columns_of(table: sa.Table) -> tuple[str, ...]:
 # -- folding ---------------------------------------------------------------------------------
 
 
-def fold_execution(conn: sa.Connection, scope: Scope, limit: Limit,
+def fold_execution(view: Snapshot, scope: Scope, limit: Limit,
                    progress: Progress | None = None) -> tuple[Fold, int]:
     """Fold the events that determine the execution's rows (see ``source``); fills the scope's
     runs and agents. Returns the fold and how many events were folded."""
+    execution_id = scope.execution_id
     with quiet_gc():
-        fold, count = _fold(conn, scope, limit, (), progress)
+        fold, count = _fold(view, scope, limit, (), progress)
         scope.runs = {(run, ns) for ns, run in fold.runs}
-        foreign = source.foreign_run_events(conn, scope, limit)
+        scope.foreign_executions, foreign = view.foreign_run_rows(
+            execution_id, scope.run_numbers, limit)
         if foreign:  # which execution owns a run follows position order: fold again, merged
             log.info("runs of %s have %d events of other executions (%s); folding them in",
-                     scope.execution_id, len(foreign), ", ".join(scope.foreign_executions))
-            fold, count = _fold(conn, scope, limit, foreign, None)
+                     execution_id, len(foreign), ", ".join(scope.foreign_executions))
+            fold, count = _fold(view, scope, limit, foreign, None)
             scope.runs = {(run, ns) for ns, run in fold.runs}
-        scope.agents = source.agents_of(conn, scope.execution_id, limit)
-        beats = source.foreign_heartbeats(conn, scope, limit)
+        scope.agents = view.heartbeat_senders(execution_id, limit)
+        beats = view.foreign_heartbeats(execution_id, {name for _ns, name in scope.agents},
+                                            limit)
         if beats:  # runless and "latest wins" by time: their order does not matter
-            count += fast.fold_rows(fold, conn, beats)
+            count += fast.fold_rows(fold, view, beats)
         scope.extra_positions = sorted(row[0] for row in (*foreign, *beats))
     return fold, count
 
 
-def _fold(conn: sa.Connection, scope: Scope, limit: Limit, extra: Sequence[Row],
+def _fold(view: Snapshot, scope: Scope, limit: Limit, extra: Sequence[Row],
           progress: Progress | None) -> tuple[Fold, int]:
     fold = Fold(complete=True)
     count = 0
-    chunks = source.merged(source.execution_chunks(conn, scope.execution_id, limit), extra)
+    chunks = source.merged(view.execution_rows(scope.execution_id, limit), extra)
     for rows in chunks:
-        count += fast.fold_rows(fold, conn, rows)
+        count += fast.fold_rows(fold, view, rows)
         if progress is not None:
             progress(len(rows))
     return fold, count
@@ -119,7 +123,7 @@ def rebuilt_rows(fold: Fold, scope: Scope, fresh: bool = True) -> dict[str, list
 
 def read_stored(conn: sa.Connection, scope: Scope) -> dict[str, list[Row]]:
     """The stored rows of the execution's scope, per table (same rules as ``in_scope``)."""
-    m = source.mark(conn)
+    m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     quote = conn.dialect.identifier_preparer.quote
     runs = sorted(scope.runs)
     out: dict[str, list[Row]] = {}
@@ -145,7 +149,7 @@ def read_stored(conn: sa.Connection, scope: Scope) -> dict[str, list[Row]]:
 
 
 def _fetch(conn: sa.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
-    return conn.exec_driver_sql(sql, tuple(params)).cursor.fetchall()
+    return cast(list[Row], conn.exec_driver_sql(sql, tuple(params)).cursor.fetchall())
 
 
 def _normal(table: sa.Table, rows: list[Row]) -> list[Row]:
@@ -259,7 +263,7 @@ def changed_columns(name: str, stored: Row, rebuilt: Row) -> dict[str, tuple[Any
             if old != new}
 
 
-def compare(conn: sa.Connection, scope: Scope, stops: Mapping[str, int],
+def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
             stored: Callable[[Scope], Mapping[str, Sequence[Row]]],
             progress: Progress | None = None) -> Comparison:
     """Fold the execution up to each projection's covered position (``stops``: projection ->
@@ -269,7 +273,7 @@ def compare(conn: sa.Connection, scope: Scope, stops: Mapping[str, int],
     rebuilt: dict[str, list[Row]] = {}
     events = 0
     for stop in distinct:
-        fold, count = fold_execution(conn, scope, Limit(position=stop), progress)
+        fold, count = fold_execution(view, scope, Limit(position=stop), progress)
         events = max(events, count)
         rows = rebuilt_rows(fold, scope)
         owners = {name for name, at in stops.items() if at == stop}

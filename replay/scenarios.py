@@ -272,15 +272,15 @@ def record(name: str, workdir: Path) -> tuple[EventStore, str]:
 def export(store: EventStore, execution_id: str, scenario: str | None
            ) -> tuple[list[rebuild.Row], dict[str, Any], bool]:
     """(events as stored, the expected-file object, stored == rebuilt) of a caught-up store."""
-    with store.engine.connect() as conn, conn.begin():
-        marks = dict(conn.exec_driver_sql(
+    with store.snapshot() as view:
+        marks: dict[str, int] = dict(view.connection.exec_driver_sql(
             "SELECT name, position FROM projection_checkpoints").fetchall())
         stops = {name: int(marks.get(name, 0)) for name in NAMES}
 
         def stored(scope: Scope) -> dict[str, list[rebuild.Row]]:
-            return rebuild.read_stored(conn, scope)
+            return rebuild.read_stored(view.connection, scope)
 
-        rows, expected, comparison = fixture.export(conn, execution_id, stops, stored,
+        rows, expected, comparison = fixture.export(view, execution_id, stops, stored,
                                                     scenario)
     return rows, expected, comparison.identical
 
@@ -309,9 +309,9 @@ def refresh_expected(loaded: Fixture) -> dict[str, Any]:
     before = _contents(events_path, expected_path)
     store = fixture.scratch_store(loaded.rows)
     try:
-        with store.engine.connect() as conn, conn.begin():
+        with store.snapshot() as view:
             scope = Scope(loaded.execution_id)
-            fold, _count = rebuild.fold_execution(conn, scope, Limit())
+            fold, _count = rebuild.fold_execution(view, scope, Limit())
             rows = rebuild.rebuilt_rows(fold, scope)
     finally:
         store.close()

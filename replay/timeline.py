@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 
+from eventstore.store import Snapshot
 from projections import source as fast
 from projections.derive import snapshot
 from projections.fold import Fold
 
-from . import source
 from .rebuild import (
     TABLE_BY_NAME,
     Row,
@@ -40,11 +39,11 @@ def parse_moment(text: str) -> Limit:
 # -- --until ---------------------------------------------------------------------------------
 
 
-def state_at(conn: sa.Connection, scope: Scope, limit: Limit) -> dict[str, Any]:
+def state_at(view: Snapshot, scope: Scope, limit: Limit) -> dict[str, Any]:
     """The execution's state after the events up to ``limit``: executions and run rows, status
     tallies of files, samples and slices per run, datasets and tasks."""
-    fold, count = fold_execution(conn, scope, limit)
-    last = _last_event(conn, scope.execution_id, limit)
+    fold, count = fold_execution(view, scope, limit)
+    last = _last_event(view, scope.execution_id, limit)
     rows = rebuilt_rows(fold, scope)
     return {
         "execution_id": scope.execution_id,
@@ -70,13 +69,8 @@ def _tally(rows: list[Row], name: str) -> dict[str, dict[str, int]]:
     return {str(run): dict(sorted(counter.items())) for run, counter in sorted(counts.items())}
 
 
-def _last_event(conn: sa.Connection, execution_id: str, limit: Limit) -> dict[str, Any] | None:
-    m = source.mark(conn)
-    where, params = source.where_clause(conn, limit, valid_only=False)
-    row = conn.exec_driver_sql(
-        f"SELECT position, coalesce(sent_at, recorded_at), msg_type, sender FROM events "
-        f"WHERE execution_id = {m}{where} ORDER BY position DESC LIMIT 1",
-        (execution_id, *params)).first()
+def _last_event(view: Snapshot, execution_id: str, limit: Limit) -> dict[str, Any] | None:
+    row = view.last_event(execution_id, limit)
     if row is None:
         return None
     return {"position": row[0], "time": row[1], "msg_type": row[2], "sender": row[3]}
@@ -101,27 +95,12 @@ class Step:
     changes: dict[str, list[Change]] = field(default_factory=dict)
 
 
-_STEP_COLUMNS = ("position, event_id, coalesce(sent_at, recorded_at), msg_type, sender, "
-                 "execution_id, reject_reason, run_id, schema_version, body")
-
-
-def steps(conn: sa.Connection, scope: Scope, limit: Limit) -> Iterator[Step]:
+def steps(view: Snapshot, scope: Scope, limit: Limit) -> Iterator[Step]:
     """Each event of the execution (and of other executions in its runs), in position order,
     with the projection rows it changed."""
-    fold_execution(conn, scope, limit)  # fills the scope: its runs, executions sharing them
-    m = source.mark(conn)
-    where, params = source.where_clause(conn, limit, valid_only=False)
-    owners = f"execution_id = {m}"
-    extra: list[Any] = []
-    if scope.foreign_executions:
-        numbers = sorted({run for run, _ns in scope.runs})
-        runs_in = f"run_id IN ({', '.join([m] * len(numbers))})"
-        others = ", ".join([m] * len(scope.foreign_executions))
-        owners += f" OR ({runs_in} AND (execution_id IS NULL OR execution_id IN ({others})))"
-        extra = [*numbers, *scope.foreign_executions]
-    rows = conn.exec_driver_sql(
-        f"SELECT {_STEP_COLUMNS} FROM events WHERE ({owners}){where} ORDER BY position",
-        (scope.execution_id, *extra, *params))
+    fold_execution(view, scope, limit)  # fills the scope: its runs, executions sharing them
+    rows = view.step_rows(scope.execution_id, scope.run_numbers, scope.foreign_executions,
+                          limit)
     fold = Fold(complete=True)
     seen: dict[tuple[str, Row], dict[str, Any]] = {}
     with quiet_gc():
@@ -129,7 +108,7 @@ def steps(conn: sa.Connection, scope: Scope, limit: Limit) -> Iterator[Step]:
              body) in rows:
             step = Step(position, event_id, time, msg_type, sender, execution_id, reason)
             if reason is None:
-                items = fast.decode(conn, [(position, run, version, time, execution_id, body)])
+                items = fast.decode(view, [(position, run, version, time, execution_id, body)])
                 if items:
                     fold.feed(items)
                     step.changes = _changes(snapshot(fold), seen)

@@ -300,7 +300,7 @@ def projected(store: Any, execution_id: str, namespace: str | None = None
 
     Projector(store).catch_up()
     return {name: [timeless(row) for row in queries.query(
-        store.engine, name, execution_id=execution_id, namespace=namespace)]
+        store, name, execution_id=execution_id, namespace=namespace)]
         for name in PROJECTIONS}
 
 

@@ -263,8 +263,8 @@ def projected(store: EventStore, execution_id: str) -> tuple[dict[str, Any], dic
     projector = pytest.importorskip("projections.projector")
     queries = pytest.importorskip("projections.queries")
     projector.Projector(store).catch_up()
-    summary = queries.execution_summary(store.engine, execution_id)
-    tables = {name: queries.query(store.engine, name, execution_id=execution_id)
+    summary = queries.execution_summary(store, execution_id)
+    tables = {name: queries.query(store, name, execution_id=execution_id)
               for name in ("executions", "runs", "stf_files", "tf_samples", "slices")}
     return summary, tables
 

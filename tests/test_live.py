@@ -16,7 +16,7 @@ import pytest
 
 from agents.base import Agent, Output, Send, shift
 from agents.config import load_workflow
-from agents.live import LiveDaq, LiveHost, open_executions, request_run
+from agents.live import LiveDaq, LiveHost, request_run
 from agents.registry import create_adapter, create_agent, workflow_agents
 from agents.transport.memory import MemoryBroker
 from eventstore.envelope import TOPIC, Event, utc_now
@@ -83,7 +83,7 @@ class Bus:
 
         def done() -> dict[str, Any] | None:
             Projector(self.store).catch_up()
-            summary = queries.execution_summary(self.store.engine, execution_id)
+            summary = queries.execution_summary(self.store, execution_id)
             return summary if summary and summary["status"] != "running" else None
 
         return wait_for(done, f"execution {execution_id} to finish", every=0.1)
@@ -284,12 +284,12 @@ def test_heartbeats_carry_the_process_and_say_exited_at_stop(tmp_path) -> None:
 @pytest.mark.slow
 def test_open_executions_are_those_without_run_processed(bus) -> None:
     config = load_workflow("fast_processing", FAST)
-    assert open_executions(bus.store, NS) == []
+    assert bus.store.open_executions(NS) == []
     bus.start_all(config)
     allocation = request_run(bus.client, bus.store, config, seed=SEED, user=USER)
-    assert open_executions(bus.store, NS) == [allocation.execution_id]
+    assert bus.store.open_executions(NS) == [allocation.execution_id]
     bus.finished(allocation.execution_id)
-    assert open_executions(bus.store, NS) == []
+    assert bus.store.open_executions(NS) == []
     assert stored_ids(bus.store.engine, msg_type="run_processed")
 
 

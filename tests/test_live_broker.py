@@ -119,7 +119,7 @@ def test_every_agent_in_its_own_process_matches_the_embedded_run(cluster, tmp_pa
     assert_sent_stored_once(cluster)
     from projections import queries
 
-    agents = {row["name"]: row for row in queries.agents(cluster.store.engine,
+    agents = {row["name"]: row for row in queries.agents(cluster.store,
                                                          namespace="torre2")}
     pids = {cluster.procs[name].pid for name in AGENTS}
     assert {row["pid"] for row in agents.values() if row["name"].endswith("-tester")} == pids

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -10,9 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from eventstore import migrate
+from eventstore.engine import create_engine
 from eventstore.envelope import Incoming
-from eventstore.errors import SchemaTooNew, StoreUnavailable
-from eventstore.store import EventStore, create_engine
+from eventstore.errors import ReadOnlyStore, SchemaOutdated, SchemaTooNew, StoreUnavailable
+from eventstore.store import EventStore
 
 HEAD = "0001"
 
@@ -57,6 +59,47 @@ def test_a_newer_revision_raises_schema_too_new(db_url: str) -> None:
         EventStore(db_url)
     text = str(raised.value)
     assert "f00d" in text and HEAD in text and "\n" not in text
+
+
+def test_read_only_opening_reads_and_never_writes(db_url: str) -> None:
+    from projections.projector import Projector
+
+    beat = Incoming.of({"msg_type": "agent_log", "msg_id": "m-1", "level": "INFO",
+                        "message": "x"})
+    with EventStore(db_url) as store:
+        store.append([beat])
+    with EventStore(db_url, read_only=True) as store:
+        assert store.read_only and store.head() == 1
+        assert [event.event_id for event in store.read()] == ["m-1"]
+        with store.snapshot() as view:
+            assert view.stored_ids(["m-1", "m-2"]) == {"m-1"}
+        for write in (lambda: store.append([beat]), lambda: store.restore([]),
+                      lambda: Projector(store)):
+            with pytest.raises(ReadOnlyStore) as raised:
+                write()
+            assert "\n" not in str(raised.value)
+        with store.engine.connect() as conn, pytest.raises(sa.exc.DBAPIError):
+            conn.exec_driver_sql("DELETE FROM events")  # the database refuses it too
+    with EventStore(db_url) as store:
+        assert store.head() == 1
+
+
+def test_read_only_opening_never_migrates(db_url: str, tmp_path: Path) -> None:
+    if db_url.startswith("sqlite"):
+        with pytest.raises(StoreUnavailable) as missing:
+            EventStore(f"sqlite:///{tmp_path / 'none.db'}", read_only=True)
+        assert "no database file" in str(missing.value)
+        assert not (tmp_path / "none.db").exists()  # not even an empty file
+        sa.create_engine(db_url).connect().close()  # an empty database file
+    with pytest.raises(SchemaOutdated) as empty:
+        EventStore(db_url, read_only=True)
+    assert "no event store in" in str(empty.value) and "swf db upgrade" in str(empty.value)
+    assert "\n" not in str(empty.value)
+    with EventStore(db_url) as store, store.engine.begin() as conn:
+        assert _tables(store.engine) >= {"events"}
+        conn.execute(sa.text(f"UPDATE {migrate.STORE_VERSION_TABLE} SET version_num = 'f00d'"))
+    with pytest.raises(SchemaTooNew):
+        EventStore(db_url, read_only=True)
 
 
 def test_concurrent_first_opens_migrate_once(db_url: str) -> None:
@@ -164,6 +207,30 @@ def test_another_package_keeps_its_own_history(db_url: str, tmp_path: Path) -> N
         assert {"events", "widgets"} <= _tables(store.engine)
         assert _versions(store.engine, "swf_schema_widgets") == ["w1"]
         assert _versions(store.engine) == [HEAD]
+
+
+def test_checking_a_history_changes_nothing(db_url: str, tmp_path: Path) -> None:
+    scripts = tmp_path / "widget_migrations"
+    (scripts / "versions").mkdir(parents=True)
+    (scripts / "env.py").write_text(ENV_PY)
+    (scripts / "versions" / "w1_widgets.py").write_text(REVISION)
+    newer = tmp_path / "widget_migrations_2"
+    shutil.copytree(scripts, newer)
+    (newer / "versions" / "w2_more.py").write_text(REVISION.replace(
+        'revision = "w1"\ndown_revision = None', 'revision = "w2"\ndown_revision = "w1"')
+        .replace('op.create_table("widgets", sa.Column("id", sa.Integer, primary_key=True))',
+                 "pass"))
+    with EventStore(db_url) as store:
+        with pytest.raises(SchemaOutdated) as missing:
+            migrate.check_current(store.engine, str(scripts), "swf_schema_widgets", "widgets")
+        assert "no widgets in" in str(missing.value)
+        assert "widgets" not in _tables(store.engine)
+        migrate.upgrade(store.engine, str(scripts), "swf_schema_widgets")
+        migrate.check_current(store.engine, str(scripts), "swf_schema_widgets", "widgets")
+        with pytest.raises(SchemaOutdated) as older:
+            migrate.check_current(store.engine, str(newer), "swf_schema_widgets", "widgets")
+        assert "at revision w1, older than this code's w2" in str(older.value)
+        assert _versions(store.engine, "swf_schema_widgets") == ["w1"]
 
 
 @pytest.mark.parametrize("package", ["eventstore", "projections"])

@@ -19,7 +19,8 @@ from agents.batch.local import LocalExecutor
 from agents.ddm.local import LocalCatalog
 from agents.processing import ProcessingAgent
 from eventstore.catalog import examine
-from eventstore.envelope import TOPIC, Event, event_id_for
+from eventstore.envelope import TOPIC, Event
+from eventstore.identity import event_id
 
 NS = "test"
 EXEC = "exec-1"
@@ -39,7 +40,7 @@ def to_event(message: dict[str, Any]) -> Event:
     body = orjson.dumps(message)
     verdict = examine(body, TOPIC)
     assert verdict.reason is None, f"{message.get('msg_type')}: {verdict.reason}"
-    return Event(next(_positions), event_id_for(verdict.msg_id, {}, TOPIC, body),
+    return Event(next(_positions), event_id(verdict.msg_id, {}, TOPIC, body),
                  verdict.sent_at or T0, TOPIC, {}, body, verdict.msg_type, verdict.namespace,
                  verdict.execution_id, verdict.run_id, verdict.sender, verdict.sent_at,
                  verdict.schema_version, verdict.reason, verdict.data)

@@ -273,7 +273,7 @@ def test_a_retried_slice_can_complete(env: Env) -> None:
     piece = env.one(t.tf_slices, slice_id=0)
     assert (piece["status"], piece["retries"], bool(piece["final"])) == ("completed", 1, False)
     assert counters(env.run_row())[2:] == (1, 0, 0, 1, 0)
-    assert queries.execution_summary(env.engine, EX)["slice_retries"] == 1
+    assert queries.execution_summary(env.store, EX)["slice_retries"] == 1
 
 
 # -- arrival orders ----------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_an_unknown_slice_result_is_kept_reported_and_merged_later(env: Env) -> 
     assert (kept["tf_filename"], kept["slice_id"], kept["status"]) == (TF[0], 7, "completed")
     assert env.rows(t.tf_slices) == []
     assert env.run_row()["slices_created"] == 0
-    summary = queries.execution_summary(env.engine, EX)
+    summary = queries.execution_summary(env.store, EX)
     assert any("unknown slice" in error and f"{TF[0]}#7" in error for error in summary["errors"])
     env.send(env.slice(0, 7))  # the slice message shows up after all
     assert env.rows(t.unmatched_results) == []
@@ -324,7 +324,7 @@ def test_an_unknown_slice_result_is_kept_reported_and_merged_later(env: Env) -> 
     assert (piece["status"], piece["worker"], piece["created_at"]) == (
         "completed", "worker-7", orphan["timestamp"])
     assert counters(env.run_row())[2:] == (1, 0, 0, 1, 0)
-    summary = queries.execution_summary(env.engine, EX)
+    summary = queries.execution_summary(env.store, EX)
     assert not any("unknown slice" in error for error in summary["errors"])
 
 
@@ -344,16 +344,16 @@ def test_a_foreign_namespace_touches_nothing_of_ours(env: Env) -> None:
         assert ours == rows, name
     assert env.run_row()["phase"] == "physics"
     assert env.run_row(ns="elsewhere")["phase"] == "completed"
-    mine = queries.runs(env.engine, namespace=NS)
+    mine = queries.runs(env.store, namespace=NS)
     assert [row["namespace"] for row in mine] == [NS]
-    assert queries.execution_summary(env.engine, EX, namespace=NS)["status"] == "running"
+    assert queries.execution_summary(env.store, EX, namespace=NS)["status"] == "running"
     with pytest.raises(queries.AmbiguousExecution):
-        queries.execution_summary(env.engine, EX)
+        queries.execution_summary(env.store, EX)
 
 
 def test_messages_without_namespace_get_rows_of_their_own(env: Env) -> None:
     env.send(*env.start(ns=None))
-    row = queries.runs(env.engine)[0]
+    row = queries.runs(env.store)[0]
     assert (row["namespace"], row["phase"]) == (None, "physics")
 
 
@@ -361,7 +361,7 @@ def test_rejected_messages_are_skipped_and_reported(env: Env) -> None:
     bad = env.msg("stf_gen", sequence=1)  # no filename: rejected by the catalog
     env.send(*env.start(), bad)
     assert env.rows(t.stf_files) == []
-    summary = queries.execution_summary(env.engine, EX)
+    summary = queries.execution_summary(env.store, EX)
     assert any("rejected" in error and "filename" in error for error in summary["errors"])
 
 
@@ -370,30 +370,30 @@ def test_rejected_messages_are_skipped_and_reported(env: Env) -> None:
 def test_execution_status_is_derived_from_run_processed(env: Env) -> None:
     other = RUN + 1
     env.send(*env.start(), *env.start(run=other))
-    execution = queries.executions(env.engine)[0]
+    execution = queries.executions(env.store)[0]
     assert (execution["status"], execution["runs"], execution["run_count"]) == (
         "running", [RUN, other], 2)
     assert execution["workflow"] == "fast_processing"
     assert execution["parameters"] == {"stf_count": 2}
     env.send(env.msg("end_run"), env.msg("run_processed", status="completed"))
-    assert queries.executions(env.engine)[0]["status"] == "running"  # one run to go
+    assert queries.executions(env.store)[0]["status"] == "running"  # one run to go
     last = env.msg("run_processed", run=other, status="failed", error="task 7 failed")
     env.send(env.msg("end_run", run=other), last)
-    execution = queries.executions(env.engine)[0]
+    execution = queries.executions(env.store)[0]
     assert (execution["status"], execution["end_time"]) == ("failed", last["timestamp"])
     assert execution["start_time"] == at(1)
-    summary = queries.execution_summary(env.engine, EX)
+    summary = queries.execution_summary(env.store, EX)
     assert summary["duration_s"] == 6.0  # from the first message to `last`, the 7th
     assert "run 101994 failed: task 7 failed" in summary["errors"]
 
 
 def test_execution_completed_when_all_runs_completed(env: Env) -> None:
     env.send(*env.start(), env.msg("end_run"))
-    summary = queries.execution_summary(env.engine, EX, now=at(100))
+    summary = queries.execution_summary(env.store, EX, now=at(100))
     assert (summary["status"], summary["end_time"], summary["duration_s"]) == (
         "running", None, 99.0)  # running: its age at `now`
     env.send(env.msg("run_processed", status="completed"))
-    summary = queries.execution_summary(env.engine, EX)
+    summary = queries.execution_summary(env.store, EX)
     assert (summary["status"], summary["phase"]) == ("completed", "completed")
     assert summary["end_time"] == at(env.serial)
 
@@ -426,12 +426,12 @@ def test_datasets_change_only_on_ok_outcomes(env: Env) -> None:
     env.send(env.msg("dataset_closed", **ddm, outcome="ok", file_count=2, size_bytes=150),
              env.msg("dataset_opened", **ddm, outcome="ok"))  # a late reply reopens nothing
     assert env.one(t.datasets)["state"] == "closed"
-    summary = queries.execution_summary(env.engine, EX)
+    summary = queries.execution_summary(env.store, EX)
     assert summary["datasets"] == [{"run_number": RUN, "scope": "group.daq",
                                     "name": f"swf.{RUN}.run", "state": "closed",
                                     "file_count": 2, "size_bytes": 150}]
     assert any("bad checksum" in error for error in summary["errors"])
-    assert queries.datasets(env.engine, status="closed")[0]["execution_id"] == EX
+    assert queries.datasets(env.store, status="closed")[0]["execution_id"] == EX
 
 
 def test_panda_tasks_follow_the_latest_status(env: Env) -> None:
@@ -446,7 +446,7 @@ def test_panda_tasks_follow_the_latest_status(env: Env) -> None:
     env.send(env.msg("panda_task_status", task_id=42, status="finished"), late)
     task = env.one(t.panda_tasks, task_id=42)
     assert (task["status"], task["input_dataset"]) == ("finished", "group.daq:swf.1.run")
-    summary = queries.execution_summary(env.engine, EX)
+    summary = queries.execution_summary(env.store, EX)
     assert summary["tasks"] == [{"run_number": RUN, "task_id": None, "status": "failed"},
                                 {"run_number": RUN, "task_id": 42, "status": "finished"}]
     assert any("no site" in error for error in summary["errors"])
@@ -461,14 +461,14 @@ def test_agents_are_exited_when_their_heartbeat_is_stale(env: Env) -> None:
              env.msg("agent_heartbeat", run=None, ex=None, sender="data-1", time=50, **beat),
              env.msg("agent_heartbeat", run=None, ex=None, sender="fastmon-1", time=10,
                      **{**beat, "agent_type": "fastmon"}))
-    rows = {row["name"]: row for row in queries.agents(env.engine, now=at(100 + 179))}
+    rows = {row["name"]: row for row in queries.agents(env.store, now=at(100 + 179))}
     assert rows["data-1"]["status"] == "OK"
     assert rows["data-1"]["operational_state"] == "BUSY"  # the latest heartbeat by time
     assert rows["data-1"]["last_heartbeat"] == at(100)
     assert rows["fastmon-1"]["status"] == "EXITED"  # 269 s of silence
-    later = queries.agents(env.engine, now=at(100 + 181))
+    later = queries.agents(env.store, now=at(100 + 181))
     assert {row["status"] for row in later} == {"EXITED"}
-    assert [row["name"] for row in queries.agents(env.engine, status="OK", now=at(200))] == [
+    assert [row["name"] for row in queries.agents(env.store, status="OK", now=at(200))] == [
         "data-1"]
 
 
@@ -478,11 +478,11 @@ def test_logs_keep_every_record_and_errors_reach_the_summary(env: Env) -> None:
              env.msg("agent_log", level="ERROR", message="disk full", module="data",
                      sender="data-1"),
              env.msg("agent_log", level="ERROR", message="other", ns="elsewhere"))
-    assert len(queries.logs(env.engine, namespace=NS)) == 2
-    assert [row["message"] for row in queries.logs(env.engine, level="error",
+    assert len(queries.logs(env.store, namespace=NS)) == 2
+    assert [row["message"] for row in queries.logs(env.store, level="error",
                                                    namespace=NS)] == ["disk full"]
-    assert [row["message"] for row in queries.logs(env.engine, limit=1)] == ["other"]
-    errors = queries.execution_summary(env.engine, EX, namespace=NS)["errors"]
+    assert [row["message"] for row in queries.logs(env.store, limit=1)] == ["other"]
+    errors = queries.execution_summary(env.store, EX, namespace=NS)["errors"]
     assert [error for error in errors if "disk full" in error] == [
         f"{at(4)} ERROR data-1: disk full"]
     assert not any("other" in error for error in errors)
@@ -493,19 +493,19 @@ def test_logs_keep_every_record_and_errors_reach_the_summary(env: Env) -> None:
 def test_query_filters(env: Env) -> None:
     env.send(*env.start(), *env.stf(0), *env.stf(1), *env.stf(2))
     env.send(*env.start(ex="ex-2", run=RUN + 1))
-    assert [row["sequence"] for row in queries.stf_files(env.engine, execution_id=EX)] == [
+    assert [row["sequence"] for row in queries.stf_files(env.store, execution_id=EX)] == [
         1, 2, 3]
-    assert queries.stf_files(env.engine, execution_id="ex-2") == []
-    assert [row["sequence"] for row in queries.stf_files(env.engine, since=at(5),
+    assert queries.stf_files(env.store, execution_id="ex-2") == []
+    assert [row["sequence"] for row in queries.stf_files(env.store, since=at(5),
                                                          until=at(7))] == [2, 3]
-    assert len(queries.stf_files(env.engine, limit=2)) == 2
-    assert queries.stf_files(env.engine, run=RUN + 1) == []
-    assert [row["execution_id"] for row in queries.executions(env.engine)] == [EX, "ex-2"]
-    assert [row["execution_id"] for row in queries.executions(env.engine, limit=1)] == ["ex-2"]
-    assert [row["run_number"] for row in queries.runs(env.engine, status="physics")] == [
+    assert len(queries.stf_files(env.store, limit=2)) == 2
+    assert queries.stf_files(env.store, run=RUN + 1) == []
+    assert [row["execution_id"] for row in queries.executions(env.store)] == [EX, "ex-2"]
+    assert [row["execution_id"] for row in queries.executions(env.store, limit=1)] == ["ex-2"]
+    assert [row["run_number"] for row in queries.runs(env.store, status="physics")] == [
         RUN, RUN + 1]
-    assert queries.runs(env.engine, execution_id="ex-2")[0]["run_number"] == RUN + 1
-    assert queries.execution_summary(env.engine, "nope") is None
+    assert queries.runs(env.store, execution_id="ex-2")[0]["run_number"] == RUN + 1
+    assert queries.execution_summary(env.store, "nope") is None
 
 
 # -- checkpoints, catch-up, rebuild ------------------------------------------------------------

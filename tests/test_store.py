@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventstore import store as store_module
+from eventstore import postgres as postgres_recorder
 from eventstore.catalog import MAX_BODY_BYTES
 from eventstore.envelope import SLICE_QUEUE, TOPIC, Incoming
 from eventstore.store import EventStore
@@ -175,6 +175,54 @@ def test_hostile_values_never_fail_an_append(store: EventStore) -> None:
     assert back[7].destination == "/topic/odd\ufffdname"
 
 
+def test_one_identity_rule_for_the_store_the_live_host_and_fixtures(store: EventStore) -> None:
+    """``identity.as_stored`` (the live host, the fixture check) gives the ids the store gives,
+    hostile values included; ``RunExecutions`` infers what the store infers."""
+    from eventstore.identity import RunExecutions, as_stored
+
+    sent = [incoming(msg_id="m" * 1000), incoming(msg_id="nul\x00id"), incoming(msg_id=None),
+            Incoming.of(message(msg_id=None), SLICE_QUEUE, **{"message-id": "ID:b-1"}),
+            Incoming("/topic/odd\x00name", b'{"msg_type": "agent_log"}'),
+            Incoming.of({"msg_type": "stf_ready", "msg_id": "bare", "run_id": 101,
+                         "filename": "swf.101.000002.stf"})]
+    result = store.append(sent)
+    runs = RunExecutions()
+    ours = [as_stored(m.destination, m.headers, m.body, "t") for m in sent]
+    for event in ours:
+        runs.resolve(event)
+    assert [e.event_id for e in ours] == [e.event_id for e in result.events]
+    assert [e.destination for e in ours] == [e.destination for e in result.events]
+    assert [e.execution_id for e in ours] == [e.execution_id for e in result.events]
+    assert ours[-1].execution_id == "exec-1"  # from the run, as the store inferred it
+
+
+def test_a_snapshot_reads_one_moment(store: EventStore) -> None:
+    first = store.append([incoming(msg_id="a")]).events[0]
+    with store.snapshot() as view:
+        assert view.head() == first.position
+        store.append([incoming(msg_id="b")])  # commits while the snapshot is open
+        assert view.head() == first.position and view.count_after(0) == 1
+        assert view.stored_ids(["a", "b"]) == {"a"}
+        rows, covered = view.fold_rows(0, first.position + 10, 10)
+        assert [row[0] for row in rows] == [first.position] and covered == first.position + 10
+    assert store.stored_ids(["a", "b"]) == {"a", "b"} and store.count_after(0) == 2
+
+
+def test_restore_keeps_rows_as_stored_and_appends_follow_them(store: EventStore) -> None:
+    store.append([incoming(msg_id="x"), incoming(msg_id="y")])
+    with store.snapshot() as view:
+        rows = view.export_rows("exec-1", store.head(), [])
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM events")
+    shifted = [(row[0] + 40, *row[1:]) for row in rows]  # positions after a gap
+    store.restore(shifted)
+    with store.snapshot() as view:
+        assert view.export_rows("exec-1", 1000, []) == shifted
+    assert [event.event_id for event in store.read()] == ["x", "y"]
+    later = store.append([incoming(msg_id="z")]).events[0]
+    assert later.position > shifted[-1][0]  # PostgreSQL: the sequence moved past them
+
+
 def test_wrong_namespace_is_rejected_when_the_store_has_one(db_url: str) -> None:
     with EventStore(db_url, namespace="epic-a") as store:
         ours, theirs, none = (incoming(namespace="epic-a"), incoming(namespace="epic-b"),
@@ -278,7 +326,7 @@ def test_follow_starts_after_and_picks_up_new_events(store: EventStore) -> None:
 
 @pytest.mark.postgres
 def test_postgres_statistics_follow_bulk_appends(pg_url: str, monkeypatch) -> None:
-    monkeypatch.setattr(store_module, "ANALYZE_MIN_ROWS", 10)
+    monkeypatch.setattr(postgres_recorder, "ANALYZE_MIN_ROWS", 10)
     with EventStore(pg_url) as store, store.engine.connect() as conn:
         query = sa.text("SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass")
         assert conn.execute(query).scalar() < 0  # never analyzed

@@ -191,7 +191,7 @@ def run_live(config: WorkflowConfig, *, settings: Settings, seed: int, start_tim
         summary: dict[str, Any] | None = None
         while True:
             projector.catch_up()
-            summary = execution_summary(store.engine, allocation.execution_id,
+            summary = execution_summary(store, allocation.execution_id,
                                         namespace=namespace)
             if summary is not None and progress is not None:
                 progress(Progress(utc_now(), store.head(), summary["stf_count"],

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
-import sqlalchemy as sa
 
 from eventstore.store import EventStore
 from projections import queries
@@ -45,13 +44,13 @@ def query() -> None:
 
 
 @contextmanager
-def projected(db_url: str | None, catch_up: bool) -> Iterator[sa.Engine]:
-    """The store's engine, with the projections brought up to date first unless told not to."""
+def projected(db_url: str | None, catch_up: bool) -> Iterator[EventStore]:
+    """The store, with the projections brought up to date first unless told not to."""
     with EventStore(db_url) as store:
         projector = Projector(store)
         if catch_up:
             projector.catch_up()
-        yield store.engine
+        yield store
 
 
 def _common(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -81,8 +80,8 @@ def _table_command(name: str, cli_name: str, status_help: str, summary: str) -> 
     @click.option("--status", help=status_help)
     @_common
     def command(db_url: str | None, stale: bool, as_json: bool, **filters: Any) -> None:
-        with projected(db_url, not stale) as engine:
-            rows = queries.query(engine, name, **filters)
+        with projected(db_url, not stale) as store:
+            rows = queries.query(store, name, **filters)
         echo_rows(rows, queries.COLUMNS[name] if as_json else DISPLAY[name], as_json)
 
 
@@ -109,8 +108,8 @@ _table_command("tasks", "tasks", "Only tasks with this status.", "PanDA tasks.")
 @_common
 def query_executions(db_url: str | None, stale: bool, as_json: bool, **filters: Any) -> None:
     """Workflow executions (with --limit: the latest). Time filters apply to start_time."""
-    with projected(db_url, not stale) as engine:
-        rows = queries.executions(engine, **filters)
+    with projected(db_url, not stale) as store:
+        rows = queries.executions(store, **filters)
     echo_rows(rows, queries.COLUMNS["executions"] if as_json else DISPLAY["executions"],
               as_json)
 
@@ -121,8 +120,8 @@ def query_executions(db_url: str | None, stale: bool, as_json: bool, **filters: 
 @_common
 def query_agents(db_url: str | None, stale: bool, as_json: bool, **filters: Any) -> None:
     """Agents by their heartbeats. Time filters apply to last_heartbeat."""
-    with projected(db_url, not stale) as engine:
-        rows = queries.agents(engine, **filters)
+    with projected(db_url, not stale) as store:
+        rows = queries.agents(store, **filters)
     echo_rows(rows, queries.COLUMNS["agents"] if as_json else DISPLAY["agents"], as_json)
 
 
@@ -132,8 +131,8 @@ def query_agents(db_url: str | None, stale: bool, as_json: bool, **filters: Any)
 @_common
 def query_logs(db_url: str | None, stale: bool, as_json: bool, **filters: Any) -> None:
     """Agent log records (with --limit: the latest). Time filters apply to the record time."""
-    with projected(db_url, not stale) as engine:
-        rows = queries.logs(engine, **filters)
+    with projected(db_url, not stale) as store:
+        rows = queries.logs(store, **filters)
     echo_rows(rows, queries.COLUMNS["logs"] if as_json else DISPLAY["logs"], as_json)
 
 
@@ -148,9 +147,9 @@ def query_logs(db_url: str | None, stale: bool, as_json: bool, **filters: Any) -
 def query_execution(execution_id: str, db_url: str | None, namespace: str | None,
                     now: str | None, as_json: bool, stale: bool) -> None:
     """One execution's summary: status, phase, counters, datasets, tasks, errors, duration."""
-    with projected(db_url, not stale) as engine:
+    with projected(db_url, not stale) as store:
         try:
-            summary = queries.execution_summary(engine, execution_id, namespace=namespace,
+            summary = queries.execution_summary(store, execution_id, namespace=namespace,
                                                 now=now)
         except queries.AmbiguousExecution as problem:
             raise click.ClickException(str(problem)) from None

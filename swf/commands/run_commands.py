@@ -115,7 +115,7 @@ def _load(workflow: str, overrides: tuple[str, ...]) -> WorkflowConfig:
 def execution_summary(store: Any, result: ExecutionResult) -> dict[str, Any]:
     """Catch the projections up, then the same summary as ``swf query execution ID``."""
     Projector(store).catch_up()
-    summary = query_summary(store.engine, result.execution_id or "", namespace=result.namespace)
+    summary = query_summary(store, result.execution_id or "", namespace=result.namespace)
     if summary is None:  # the runtime stored nothing of its execution: say so, not a traceback
         raise click.ClickException(f"no execution {result.execution_id!r} in the store")
     return summary

@@ -1,0 +1,513 @@
+"""Named reads of the events table: every query on ``events`` outside an append is here.
+
+``Reads`` is shared by the store (each read on a connection of its own, for one-off use) and by
+its ``Snapshot`` (every read on one connection, inside one transaction: one moment of the log,
+and ``.connection`` lets the caller read its own tables at that same moment).
+
+Rows for the fold (``FoldRow``) are plain tuples - position, run_id, schema_version, event time,
+execution_id, body - read with driver-level SQL: the fold's hot path allocates nothing more.
+Rows "as stored" are tuples in ``STORED_COLUMNS`` order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple, cast
+
+import orjson
+import sqlalchemy as sa
+
+from .catalog import complete, examine, needs_normalization
+from .envelope import Event, format_time, parse_time
+from .schema import STORED_COLUMNS, events
+
+FOLD_CHUNK = 5000  # rows per query of a streaming fold: small enough to stay in the CPU caches
+_IN_CHUNK = 500  # values per IN (...) list
+_EMPTY_HEADERS = b"{}"
+
+FoldRow = tuple[int, int | None, int, str, str | None, bytes]
+_FOLD = "position, run_id, schema_version, coalesce(sent_at, recorded_at), execution_id, body"
+_FOLD_RANGE = (f"SELECT {_FOLD} FROM events WHERE position > {{0}} AND position <= {{0}} "
+               f"AND reject_reason IS NULL ORDER BY position LIMIT {{0}}")
+_STORED = ", ".join(STORED_COLUMNS)
+_STEP = ("position, event_id, coalesce(sent_at, recorded_at), msg_type, sender, execution_id, "
+         "reject_reason, run_id, schema_version, body")
+# Event's positional field order; ``read`` selects columns in exactly this order.
+READ_COLUMNS = ("position", "event_id", "recorded_at", "destination", "headers", "body",
+                "msg_type", "namespace", "execution_id", "run_id", "sender", "sent_at",
+                "schema_version", "reject_reason")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """Which events count: positions up to ``position``, event times up to ``time``."""
+
+    position: int | None = None
+    time: str | None = None  # ISO-8601 UTC in the store's format
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationFacts:
+    """What allocating an execution id, run number and start time is derived from."""
+
+    latest_time: str | None  # the latest sender time, else the latest store time
+    top_run: int | None  # the highest run number stored
+    executions: int  # distinct execution ids with the asked prefix
+
+
+class Rejection(NamedTuple):
+    position: int
+    msg_type: str | None
+    reject_reason: str
+
+
+class StepRow(NamedTuple):
+    position: int
+    event_id: str
+    time: str
+    msg_type: str | None
+    sender: str | None
+    execution_id: str | None
+    reject_reason: str | None
+    run_id: int | None
+    schema_version: int
+    body: bytes
+
+
+class Reads:
+    """The named reads; a subclass supplies the connection each read runs on."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self._m = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._fold_range = _FOLD_RANGE.format(self._m)
+
+    def _connection(self) -> AbstractContextManager[sa.Connection]:
+        raise NotImplementedError
+
+    # -- the log as a whole --------------------------------------------------------------------
+
+    def head(self) -> int:
+        """The highest committed position (0 when empty)."""
+        with self._connection() as conn:
+            return conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.position), 0))
+                                ).scalar_one()
+
+    def count_after(self, position: int) -> int:
+        """How many events are stored after ``position``."""
+        with self._connection() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(events)
+                                .where(events.c.position > position)).scalar_one()
+
+    def stored_ids(self, event_ids: Iterable[str]) -> set[str]:
+        """Which of these event ids are stored."""
+        found: set[str] = set()
+        ids = [event_id for event_id in event_ids if event_id]
+        with self._connection() as conn:
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start:start + _IN_CHUNK]
+                found.update(conn.execute(sa.select(events.c.event_id)
+                                          .where(events.c.event_id.in_(chunk))).scalars())
+        return found
+
+    def open_executions(self, namespace: str) -> list[str]:
+        """Executions of ``namespace`` that started (run_imminent) and have not finished
+        (run_processed), oldest first: the ones a restarted agent may still have work in."""
+        columns = events.c
+        valid = sa.and_(columns.namespace == namespace, columns.reject_reason.is_(None),
+                        columns.execution_id.is_not(None))
+        finished = sa.select(columns.execution_id).where(valid,
+                                                         columns.msg_type == "run_processed")
+        query = (sa.select(columns.execution_id, sa.func.min(columns.position).label("first"))
+                 .where(valid, columns.msg_type == "run_imminent",
+                        columns.execution_id.not_in(finished))
+                 .group_by(columns.execution_id).order_by("first"))
+        with self._connection() as conn:
+            return [row[0] for row in conn.execute(query)]
+
+    def allocation_facts(self, prefix: str) -> AllocationFacts:
+        """What a new execution's id, run number and start time are allocated from: the latest
+        event time, the highest run, how many execution ids start with ``prefix``."""
+        with self._connection() as conn:
+            latest = conn.execute(sa.select(sa.func.max(events.c.sent_at))).scalar() \
+                or conn.execute(sa.select(sa.func.max(events.c.recorded_at))).scalar()
+            top_run = conn.execute(sa.select(sa.func.max(events.c.run_id))).scalar()
+            executions = conn.execute(
+                sa.select(sa.func.count(sa.distinct(events.c.execution_id)))
+                .where(sa.func.substr(events.c.execution_id, 1, len(prefix)) == prefix)
+            ).scalar() or 0
+        return AllocationFacts(latest, None if top_run is None else int(top_run), executions)
+
+    # -- the fold ------------------------------------------------------------------------------
+
+    def fold_rows(self, after: int, until: int, limit: int) -> tuple[list[FoldRow], int]:
+        """Up to ``limit`` valid rows in (after, until], and the position they cover: the last
+        row's, or ``until`` when the range is exhausted."""
+        with self._connection() as conn:
+            rows = cast(list[FoldRow], conn.exec_driver_sql(
+                self._fold_range, (after, until, limit)).cursor.fetchall())
+        return rows, rows[-1][0] if len(rows) == limit else until
+
+    def destination_and_headers(self, position: int) -> tuple[str, dict[str, str]]:
+        """The destination and STOMP headers of the event at ``position`` (a body the catalog
+        must normalize may need them)."""
+        with self._connection() as conn:
+            destination, headers = conn.execute(
+                sa.select(events.c.destination, events.c.headers)
+                .where(events.c.position == position)).one()
+        return destination, _headers(headers)
+
+    # -- one execution -------------------------------------------------------------------------
+
+    def event_count(self, execution_id: str) -> int:
+        """How many events the execution has (an index scan)."""
+        with self._connection() as conn:
+            return conn.exec_driver_sql(
+                f"SELECT count(*) FROM events WHERE execution_id = {self._m}",
+                (execution_id,)).scalar_one()
+
+    def has_events(self, execution_id: str) -> bool:
+        with self._connection() as conn:
+            return conn.exec_driver_sql(
+                f"SELECT 1 FROM events WHERE execution_id = {self._m} LIMIT 1",
+                (execution_id,)).first() is not None
+
+    def execution_rows(self, execution_id: str, limit: Limit, chunk: int = FOLD_CHUNK
+                       ) -> Iterator[list[FoldRow]]:
+        """The execution's valid events as fold rows in position order, ``chunk`` at a time.
+
+        When the execution fills most of its span of the log (an execution recorded on its
+        own), the span is read by position, the table's own order, and other executions' rows
+        dropped here: a third cheaper than a lookup per event through the execution index.
+        """
+        m = self._m
+        extra, params = self._within(limit)
+        with self._connection() as conn:
+            count, first, last = conn.exec_driver_sql(
+                f"SELECT count(*), min(position), max(position) FROM events "
+                f"WHERE execution_id = {m}", (execution_id,)).one()
+        if not count:
+            return
+        span = last - first + 1
+        dense = count * 2 >= span
+        alone = count == span  # positions are unique: every row of the span is the execution's
+        if dense:
+            sql = (f"SELECT {_FOLD} FROM events WHERE position > {m} AND position <= {m}"
+                   f"{extra} ORDER BY position LIMIT {m}")
+        else:
+            sql = (f"SELECT {_FOLD} FROM events WHERE execution_id = {m} AND position > {m}"
+                   f"{extra} ORDER BY position LIMIT {m}")
+        after = first - 1
+        while True:
+            args = (after, last, *params, chunk) if dense else (execution_id, after, *params,
+                                                                chunk)
+            with self._connection() as conn:
+                rows = cast(list[FoldRow], conn.exec_driver_sql(sql, args).cursor.fetchall())
+            if not rows:
+                return
+            after = rows[-1][0]
+            if dense and not alone and any(row[4] != execution_id for row in rows):
+                mine = [row for row in rows if row[4] == execution_id]
+                if mine:
+                    yield mine
+            else:
+                yield rows
+            if len(rows) < chunk:
+                return
+
+    def heartbeat_senders(self, execution_id: str, limit: Limit) -> set[tuple[str, str]]:
+        """(namespace, sender) of the agents that sent heartbeats in the execution."""
+        extra, params = self._within(limit)
+        with self._connection() as conn:
+            rows = conn.exec_driver_sql(
+                f"SELECT DISTINCT namespace, sender FROM events WHERE msg_type = "
+                f"'agent_heartbeat' AND execution_id = {self._m}{extra}",
+                (execution_id, *params)).fetchall()
+        return {(namespace or "", sender or "") for namespace, sender in rows}
+
+    def foreign_heartbeats(self, execution_id: str, senders: Iterable[str], limit: Limit
+                           ) -> list[FoldRow]:
+        """Heartbeats of these senders sent outside the execution (other executions, or none),
+        as fold rows in position order."""
+        names = sorted(set(senders))
+        if not names:
+            return []
+        m = self._m
+        extra, params = self._within(limit)
+        rows: list[FoldRow] = []
+        with self._connection() as conn:
+            for start in range(0, len(names), _IN_CHUNK):
+                chunk = names[start:start + _IN_CHUNK]
+                rows.extend(conn.exec_driver_sql(
+                    f"SELECT {_FOLD} FROM events WHERE msg_type = 'agent_heartbeat' "
+                    f"AND sender IN ({', '.join([m] * len(chunk))}) "
+                    f"AND (execution_id IS NULL OR execution_id <> {m}){extra} "
+                    f"ORDER BY position", (*chunk, execution_id, *params)).cursor.fetchall())
+        rows.sort(key=_position)
+        return rows
+
+    def foreign_run_rows(self, execution_id: str, runs: Iterable[int], limit: Limit
+                         ) -> tuple[list[str], list[FoldRow]]:
+        """(the other executions that announced one of these runs, sorted; the events of the
+        runs that belong to those executions or to none, as fold rows in position order).
+
+        Other executions are found by their run_imminent of one of these runs (cheap: the
+        msg_type index), not by scanning every event of the runs."""
+        numbers = sorted(set(runs))
+        if not numbers:
+            return [], []
+        m = self._m
+        extra, params = self._within(limit)
+        runs_in = f"run_id IN ({', '.join([m] * len(numbers))})"
+        with self._connection() as conn:
+            others = sorted(row[0] for row in conn.exec_driver_sql(
+                f"SELECT DISTINCT execution_id FROM events WHERE msg_type = 'run_imminent' "
+                f"AND {runs_in} AND execution_id <> {m}{extra}",
+                (*numbers, execution_id, *params)).fetchall())
+            owners = "execution_id IS NULL"
+            if others:
+                owners += f" OR execution_id IN ({', '.join([m] * len(others))})"
+            # "+run_id": look the rows up by execution (few), not by run (all of the
+            # execution's)
+            rows = conn.exec_driver_sql(
+                f"SELECT {_FOLD} FROM events WHERE ({owners}) AND +{runs_in}{extra} "
+                f"ORDER BY position", (*others, *numbers, *params)).cursor.fetchall()
+        return others, list(rows)
+
+    def last_event(self, execution_id: str, limit: Limit
+                   ) -> tuple[int, str, str | None, str | None] | None:
+        """(position, time, msg_type, sender) of the execution's last event within ``limit``,
+        rejected ones included."""
+        where, params = self._within(limit, valid_only=False)
+        with self._connection() as conn:
+            row = conn.exec_driver_sql(
+                f"SELECT position, coalesce(sent_at, recorded_at), msg_type, sender FROM events "
+                f"WHERE execution_id = {self._m}{where} ORDER BY position DESC LIMIT 1",
+                (execution_id, *params)).first()
+        return None if row is None else (row[0], row[1], row[2], row[3])
+
+    def step_rows(self, execution_id: str, runs: Iterable[int],
+                  foreign_executions: Iterable[str], limit: Limit) -> Iterator[StepRow]:
+        """The execution's events and, of its ``runs``, those of ``foreign_executions`` or of
+        none, rejected ones included, in position order."""
+        m = self._m
+        where, params = self._within(limit, valid_only=False)
+        owners = f"execution_id = {m}"
+        extra: list[Any] = []
+        others = list(foreign_executions)
+        if others:
+            numbers = sorted(set(runs))
+            runs_in = f"run_id IN ({', '.join([m] * len(numbers))})"
+            owners += (f" OR ({runs_in} AND (execution_id IS NULL OR execution_id IN "
+                       f"({', '.join([m] * len(others))})))")
+            extra = [*numbers, *others]
+        with self._connection() as conn:
+            for row in conn.exec_driver_sql(
+                    f"SELECT {_STEP} FROM events WHERE ({owners}){where} ORDER BY position",
+                    (execution_id, *extra, *params)):
+                yield StepRow(*row)
+
+    def rejected(self, execution_id: str) -> list[Rejection]:
+        """The execution's events stored as invalid, in position order."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                sa.select(events.c.position, events.c.msg_type, events.c.reject_reason)
+                .where(events.c.execution_id == execution_id,
+                       events.c.reject_reason.is_not(None))
+                .order_by(events.c.position)).all()
+        return [Rejection(*row) for row in rows]
+
+    def execution_events(self, execution_id: str, chunk: int = FOLD_CHUNK) -> Iterator[Event]:
+        """The execution's events as ``EventStore.read`` gives them (``data`` normalized by
+        today's catalog)."""
+        sql = (f"SELECT {_STORED} FROM events WHERE execution_id = {self._m} "
+               f"AND position > {self._m} ORDER BY position LIMIT {self._m}")
+        last = 0
+        while True:
+            with self._connection() as conn:
+                rows = conn.exec_driver_sql(sql, (execution_id, last, chunk)).cursor.fetchall()
+            yield from stored_events(rows)
+            if len(rows) < chunk:
+                return
+            last = rows[-1][0]
+
+    def introductions(self, execution_id: str) -> list[Event]:
+        """The first agent-level heartbeat (no execution) of each sender of the execution.
+
+        Live agents (``swf agent``) announce their type that way, before any execution exists;
+        without it a re-drive could not tell which agent type sent what. Embedded agents send
+        their heartbeats within the execution, so this is empty for them."""
+        with self._connection() as conn:
+            rows = conn.exec_driver_sql(
+                f"SELECT {_STORED} FROM events WHERE position IN ("
+                f"SELECT min(position) FROM events WHERE msg_type = 'agent_heartbeat' "
+                f"AND execution_id IS NULL AND sender IN (SELECT DISTINCT sender FROM events "
+                f"WHERE execution_id = {self._m}) GROUP BY sender) ORDER BY position",
+                (execution_id,)).cursor.fetchall()
+        return list(stored_events(rows))
+
+    def export_rows(self, execution_id: str, until: int, extra_positions: Iterable[int]
+                    ) -> list[tuple[Any, ...]]:
+        """Every stored column (``STORED_COLUMNS``) of the execution's events up to ``until``
+        and of the events at ``extra_positions``, in position order, bytes as bytes."""
+        m = self._m
+        select = f"SELECT {_STORED} FROM events"
+        extra = sorted(set(extra_positions))
+        with self._connection() as conn:
+            rows = [tuple(row) for row in conn.exec_driver_sql(
+                f"{select} WHERE execution_id = {m} AND position <= {m} ORDER BY position",
+                (execution_id, until)).fetchall()]
+            for start in range(0, len(extra), _IN_CHUNK):
+                chunk = extra[start:start + _IN_CHUNK]
+                rows.extend(tuple(row) for row in conn.exec_driver_sql(
+                    f"{select} WHERE position IN ({', '.join([m] * len(chunk))})",
+                    tuple(chunk)))
+        rows = list({row[0]: _plain(row) for row in rows}.values())
+        rows.sort(key=_position)
+        return rows
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _within(self, limit: Limit, valid_only: bool = True) -> tuple[str, list[Any]]:
+        """SQL conditions (' AND ...') and parameters selecting the events within ``limit``."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if limit.position is not None:
+            clauses.append(f"position <= {self._m}")
+            params.append(limit.position)
+        if limit.time is not None:
+            clauses.append(f"coalesce(sent_at, recorded_at) <= {self._m}")
+            params.append(limit.time)
+        if valid_only:
+            clauses.append("reject_reason IS NULL")
+        return "".join(f" AND {clause}" for clause in clauses), params
+
+
+class Snapshot(Reads):
+    """The reads on one connection in one read transaction: one moment of the log.
+    ``connection`` is that connection, for the caller's own tables at the same moment."""
+
+    def __init__(self, connection: sa.Connection) -> None:
+        super().__init__(connection.dialect)
+        self.connection = connection
+
+    def _connection(self) -> AbstractContextManager[sa.Connection]:
+        return nullcontext(self.connection)
+
+
+def latest_execution(conn: sa.Connection, namespace: str | None, run_id: int,
+                     before: int | None) -> str | None:
+    """The execution of the run's latest stored event that carried one (before position
+    ``before``, if given)."""
+    query = (sa.select(events.c.execution_id)
+             .where(events.c.run_id == run_id,
+                    events.c.namespace.is_not_distinct_from(namespace),
+                    events.c.execution_id.is_not(None))
+             .order_by(events.c.position.desc()).limit(1))
+    if before is not None:
+        query = query.where(events.c.position < before)
+    return conn.execute(query).scalar()
+
+
+def filtered(until: int | None, execution_id: str | None, run_id: int | None,
+             msg_types: Iterable[str] | None, namespace: str | None,
+             since: str | datetime | None, until_time: str | datetime | None,
+             valid: bool | None) -> sa.Select:
+    """The query behind ``EventStore.read``: READ_COLUMNS in position order, filtered."""
+    columns = events.c
+    query = sa.select(*(columns[name] for name in READ_COLUMNS)).order_by(columns.position)
+    if until is not None:
+        query = query.where(columns.position <= until)
+    if execution_id is not None:
+        query = query.where(columns.execution_id == execution_id)
+    if run_id is not None:
+        query = query.where(columns.run_id == run_id)
+    if msg_types is not None:
+        if isinstance(msg_types, str):
+            msg_types = [msg_types]
+        query = query.where(columns.msg_type.in_(list(msg_types)))
+    if namespace is not None:
+        query = query.where(columns.namespace == namespace)
+    # Times are stored in one fixed ISO form (format_time), so text order is time order.
+    event_time = sa.func.coalesce(columns.sent_at, columns.recorded_at)
+    if since is not None:
+        query = query.where(event_time >= _moment(since))
+    if until_time is not None:
+        query = query.where(event_time <= _moment(until_time))
+    if valid is True:
+        query = query.where(columns.reject_reason.is_(None))
+    elif valid is False:
+        query = query.where(columns.reject_reason.is_not(None))
+    return query
+
+
+def decoded(rows: Sequence[Any], normalize: bool) -> Iterator[Event]:
+    """READ_COLUMNS rows as Events; ``normalize``: ``data`` by today's catalog (its fast path
+    for bodies already in normalized form)."""
+    loads = orjson.loads
+    for row in rows:
+        (position, event_id, recorded_at, destination, headers, body, msg_type, namespace,
+         execution_id, run_id, sender, sent_at, schema_version, reason) = row
+        body = bytes(body)  # PostgreSQL may hand back a memoryview
+        data = None
+        if normalize and reason is None:
+            data = loads(body)
+            if needs_normalization(data, schema_version):
+                verdict = examine(body, destination)
+                data = verdict.data
+                if data is None:
+                    reason = verdict.reason  # today's catalog rejects what was accepted then
+            else:
+                complete(data)
+            if data is not None and execution_id is not None and data["execution_id"] is None:
+                data["execution_id"] = execution_id
+        yield Event(position, event_id, recorded_at, destination,
+                    {} if headers == _EMPTY_HEADERS else loads(headers), body, msg_type,
+                    namespace, execution_id, run_id, sender, sent_at, schema_version, reason,
+                    data)
+
+
+def stored_events(rows: Sequence[Any]) -> Iterator[Event]:
+    """STORED_COLUMNS rows as Events, each body examined by today's catalog."""
+    loads = orjson.loads
+    for (position, event_id, recorded_at, destination, headers, body, namespace, execution,
+         run_id, msg_type, sender, sent_at, version, reason) in rows:
+        body = bytes(body)
+        data = None
+        if reason is None:
+            verdict = examine(body, destination)
+            data, reason = verdict.data, verdict.reason
+            if data is not None and data["execution_id"] is None and execution is not None:
+                data["execution_id"] = execution  # resolved by the store from the run
+        yield Event(position, event_id, recorded_at, destination,
+                    loads(bytes(headers)) if headers else {}, body, msg_type, namespace,
+                    execution, run_id, sender, sent_at, version, reason, data)
+
+
+def _headers(encoded: Any) -> dict[str, str]:
+    if encoded is None:
+        return {}
+    encoded = bytes(encoded)
+    return {} if encoded == _EMPTY_HEADERS else orjson.loads(encoded)
+
+
+def _plain(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """bytes for the byte columns (PostgreSQL may hand back memoryviews)."""
+    values = list(row)
+    for index in (_HEADERS_AT, _BODY_AT):
+        if values[index] is not None and not isinstance(values[index], bytes):
+            values[index] = bytes(values[index])
+    return tuple(values)
+
+
+_HEADERS_AT, _BODY_AT = STORED_COLUMNS.index("headers"), STORED_COLUMNS.index("body")
+
+
+def _moment(value: str | datetime) -> str:
+    return format_time(value if isinstance(value, datetime) else parse_time(value))
+
+
+def _position(row: Any) -> int:
+    return row[0]
