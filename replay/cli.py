@@ -16,9 +16,10 @@ import sqlalchemy as sa
 from click.core import ParameterSource
 
 from eventstore.envelope import Event
-from eventstore.errors import SchemaTooNew, StoreUnavailable
+from eventstore.errors import StoreError
+from eventstore.migrate import check_current
 from eventstore.store import EventStore, Snapshot
-from projections.projector import NAMES, Projector
+from projections.projector import NAMES, SCRIPTS, VERSION_TABLE
 from projections.tables import projection_checkpoints
 
 from . import fixture, mermaid, rebuild, redrive, render, timeline
@@ -47,6 +48,7 @@ class Opened:
     events: int  # its events (or 1: only its existence was checked, no progress bar)
     fixture: Fixture | None
     stored: Callable[[Scope], Mapping[str, Sequence[Row]]]
+    lag: int = 0  # events in the log after the lowest stop: the stored tables lag it
 
 
 class ReplayError(click.ClickException):
@@ -60,9 +62,9 @@ them with the stored projection tables; print "identical" or the differing rows 
 1). With --fixture PATH the events come from a fixture file and the stored projections from
 its expected file (EXECUTION_ID may be left out).
 
-Before comparing, the store's projector catches up with the log (--catch-up, the default): a
-table lagging the log is not drift. With --no-catch-up the tables are compared as they are,
-against a rebuild of the events their checkpoints cover.
+The store is opened read-only: nothing is migrated or written. The tables are compared as they
+are, against a rebuild of the events their checkpoints cover, so a table lagging the log is not
+drift; the output says when they lag (`swf projections catch-up` brings them up).
 
 Exit status: 0 identical (no divergence), 1 drift (a divergence), 2 an error (no such
 execution, an unreadable store or fixture, bad options).
@@ -76,8 +78,6 @@ execution, an unreadable store or fixture, bad options).
 @click.option("--fixture", "fixture_path", metavar="PATH",
               type=click.Path(dir_okay=False, path_type=Path),
               help="Replay a fixture file (NAME.jsonl beside NAME.expected.json) instead.")
-@click.option("--catch-up/--no-catch-up", default=True, show_default=True,
-              help="Bring the stored projections up to the log's head before comparing.")
 @click.option("--until", "until", metavar="POSITION|ISO-TIME",
               help="Show the execution's state after the events up to this log position or "
                    "event time (with --step: stop there).")
@@ -99,7 +99,7 @@ execution, an unreadable store or fixture, bad options).
               help="Progress bar on stderr (default: on a terminal, for long replays).")
 @click.option("-v", "--verbose", count=True, help="Log to stderr (-vv for debug).")
 def main(execution_id: str | None, db_url: str | None, fixture_path: Path | None,
-         catch_up: bool, until: str | None, step: bool, agents: bool,
+         until: str | None, step: bool, agents: bool,
          export_path: Path | None, as_mermaid: bool, update: bool, as_json: bool,
          progress: bool | None, verbose: int) -> None:
     if verbose:
@@ -128,9 +128,9 @@ def main(execution_id: str | None, db_url: str | None, fixture_path: Path | None
             raise click.BadParameter(f"{until!r} is neither a log position nor an ISO-8601 "
                                      f"time", param_hint="--until") from None
     status = _guarded(lambda: _replay(
-        execution_id=execution_id, db_url=db_url, fixture_path=fixture_path,
-        catch_up=catch_up, limit=limit, step=step, agents=agents, export_path=export_path,
-        as_mermaid=as_mermaid, as_json=as_json, progress=progress))
+        execution_id=execution_id, db_url=db_url, fixture_path=fixture_path, limit=limit,
+        step=step, agents=agents, export_path=export_path, as_mermaid=as_mermaid,
+        as_json=as_json, progress=progress))
     if status:
         sys.exit(status)
 
@@ -139,16 +139,15 @@ def _guarded(action: Callable[[], int | None]) -> int | None:
     """Store and fixture problems: one line on stderr and exit status 2, not a traceback."""
     try:
         return action()
-    except (StoreUnavailable, SchemaTooNew, FixtureError) as problem:
+    except (StoreError, FixtureError) as problem:
         raise ReplayError(str(problem)) from None
 
 
 def _replay(*, execution_id: str | None, db_url: str | None, fixture_path: Path | None,
-            catch_up: bool, limit: Any, step: bool, agents: bool, export_path: Path | None,
+            limit: Any, step: bool, agents: bool, export_path: Path | None,
             as_mermaid: bool, as_json: bool, progress: bool | None) -> int:
     compares = not (step or limit is not None or agents or as_mermaid)  # reads stored tables
-    with _opened(execution_id, db_url, fixture_path, catch_up and compares,
-                 progress) as opened:
+    with _opened(execution_id, db_url, fixture_path, compares, progress) as opened:
         if step:
             return _step(opened, limit or timeline.Limit(), as_json)
         if limit is not None:
@@ -168,6 +167,7 @@ def _replay(*, execution_id: str | None, db_url: str | None, fixture_path: Path 
         with _bar("rebuild", bar_length) as bar:
             scope = Scope(opened.execution_id)
             comparison = rebuild.compare(opened.view, scope, opened.stops, opened.stored, bar)
+        comparison.lag = opened.lag
         _emit(render.comparison_json(comparison, opened.label), as_json,
               lambda _value: render.comparison_lines(comparison, opened.label))
         return 0 if comparison.identical else EXIT_DIFFERENT
@@ -178,7 +178,7 @@ def _replay(*, execution_id: str | None, db_url: str | None, fixture_path: Path 
 
 @contextmanager
 def _opened(execution_id: str | None, db_url: str | None, fixture_path: Path | None,
-            catch_up: bool, progress: bool | None) -> Iterator[Opened]:
+            reads_tables: bool, progress: bool | None) -> Iterator[Opened]:
     if fixture_path is not None:
         loaded = fixture.load(fixture_path)
         if execution_id is not None and execution_id != loaded.execution_id:
@@ -190,20 +190,14 @@ def _opened(execution_id: str | None, db_url: str | None, fixture_path: Path | N
         label = f"fixture {loaded.path.name}"
         execution_id = loaded.execution_id
 
-        def stored(_scope: Scope) -> Mapping[str, Sequence[Row]]:
+        def stored(scope: Scope) -> Mapping[str, Sequence[Row]]:  # the same for any scope
             return expected
     else:
         if execution_id is None:
             raise click.UsageError("give an EXECUTION_ID (or --fixture PATH)")
-        store = EventStore(db_url)
+        store = EventStore(db_url, read_only=True)  # never migrated, never written
         loaded, label = None, "store"
     try:
-        if loaded is None:
-            projector = Projector(store)
-            if catch_up:
-                lag = max((row["lag"] for row in projector.status()), default=0)
-                with _bar("catch-up", lag if _show_progress(progress, lag) else 0) as bar:
-                    projector.catch_up(bar)
         with store.snapshot() as view:  # one moment of the store for the whole replay
             # counting is an index scan: only when a progress bar may want the length
             events = view.event_count(execution_id) if progress is not False else int(
@@ -211,19 +205,24 @@ def _opened(execution_id: str | None, db_url: str | None, fixture_path: Path | N
             if not events:
                 raise ReplayError(f"no events of execution {execution_id} in the "
                                   f"{'fixture' if loaded else 'store'}")
+            lag = 0
             if loaded is None:
-                stops = _checkpoints(view.connection)
+                stops = {}
+                if reads_tables:  # as of their checkpoints, however far the log has gone
+                    check_current(store.engine, SCRIPTS, VERSION_TABLE, "projection tables")
+                    stops = _checkpoints(view.connection)
+                    lag = view.count_after(min(stops.values()))
 
                 def stored(scope: Scope) -> Mapping[str, Sequence[Row]]:
                     return rebuild.read_stored(view.connection, scope)
-            yield Opened(store, view, execution_id, label, stops, events, loaded, stored)
+            yield Opened(store, view, execution_id, label, stops, events, loaded, stored, lag)
     finally:
         store.close()
 
 
 def _checkpoints(conn: sa.Connection) -> dict[str, int]:
-    stored = dict(conn.execute(sa.select(projection_checkpoints.c.name,
-                                         projection_checkpoints.c.position)).all())
+    stored: dict[str, int] = dict(conn.execute(sa.select(
+        projection_checkpoints.c.name, projection_checkpoints.c.position)).all())
     return {name: int(stored.get(name, 0)) for name in NAMES}
 
 

@@ -214,6 +214,7 @@ class Comparison:
     covered: dict[str, int]  # projection -> the log position its stored tables cover
     tables: list[TableDiff]
     foreign_executions: list[str] = field(default_factory=list)
+    lag: int = 0  # events in the log after the lowest covered position
 
     @property
     def identical(self) -> bool:

@@ -48,8 +48,18 @@ def comparison_json(comparison: Comparison, label: str) -> dict[str, Any]:
                         for stored, rebuilt in diff.changed]}
     return {"execution_id": comparison.execution_id, "source": label,
             "events": comparison.events, "covered": comparison.covered,
+            "lag": comparison.lag, "notice": lag_notice(comparison.lag),
             "shared_runs_with": comparison.foreign_executions,
             "identical": comparison.identical, "tables": tables}
+
+
+def lag_notice(lag: int) -> str | None:
+    """What to say when the stored tables lag the log (None when they do not)."""
+    if not lag:
+        return None
+    return (f"the stored projections lag the log by {lag} event{'s' if lag != 1 else ''} "
+            f"(compared as of their checkpoint): run `swf projections catch-up` to bring them "
+            f"up to date")
 
 
 def comparison_lines(comparison: Comparison, label: str) -> Iterator[str]:
@@ -58,6 +68,9 @@ def comparison_lines(comparison: Comparison, label: str) -> Iterator[str]:
         f"{name} {mark}" for name, mark in comparison.covered.items())
     yield (f"{comparison.execution_id} ({label}): {comparison.events} events folded; "
            f"stored projections at {at}")
+    notice = lag_notice(comparison.lag)
+    if notice is not None:
+        yield notice
     if comparison.foreign_executions:
         yield ("its runs also have events of " + ", ".join(comparison.foreign_executions)
                + " (folded in too)")

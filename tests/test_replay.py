@@ -19,6 +19,7 @@ from projections.fold import Fold
 from projections.projector import Projector
 from replay import fixture
 from replay.cli import main
+from swf.cli import main as swf_main
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -41,6 +42,13 @@ def loaded(url: str, path: Path = DEFAULT) -> EventStore:
     store = fixture.into_store(url, fixture.load(path))
     Projector(store).catch_up()
     return store
+
+
+def projections_catch_up(url: str) -> None:
+    """`swf projections catch-up`: swf-replay itself never writes to the store."""
+    result = CliRunner().invoke(swf_main, ["projections", "catch-up", "--db", url],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
 
 
 def events_of(path: Path) -> list[dict[str, Any]]:
@@ -187,7 +195,8 @@ def test_an_extra_stored_row_is_drift_too(sqlite_url) -> None:
 
 
 def test_lagging_tables_are_not_drift(sqlite_url) -> None:
-    """--catch-up (default) brings them up; --no-catch-up compares at their checkpoint."""
+    """The tables are compared at their checkpoint, and the lag is reported; `swf projections
+    catch-up` brings them up."""
     with loaded(sqlite_url, PAUSE) as store:
         late = {"msg_type": "agent_heartbeat", "msg_id": "late-beat", "namespace": "torre2",
                 "execution_id": "fast_processing-swf-0001", "run_id": 100001,
@@ -195,11 +204,62 @@ def test_lagging_tables_are_not_drift(sqlite_url) -> None:
                 "agent_type": "fastmon", "status": "OK", "operational_state": "EXITED"}
         store.append([Incoming.of(late)])
         head = store.head()
-    stale = replay("fast_processing-swf-0001", "--db", sqlite_url, "--no-catch-up")
+    stale = replay("fast_processing-swf-0001", "--db", sqlite_url)
     assert stale.exit_code == 0 and stale.stdout.splitlines()[-1] == "identical"
     assert f"at position {head - 1}" in stale.stdout.splitlines()[0]
+    assert stale.stdout.splitlines()[1] == (
+        "the stored projections lag the log by 1 event (compared as of their checkpoint): "
+        "run `swf projections catch-up` to bring them up to date")
+    report = as_json(replay("fast_processing-swf-0001", "--db", sqlite_url, "--json"))
+    assert report["identical"] and report["lag"] == 1
+    assert "swf projections catch-up" in report["notice"]
+    projections_catch_up(sqlite_url)
     fresh = replay("fast_processing-swf-0001", "--db", sqlite_url)
     assert fresh.exit_code == 0 and f"at position {head}" in fresh.stdout.splitlines()[0]
+    assert "lag" not in fresh.stdout
+    report = as_json(replay("fast_processing-swf-0001", "--db", sqlite_url, "--json"))
+    assert report["lag"] == 0 and report["notice"] is None
+
+
+def test_replay_opens_the_store_read_only(sqlite_url, tmp_path) -> None:
+    """No migration, no write: the database file is byte-identical afterwards, even while the
+    tables lag the log and a writer keeps WAL frames uncheckpointed."""
+    path = Path(str(sa.make_url(sqlite_url).database))
+    wal = path.with_name(path.name + "-wal")
+    with loaded(sqlite_url, PAUSE) as store:  # open: its connection keeps the WAL as it is
+        store.append([Incoming.of({"msg_type": "agent_heartbeat", "msg_id": "late-beat",
+                                   "namespace": "torre2", "sender": "fastmon-agent-swf",
+                                   "timestamp": "2026-01-01T00:09:00.000000Z",
+                                   "agent_type": "fastmon", "status": "OK"})])
+        database, log = path.read_bytes(), wal.read_bytes()
+        assert log  # frames not yet in the database file: a checkpoint would change it
+        for args in ((), ("--json",), ("--agents",), ("--step",), ("--until", "50"),
+                     ("--mermaid",), ("--export", tmp_path / "out" / "copy.jsonl")):
+            result = replay("fast_processing-swf-0001", "--db", sqlite_url, *args)
+            assert result.exit_code == 0, result.output
+            assert (path.read_bytes(), wal.read_bytes()) == (database, log), args
+        assert "lag the log by 1 event" in replay("fast_processing-swf-0001", "--db",
+                                                  sqlite_url).stdout
+    store.close()  # the last connection: now the WAL is checkpointed into the file
+    database = path.read_bytes()
+    assert not wal.exists() or not wal.read_bytes()
+    assert replay("fast_processing-swf-0001", "--db", sqlite_url).exit_code == 0
+    assert path.read_bytes() == database
+
+
+def test_a_store_without_projection_tables_is_an_error_not_a_migration(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'bare.db'}"
+    with EventStore(url) as store:
+        store.restore(fixture.load(PAUSE).rows)
+    before = (tmp_path / "bare.db").read_bytes()
+    result = replay("fast_processing-swf-0001", "--db", url)
+    assert result.exit_code == 2
+    assert "no projection tables in" in result.output and "swf db upgrade" in result.output
+    assert (tmp_path / "bare.db").read_bytes() == before
+    assert replay("fast_processing-swf-0001", "--db", url, "--agents").exit_code == 0
+    missing = replay("fast_processing-swf-0001", "--db", f"sqlite:///{tmp_path / 'none.db'}")
+    assert missing.exit_code == 2 and "no database file" in missing.output
+    assert not (tmp_path / "none.db").exists()
 
 
 def test_unknown_execution_is_an_error(sqlite_url) -> None:
@@ -367,6 +427,7 @@ def _runs(store: EventStore, tmp_path: Path, count: int) -> list[str]:
 def test_executions_sharing_agent_names_replay_each_on_its_own(sqlite_url, tmp_path) -> None:
     with EventStore(sqlite_url) as store:
         first, second = _runs(store, tmp_path, 2)
+    projections_catch_up(sqlite_url)
     for execution in (first, second):
         result = replay(execution, "--db", sqlite_url)
         assert result.exit_code == 0 and result.stdout.splitlines()[-1] == "identical", (
@@ -407,6 +468,7 @@ def test_a_run_number_retried_by_a_later_execution(sqlite_url, tmp_path) -> None
             send("end_run", 2, 3, total_stf_files=1)
             runtime.run()
             executions.append(execution)
+    projections_catch_up(sqlite_url)
     for execution in executions:
         result = replay(execution, "--db", sqlite_url, "--json")
         report = as_json(result)
