@@ -22,8 +22,7 @@ from typing import Any
 import orjson
 
 from eventstore.catalog import examine, needs_normalization
-from eventstore.reads import Reads
-from eventstore.store import FoldRow
+from eventstore.reads import FoldRow, Reads
 
 from .fold import Fold, Item
 
