@@ -59,7 +59,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from .engine import create_engine
+from .engine import DEFAULT_URL, create_engine
 from .envelope import Event, Incoming, utc_now
 from .errors import ReadOnlyStore
 from .identity import RunExecutions, as_stored
@@ -84,8 +84,8 @@ READ_CHUNK = 5000
 _RUN_CACHE_MAX = 100_000
 _EMPTY_HEADERS = b"{}"
 
-__all__ = ["STORED_COLUMNS", "AllocationFacts", "AppendResult", "EventStore", "FoldRow", "Limit",
-           "Rejection", "Snapshot", "StepRow"]
+__all__ = ["DEFAULT_URL", "STORED_COLUMNS", "AllocationFacts", "AppendResult", "EventStore",
+           "FoldRow", "Limit", "Rejection", "Snapshot", "StepRow"]
 
 
 @dataclass(slots=True)
