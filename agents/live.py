@@ -368,8 +368,7 @@ class LiveHost:
         if not self.agent.accepts(event):
             # Invalid or of another namespace: it changes nothing here, so a restart does not
             # need it from the store, and holding it back would only block the subscription.
-            self.transport.ack(delivery)
-            self.stats.acked += 1
+            self.stats.acked += self.transport.ack(delivery)
             return
         self._awaiting.append((event.event_id, delivery, time.monotonic()))
         if event.event_id in self._seen:
@@ -529,8 +528,7 @@ class LiveHost:
         for item in self._awaiting:
             if item[0] in stored or now - item[2] > self.record_wait:
                 overdue += item[0] not in stored
-                self.transport.ack(item[1])
-                self.stats.acked += 1
+                self.stats.acked += self.transport.ack(item[1])
             else:
                 waiting.append(item)
         self._awaiting = waiting

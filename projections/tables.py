@@ -14,9 +14,9 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
-# SQLite: tables clustered on their primary key (no separate rowid b-tree plus key index); a
-# rebuild's inserts, in key order, then touch one b-tree instead of two.
-CLUSTERED = {"sqlite_with_rowid": False}
+# Tables are created WITHOUT ROWID on SQLite (``sqlite_with_rowid=False``): clustered on their
+# primary key (no separate rowid b-tree plus key index); a rebuild's inserts, in key order, then
+# touch one b-tree instead of two.
 
 TIME = sa.String(32)
 NAME = sa.String(300)
@@ -45,7 +45,7 @@ executions = sa.Table(
     sa.Column("slices_completed", sa.Integer(), nullable=False),
     sa.Column("slices_failed", sa.Integer(), nullable=False),
     sa.Column("updated_at", TIME),
-    **CLUSTERED,
+    sqlite_with_rowid=False,
 )
 
 run_state = sa.Table(
@@ -72,7 +72,7 @@ run_state = sa.Table(
     sa.Column("created_at", TIME),
     sa.Column("updated_at", TIME),
     sa.Index("ix_run_state_execution", "execution_id"),
-    **CLUSTERED,
+    sqlite_with_rowid=False,
 )
 
 stf_files = sa.Table(
@@ -88,7 +88,7 @@ stf_files = sa.Table(
     sa.Column("ready_at", TIME),  # first stf_ready
     sa.Column("created_at", TIME),
     sa.Column("updated_at", TIME),
-    **CLUSTERED,
+    sqlite_with_rowid=False,
 )
 
 tf_samples = sa.Table(
@@ -102,7 +102,7 @@ tf_samples = sa.Table(
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("created_at", TIME),
     sa.Column("updated_at", TIME),
-    **CLUSTERED,
+    sqlite_with_rowid=False,
 )
 
 
@@ -126,12 +126,13 @@ tf_slices = sa.Table(
     sa.Column("end", sa.BigInteger()),
     sa.Column("tf_count", sa.Integer()),
     sa.Column("final", sa.Boolean(), nullable=False),  # failed for good (retries exhausted)
-    **CLUSTERED,
+    sqlite_with_rowid=False,
 )
 
 # slice_results for a slice no `slice` message announced (yet): kept, reported, and folded into
 # the slice the moment it appears.
-unmatched_results = sa.Table("unmatched_results", metadata, *_slice_columns(), **CLUSTERED)
+unmatched_results = sa.Table("unmatched_results", metadata, *_slice_columns(),
+                             sqlite_with_rowid=False)
 
 datasets = sa.Table(
     "datasets", metadata,
@@ -148,7 +149,7 @@ datasets = sa.Table(
     sa.Column("closed_at", TIME),
     sa.Column("created_at", TIME),
     sa.Column("updated_at", TIME),
-    **CLUSTERED,
+    sqlite_with_rowid=False,
 )
 
 dataset_files = sa.Table(
@@ -160,7 +161,7 @@ dataset_files = sa.Table(
     sa.Column("size_bytes", sa.BigInteger()),
     sa.Column("checksum", sa.String(100)),
     sa.Column("attached_at", TIME),
-    **CLUSTERED,
+    sqlite_with_rowid=False,
 )
 
 panda_tasks = sa.Table(
@@ -175,7 +176,7 @@ panda_tasks = sa.Table(
     sa.Column("error", sa.Text()),
     sa.Column("submitted_at", TIME),
     sa.Column("updated_at", TIME),
-    **CLUSTERED,
+    sqlite_with_rowid=False,
 )
 
 agents = sa.Table(
@@ -189,7 +190,7 @@ agents = sa.Table(
     sa.Column("hostname", NAME),
     sa.Column("first_seen", TIME),
     sa.Column("last_heartbeat", TIME),
-    **CLUSTERED,
+    sqlite_with_rowid=False,
 )
 
 logs = sa.Table(
@@ -210,7 +211,7 @@ projection_checkpoints = sa.Table(
     "projection_checkpoints", metadata,
     sa.Column("name", sa.String(50), primary_key=True),
     sa.Column("position", sa.BigInteger(), nullable=False),
-    **CLUSTERED,
+    sqlite_with_rowid=False,
 )
 
 # Projection name -> the tables it owns, in write order. Checkpoints are kept per name.

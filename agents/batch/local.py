@@ -139,7 +139,8 @@ class LocalExecutor(Adapter):
     def _run(self, task_id: int, params: Mapping[str, Any]) -> tuple[str, str | None, int | None]:
         directory = self.task_dir(task_id)
         directory.mkdir(parents=True, exist_ok=True)
-        metadata = params.get("metadata") if isinstance(params.get("metadata"), dict) else {}
+        found = params.get("metadata")
+        metadata: Mapping[str, Any] = found if isinstance(found, dict) else {}
         payload = params.get("exec", params.get("payload")) or BUILTIN
         if not isinstance(payload, str):
             return FAILED, f"payload must be a shell command string, got {payload!r}", None

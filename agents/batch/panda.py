@@ -332,7 +332,8 @@ def _task_parameters(prun: Any, params: Mapping[str, Any]) -> dict[str, Any]:
 def _exec_line(params: Mapping[str, Any]) -> str:
     """The payload with the run metadata exported as ``SWF_*`` variables, as the local executor
     runs it (prun URL-encodes the line; the worker decodes and runs it in a shell)."""
-    metadata = params.get("metadata") if isinstance(params.get("metadata"), Mapping) else {}
+    found = params.get("metadata")
+    metadata: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     payload = params.get("exec", params.get("payload"))
     if not payload or payload == "builtin":
         payload = BUILTIN_EXEC

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +273,7 @@ class LocalCatalog(Adapter):
             (scope, name)).fetchone()
         return int(count), int(size)
 
-    def _add_replicas(self, rse: str, scope: Any, files: list[Mapping[str, Any]]) -> None:
+    def _add_replicas(self, rse: str, scope: Any, files: Sequence[Mapping[str, Any]]) -> None:
         problem = scope_problem(scope)
         if problem:
             raise DdmError("InvalidObject", problem)

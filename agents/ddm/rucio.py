@@ -249,7 +249,7 @@ class RucioCatalog(Adapter):
                      ) -> dict[str, Any]:
         from rucio.common.exception import DataIdentifierAlreadyExists
 
-        scope, name = params.get("scope"), params.get("name", params.get("dataset"))
+        scope, name = _did_of(params, named=True)
         metadata = dict(params.get("metadata") or {})
         try:
             client.add_dataset(scope, name, meta=metadata or None)
@@ -267,7 +267,7 @@ class RucioCatalog(Adapter):
 
     def _attach(self, client: Any, params: Mapping[str, Any], state: _Attempts
                 ) -> dict[str, Any]:
-        scope, dataset = params.get("scope"), params.get("dataset")
+        scope, dataset = _did_of(params, named=False)
         rse = params.get("rse") or self.settings.rse
         replicas = _unique(_replica(file) for file in params["files"])
         if params.get("ignore_duplicate") and state.before is None:
@@ -295,7 +295,7 @@ class RucioCatalog(Adapter):
 
     def _close(self, client: Any, params: Mapping[str, Any], state: _Attempts
                ) -> dict[str, Any]:
-        scope, dataset = params.get("scope"), params.get("dataset")
+        scope, dataset = _did_of(params, named=False)
         # A retry after a lost answer finds the dataset closed by our own first try.
         if not (state.closing and not self._dataset(client, scope, dataset).get("open")):
             state.closing = True
@@ -306,14 +306,14 @@ class RucioCatalog(Adapter):
 
     def _list_files(self, client: Any, params: Mapping[str, Any], state: _Attempts
                     ) -> dict[str, Any]:
-        scope, dataset = params.get("scope"), params.get("dataset")
+        scope, dataset = _did_of(params, named=False)
         files = self._files(client, scope, dataset)
         return {"outcome": "ok", "error": None, "files": files, "file_count": len(files),
                 "size_bytes": sum(file["bytes"] or 0 for file in files)}
 
     def _set_metadata(self, client: Any, params: Mapping[str, Any], state: _Attempts
                       ) -> dict[str, Any]:
-        scope, name = params.get("scope"), params.get("name", params.get("dataset"))
+        scope, name = _did_of(params, named=True)
         client.set_metadata(scope, name, params.get("key"), params.get("value"))
         return {"outcome": "ok", "error": None}
 
@@ -448,6 +448,12 @@ def _precheck(action: str, params: Mapping[str, Any]) -> None:
             _replica(file)
 
 
+def _did_of(params: Mapping[str, Any], *, named: bool) -> tuple[str, str]:
+    """(scope, name) of a command; ``_precheck`` has made sure both are valid strings."""
+    name = params.get("name", params.get("dataset")) if named else params.get("dataset")
+    return str(params.get("scope")), str(name)
+
+
 def _check_did(scope: Any, name: Any) -> None:
     problem = scope_problem(scope) or name_problem(name)
     if problem:
@@ -514,7 +520,7 @@ def read_client_section(path: str) -> dict[str, Any]:
 
 def _adapter_options(section: Mapping[str, Any]) -> dict[str, Any]:
     """``[ddm]`` keys of the adapter itself: rse, timeout, attempts, retry_delay, max_delay."""
-    known = {spec.name: spec.default for spec in fields(RucioSettings)}
+    known: dict[str, Any] = {spec.name: spec.default for spec in fields(RucioSettings)}
     values: dict[str, Any] = {}
     for key in ("rse", "timeout", "attempts", "retry_delay", "max_delay"):
         value = section.get(key)

@@ -14,7 +14,9 @@ The interface (``Transport``)::
                                      # transport's thread and must not block
     transport.wait_ready(timeout)    # True once connected and subscribed
     transport.send([(destination, body, headers), ...])   # returns once the broker has them all
-    transport.ack(delivery)          # after the work it caused is safe
+    transport.ack(delivery)          # after the work it caused is safe; False when the
+                                     # ack could not go out (its connection is gone: the
+                                     # broker redelivers the message)
     transport.close()
 """
 
@@ -45,7 +47,7 @@ class Transport(Protocol):
 
     def send(self, messages: Sequence[Outgoing], *, timeout: float | None = None) -> None: ...
 
-    def ack(self, delivery: Delivery) -> None: ...
+    def ack(self, delivery: Delivery) -> bool: ...
 
     def close(self) -> None: ...
 

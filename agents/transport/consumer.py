@@ -303,12 +303,12 @@ class StompConsumer:
                         del out[:sock.send(out)]
                         wrote = now
                 if mask & selectors.EVENT_READ or _tls_pending(sock):
-                    data = _receive(sock)
-                    if data == b"":
+                    received = _receive(sock)
+                    if received == b"":
                         raise ConnectionError("connection closed by the broker")
-                    if data:
+                    if received:
                         heard = now
-                        buf = buf + data if buf else data
+                        buf = buf + received if buf else received
                 elif silence is not None and now - heard > silence:
                     raise ConnectionError("no heart-beat from the broker")
             _goodbye(sock, bytes(out))

@@ -82,12 +82,14 @@ class MemoryBroker:
             self._consumers.setdefault(destination, []).append(sub)
             return sub
         key = (client.client_id or "", durable_name) if durable_name else None
-        sub = self._durable.get(key) if key else None
-        if sub is None:
+        found = self._durable.get(key) if key else None
+        if found is None:
             sub = _Sub(destination, key)
             self._topics.setdefault(destination, []).append(sub)
             if key:
                 self._durable[key] = sub
+        else:
+            sub = found
         sub.client = client
         return sub
 

@@ -54,12 +54,11 @@ def projections_rebuild(db_url: str | None, names: tuple[str, ...], as_json: boo
         with _progress("rebuilding", store.head()) as progress:
             folded = projector.rebuild(names or None, progress=progress)
         elapsed = time.perf_counter() - began
-    result = {"projections": list(names or NAMES), "events": folded,
-              "seconds": round(elapsed, 3)}
+    rebuilt = list(names or NAMES)
     if as_json:
-        echo_json(result)
+        echo_json({"projections": rebuilt, "events": folded, "seconds": round(elapsed, 3)})
     else:
-        click.echo(f"rebuilt {', '.join(result['projections'])} from {folded} events "
+        click.echo(f"rebuilt {', '.join(rebuilt)} from {folded} events "
                    f"in {elapsed:.2f} s ({folded / max(elapsed, 1e-9):,.0f} events/s)")
 
 
