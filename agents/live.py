@@ -581,7 +581,7 @@ class LiveHost:
 
     def _event_of(self, destination: str, headers: dict[str, str], body: bytes) -> Event:
         """A received message as the store will hold it (same event_id), without a position."""
-        verdict = examine(body, destination)
+        verdict = examine(body, destination, headers=headers)
         event_id = verdict.msg_id or event_id_for(None, headers, destination, body)
         if len(event_id) > _EVENT_ID_LIMIT:  # as the store does
             event_id = f"long:{hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()}"

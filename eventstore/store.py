@@ -2,7 +2,8 @@
 
 Public API (other packages rely on exactly this):
 
-    store = EventStore(url=None, *, namespace=None)   # url None -> $SWF_DB or sqlite:///swf.db;
+    store = EventStore(url=None, *, namespace=None, sender_zone=None)
+                                                     # url None -> $SWF_DB or sqlite:///swf.db;
                                                      # schema upgraded automatically on open
     store.engine                                    # the SQLAlchemy Engine (projections share it)
     result = store.append(iterable_of_Incoming)     # one transaction; returns AppendResult
@@ -28,6 +29,9 @@ Details:
 - An event whose message lacks ``execution_id`` but has a ``run_id`` gets the execution of the
   latest earlier event of the same run and namespace (in the batch, else in the store); ``data``
   carries it too.
+- Naive local sender times are read in ``sender_zone`` at append (and checked against the
+  broker's ``timestamp`` header); ``sent_at`` keeps the result, and ``data["timestamp"]`` is
+  always ``sent_at``, so reading never depends on the zone configured now.
 - ``read`` re-examines each accepted body through the catalog (read-time normalization); should
   today's catalog reject a body accepted earlier, the event comes back with ``data`` None and
   that reason. ``read_raw`` takes the same arguments and skips the catalog (``data`` None).
@@ -45,14 +49,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
 
-from .catalog import Verdict, complete, examine, needs_normalization
+from .catalog import Verdict, complete, examine, needs_normalization, resolve_zone
 from .envelope import Event, Incoming, event_id_for, format_time, parse_time, utc_now
 from .errors import StoreUnavailable
 from .migrate import lock_key, upgrade_store
@@ -184,8 +188,11 @@ def _use_wal(cursor: Any) -> None:
 class EventStore:
     """An append-only event log in SQLite or PostgreSQL. Thread-safe; see the module docstring."""
 
-    def __init__(self, url: str | None = None, *, namespace: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, namespace: str | None = None,
+                 sender_zone: str | tzinfo | None = None) -> None:
         self.namespace = namespace
+        # Naive local sender times are read in this zone (an IANA name; default UTC), at append.
+        self.sender_zone = resolve_zone(sender_zone)
         self.engine = create_engine(url)
         self.backend = self.engine.dialect.name
         try:
@@ -269,7 +276,7 @@ class EventStore:
         (position 0), its encoded headers, and False when its execution_id is still to be
         looked up in the store (no earlier event of its run in the batch carried one)."""
         recorded_at = utc_now()  # one store-clock reading per batch: it commits as one
-        expected_namespace = self.namespace
+        expected_namespace, zone = self.namespace, self.sender_zone
         seen: set[str] = set()
         batch_runs: dict[tuple[str | None, int], str] = {}
         # Locals: this loop runs per event and global lookups show in profiles.
@@ -281,7 +288,7 @@ class EventStore:
                 body = bytes(body)
             destination = message.destination
             headers = message.headers
-            verdict = _examine(body, destination, expected_namespace)
+            verdict = _examine(body, destination, expected_namespace, headers, zone)
             run_id = verdict.run_id
             # Rarely true; ordered cheapest first (a one-byte search is a memchr).
             if (len(body) > limit or (b"\\" in body and b"\\u0000" in body)
@@ -655,20 +662,23 @@ def _decode(rows: list[Any], normalize: bool) -> Iterator[Event]:
         (position, event_id, recorded_at, destination, headers, body, msg_type, namespace,
          execution_id, run_id, sender, sent_at, schema_version, reason) = row
         body = bytes(body)  # PostgreSQL may hand back a memoryview
+        headers = {} if headers == _EMPTY_HEADERS else loads(headers)
         data = None
         if normalize and reason is None:
             data = loads(body)
             if needs_normalization(data, schema_version):
-                verdict = examine(body, destination)
+                verdict = examine(body, destination, headers=headers)
                 data = verdict.data
                 if data is None:
                     reason = verdict.reason  # today's catalog rejects what was accepted then
             else:
                 complete(data)
-            if data is not None and execution_id is not None and data["execution_id"] is None:
-                data["execution_id"] = execution_id
-        yield Event(position, event_id, recorded_at, destination,
-                    {} if headers == _EMPTY_HEADERS else loads(headers), body, msg_type,
+            if data is not None:
+                if execution_id is not None and data["execution_id"] is None:
+                    data["execution_id"] = execution_id
+                if data["timestamp"] != sent_at:  # resolved at append (sender zone, broker)
+                    data["timestamp"] = sent_at
+        yield Event(position, event_id, recorded_at, destination, headers, body, msg_type,
                     namespace, execution_id, run_id, sender, sent_at, schema_version, reason,
                     data)
 

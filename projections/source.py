@@ -49,9 +49,9 @@ def fetch(conn: sa.Connection, after: int, until: int, limit: int) -> tuple[list
 
 def _examined(conn: sa.Connection, position: int, body: bytes
               ) -> tuple[str, str, str | None, dict[str, Any]] | None:
-    destination = conn.execute(sa.select(events.c.destination)
-                               .where(events.c.position == position)).scalar_one()
-    verdict = examine(body, destination)
+    destination, headers = conn.execute(sa.select(events.c.destination, events.c.headers)
+                                        .where(events.c.position == position)).one()
+    verdict = examine(body, destination, headers=orjson.loads(headers) if headers else None)
     if verdict.data is None or verdict.msg_type is None:
         return None  # today's catalog rejects what was accepted then: skip it
     return verdict.msg_type, verdict.namespace or "", verdict.sender, verdict.data
@@ -87,9 +87,8 @@ def fold_rows(fold: Fold, conn: sa.Connection, rows: list[Row]) -> int:
     count = 0
     for position, msg_type, ns, execution_id, run, sender, time, data in _decoded(conn, rows):
         handler = handlers.get(msg_type)
-        if handler is not None:
-            if run is not None:
-                handler(ns, execution_id, run, time, data)
+        if handler is not None and run is not None:
+            handler(ns, execution_id, run, time, data)
         else:
             fold.runless(position, msg_type, ns, execution_id, run, sender, time, data)
         count += 1

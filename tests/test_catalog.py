@@ -135,10 +135,14 @@ def test_upstream_slice_result_in_content_object(state: str, status: str) -> Non
     {"namespace": ""}, {"created_at": "2026-01-01T00:00:00.000000Z"},
 ])
 def test_every_upstream_variant_needs_normalization(variant: dict) -> None:
-    canonical = {"msg_type": "stf_ready", "run_id": 5, "filename": "a.stf",
-                 "checksum": "0000000f", "timestamp": "2026-01-01T00:00:00.000000Z"}
+    canonical = {"msg_type": "stf_ready", "run_id": 5, "filename": "a.stf", "namespace": "ns",
+                 "sender": "data", "checksum": "0000000f",
+                 "timestamp": "2026-01-01T00:00:00.000000Z"}
     assert not needs_normalization(canonical, SCHEMA_VERSION)
     assert needs_normalization({**canonical, **variant}, SCHEMA_VERSION)
+    for header_filled in ("namespace", "sender", "run_id"):  # STOMP headers may fill them
+        assert needs_normalization({key: value for key, value in canonical.items()
+                                    if key != header_filled}, SCHEMA_VERSION)
     assert needs_normalization(canonical, SCHEMA_VERSION - 1)  # older shapes are upcast
 
 
@@ -151,7 +155,7 @@ def test_unknown_fields_pass_through() -> None:
 run_ids = st.one_of(st.integers(0, 10**9), st.integers(0, 10**9).map(str))
 checksums = st.one_of(st.none(), st.just(""),
                       st.integers(0, 2**32 - 1).map(lambda n: f"{n:x}"),
-                      st.integers(0, 2**32 - 1).map(lambda n: f"ad:{n:08X}"))
+                      st.integers(0, 2**32 - 1).map(lambda n: f"ad:{n}"))  # the DAQ's decimal
 
 
 @given(run_id=run_ids, checksum=checksums, size=st.one_of(st.none(), st.integers(0, 2**40)),
@@ -165,7 +169,9 @@ def test_stf_ready_variants_normalize_to_one_shape(run_id, checksum, size, size_
         assert data["checksum"] is None
     else:
         assert len(data["checksum"]) == 8
-        assert int(data["checksum"], 16) == int(checksum.removeprefix("ad:"), 16)
+        value = (int(checksum[3:]) if checksum.startswith("ad:")  # decimal, as the DAQ writes
+                 else int(checksum, 16))
+        assert int(data["checksum"], 16) == value
 
 
 @given(st.binary(max_size=200))
