@@ -129,13 +129,15 @@ def export_rows(conn: sa.Connection, execution_id: str, until: int,
 
 
 def export(conn: sa.Connection, execution_id: str, stops: Mapping[str, int],
-           stored: Callable[[Scope], Mapping[str, Sequence[Row]]], scenario: str | None
-           ) -> tuple[list[Row], dict[str, Any], Comparison]:
-    """The execution as a fixture: (its events as stored, the expected-file object with the
-    stored projection rows, the comparison of those with a rebuild from the log)."""
+           stored: Callable[[Scope], Mapping[str, Sequence[Row]]], scenario: str | None,
+           also: Iterable[int] = ()) -> tuple[list[Row], dict[str, Any], Comparison]:
+    """The execution as a fixture: (its events as stored, plus those at positions ``also``,
+    the expected-file object with the stored projection rows, the comparison of those with a
+    rebuild from the log)."""
     scope = Scope(execution_id)
     comparison = rebuild.compare(conn, scope, stops, stored)
-    rows = export_rows(conn, execution_id, max(stops.values()), scope.extra_positions)
+    rows = export_rows(conn, execution_id, max(stops.values()),
+                       [*scope.extra_positions, *also])
     expected = expected_object(execution_id, rows, stored(scope), scenario)
     return rows, expected, comparison
 

@@ -144,6 +144,20 @@ def foreign_heartbeats(conn: sa.Connection, scope: Scope, limit: Limit) -> list[
     return rows
 
 
+def namespace_stops(conn: sa.Connection, namespaces: set[str], limit: Limit) -> list[Row]:
+    """stop_workflow messages of these namespaces that name no execution."""
+    if not namespaces:
+        return []
+    m = mark(conn)
+    extra, params = where_clause(conn, limit)
+    names = sorted(namespaces)
+    return list(conn.exec_driver_sql(
+        f"SELECT {_FAST} FROM events WHERE msg_type = 'stop_workflow' "
+        f"AND execution_id IS NULL AND coalesce(namespace, '') IN "
+        f"({', '.join([m] * len(names))}){extra} ORDER BY position",
+        (*names, *params)).cursor.fetchall())
+
+
 def foreign_run_events(conn: sa.Connection, scope: Scope, limit: Limit) -> list[Row]:
     """Events of the execution's runs that belong to another execution or to none.
 
@@ -224,15 +238,17 @@ def _stored_events(rows: list[Any]) -> Iterator[Event]:
     for (position, event_id, recorded_at, destination, headers, body, namespace, execution,
          run_id, msg_type, sender, sent_at, version, reason) in rows:
         body = bytes(body)
+        headers = loads(bytes(headers)) if headers else {}
         data = None
         if reason is None:
-            verdict = examine(body, destination)
+            verdict = examine(body, destination, headers=headers)
             data, reason = verdict.data, verdict.reason
-            if data is not None and data["execution_id"] is None and execution is not None:
-                data["execution_id"] = execution  # resolved by the store from the run
-        yield Event(position, event_id, recorded_at, destination,
-                    loads(bytes(headers)) if headers else {}, body, msg_type, namespace,
-                    execution, run_id, sender, sent_at, version, reason, data)
+            if data is not None:
+                if data["execution_id"] is None and execution is not None:
+                    data["execution_id"] = execution  # resolved by the store from the run
+                data["timestamp"] = sent_at  # resolved at append (sender zone, broker time)
+        yield Event(position, event_id, recorded_at, destination, headers, body, msg_type,
+                    namespace, execution, run_id, sender, sent_at, version, reason, data)
 
 
 def _position(row: Any) -> int:
