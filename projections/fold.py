@@ -32,6 +32,7 @@ from eventstore.envelope import Event
 from .records import (
     ATTEMPT,
     RANK,
+    TASK_STATES,
     AgentRec,
     DatasetRec,
     ExecRec,
@@ -41,7 +42,6 @@ from .records import (
     RunRec,
     SampleRec,
     SliceRec,
-    TASK_STATES,
     StfRec,
     TaskRec,
     WorkflowTaskRec,
@@ -346,9 +346,10 @@ class Fold:
     def _stf_ready(self, ns: str, execution_id: str | None, number: int, time: str,
                    data: dict[str, Any]) -> None:
         run = self._run(ns, number, execution_id, time)
-        if data["filename"] is None:
+        filename = data.get("filename")  # optional: a canonical body may lack the key
+        if filename is None:
             return  # upstream's per-run "data ready": a fact about the run only
-        stf = self._stf(run, data["filename"], time)
+        stf = self._stf(run, filename, time)
         if stf.ready_at is None or time < stf.ready_at:
             stf.ready_at = time
         for name in ("sequence", "file_url", "checksum", "size_bytes"):
@@ -423,10 +424,11 @@ class Fold:
         if (run is None or run.run != number or run.ns != ns
                 or (execution_id is not None and run.execution_id is None)):
             run = self._run(ns, number, execution_id, time)
-        if data["slice_id"] is None:  # a failure without the slice's identity
+        slice_id = data.get("slice_id")  # optional: a canonical body may lack the key
+        if slice_id is None:  # a failure without the slice's identity
             self._unmatched_failure(run, time, data)
             return
-        key = (ns, number, data.get("tf_filename") or "", data["slice_id"])
+        key = (ns, number, data.get("tf_filename") or "", slice_id)
         piece = self.slices.get(key)  # _slice_rec inlined
         if piece is None:
             piece = self.slices[key] = SliceRec(ns, number, key[2], key[3], time)

@@ -71,6 +71,15 @@ ORIGINS = {
 }
 
 
+PRODUCERS = {"runner": "runner", "prompt_runner": "runner", "stf_ready_file": "data",
+             "stf_ready_run": "data", "tf_file_registered": "fastmon",
+             "run_imminent_worker": "fast_processing", "slice": "fast_processing",
+             "end_run_copy": "fast_processing", "create_workflow_task": "transceiver",
+             "adjust_worker": "transceiver", "close_workflow_task": "transceiver",
+             "stop_transformer": "transceiver", "idds": "idds", "slice_result": "transformer",
+             "heartbeat": "transformer"}
+
+
 @dataclass(frozen=True, slots=True)
 class Wire:
     """One message as an upstream agent sends it."""
@@ -81,6 +90,12 @@ class Wire:
     sent: datetime  # aware UTC: when it leaves the sender (the broker's timestamp)
     origin: str  # ORIGINS key
     msg_type: str  # for listings (the body's, or what the body implies)
+
+    @property
+    def producer(self) -> str:
+        """Who sends it: a broker keeps one producer's messages to one destination in order,
+        and nothing else."""
+        return PRODUCERS.get(self.origin, self.origin)
 
     def triple(self) -> tuple[str, dict[str, str], bytes]:
         return self.destination, dict(self.headers), self.body
@@ -334,7 +349,8 @@ def fast_processing_run(*, run: int = 102003, sequence: int = 103, start: dateti
     execution_id = _execution_id("fast_processing", testbed.user, sequence)
     daq = _runner_messages(senders, execution_id=execution_id, run=run_id, start=start,
                            stf_count=knobs.stf_count, periods=1, timing=timing, prompt=None)
-    transformer_id = f"{ns}.ResultPublisher.{testbed.worker_host.split('.')[0]}.{senders.uuid()[:8]}"
+    host = testbed.worker_host.split(".")[0]
+    transformer_id = f"{ns}.ResultPublisher.{host}.{senders.uuid()[:8]}"  # activemq.py:353-355
     idds = {"request_id": 7001, "transform_id": 7002, "workload_id": 7003}
     end_time = start
     failures = knobs.failed_slices
@@ -705,7 +721,8 @@ def daqsim_run(*, run: int = 7, start: datetime = START, stf_count: int = 3,
         local, local_end = moment.astimezone(zone), end.astimezone(zone)
         metadata = {"run_id": run, "state": "run", "substate": "physics",
                     "filename": f"swf.{run:06d}.{number:06d}.stf",
-                    "start": local.strftime(compact + "%f"), "end": local_end.strftime(compact + "%f")}
+                    "start": local.strftime(compact + "%f"),
+                    "end": local_end.strftime(compact + "%f")}
         metadata["checksum"] = f"ad:{rng.getrandbits(32)}"
         metadata["size"] = 137
         metadata["msg_type"] = "stf_gen"
