@@ -42,7 +42,7 @@ from .envelope import format_time
 
 SCHEMA_VERSION = 1
 MAX_BODY_BYTES = 1 << 20  # larger bodies are stored but rejected unread
-MAX_DEPTH = 64  # nesting levels: deeper bodies could not even be re-encoded (orjson stops at 254)
+MAX_DEPTH = 200  # nesting levels: much deeper data could not be re-encoded (orjson stops at 254)
 
 STR, INT, BIGINT, FLOAT, DICT, LIST, BOOL, ID = ("str", "int", "bigint", "float", "dict", "list",
                                                  "bool", "id")
@@ -209,21 +209,34 @@ AGENT_COMMANDS = frozenset({"start_testbed", "stop_testbed", "restart", "status"
 
 _TYPES = {STR: (str,), INT: (int,), BIGINT: (int,), FLOAT: (int, float), DICT: (dict,),
           LIST: (list,), BOOL: (bool,), ID: (str, int)}  # exact types: bool is not an int here
+_NON_NEGATIVE = frozenset({"size_bytes", "total_stf_files", "sequence", "tf_count",
+                           "file_size_bytes", "input_size_bytes"})
+
+
+def _bounds(name: str, kind: str) -> tuple[int | None, int | None]:
+    """An integer field's bounds: its column's, and not negative for counts and sizes."""
+    if kind not in _INT_RANGE:
+        return None, None
+    low, high = _INT_RANGE[kind]
+    return (0 if name in _NON_NEGATIVE else low), high
+
+
 # Per msg_type, the field checks flattened into tuples: examine() is on every hot path.
-_CHECKS = {msg_type: tuple((name, _TYPES[spec.kind], spec.required, spec.kind, spec.fill)
-                           for name, spec in fields.items())
+_CHECKS = {msg_type: tuple((name, _TYPES[spec.kind], spec.required, spec.kind,
+                            *_bounds(name, spec.kind))
+                           for name, spec in fields.items() if spec.fill)
            for msg_type, fields in CATALOG.items()}
+# Fields only upstream senders write: checked when present (rarely), never added.
+_EXTRA_CHECKS = {msg_type: tuple((name, _TYPES[spec.kind], spec.kind,
+                                  *_bounds(name, spec.kind))
+                                 for name, spec in fields.items() if not spec.fill)
+                 for msg_type, fields in CATALOG.items()}
 _ENVELOPE_FIELDS = ("msg_type", "msg_id", "namespace", "execution_id", "run_id", "sender",
                     "timestamp")
 _FIELD_NAMES = {msg_type: (*_ENVELOPE_FIELDS, *(name for name, spec in fields.items()
                                                 if spec.fill))
                 for msg_type, fields in CATALOG.items()}
-# Keys only upstream senders write: a body with any of them is normalized by the catalog.
-# (``processed_by``/``agent_name`` only matter without a ``sender`` key, checked apart.)
-_UPSTREAM_KEYS = frozenset({"content", "size", "total_files", "created_at", "run_number", "ts"})
 _CHECKSUMMED = frozenset({"stf_ready", "file_attached", "stf_gen"})
-_NON_NEGATIVE = frozenset({"size_bytes", "total_stf_files", "sequence", "tf_count",
-                           "file_size_bytes", "input_size_bytes"})
 _CANONICAL_CHECKSUM = re.compile(r"[0-9a-f]{8}\Z")
 _HEX = re.compile(r"[0-9a-fA-F]{1,8}\Z")
 _DECIMAL = re.compile(r"[0-9]{1,10}\Z")
@@ -305,31 +318,30 @@ def needs_normalization(message: dict[str, Any], schema_version: int) -> bool:
     stored under this schema version can then skip the catalog: ``complete(message)`` gives the
     same ``data`` as ``examine`` at a fraction of the cost. Kept beside the rules it mirrors.
     """
-    if schema_version != SCHEMA_VERSION or not _UPSTREAM_KEYS.isdisjoint(message):
+    # Keys only upstream senders write.
+    if (schema_version != SCHEMA_VERSION or "content" in message or "created_at" in message
+            or "size" in message or "total_files" in message or "run_number" in message
+            or "ts" in message):
         return True
     get = message.get
-    msg_type = get("msg_type")
-    # Absent envelope keys may be filled from the headers.
-    if (msg_type not in CATALOG or "namespace" not in message or "sender" not in message
-            or "run_id" not in message):
-        return True
-    run_id = get("run_id")
+    run_id = get("run_id", "")  # absent: the headers may fill it
     if type(run_id) is not int and run_id is not None:
         return True
     stamp = get("timestamp")
     if stamp is not None and (type(stamp) is not str or not _CANONICAL_TIME.match(stamp)):
         return True
-    if "" in (get("msg_id"), get("namespace"), get("execution_id"), get("sender")):
-        return True
+    if "" in (get("msg_id"), get("namespace", ""), get("execution_id"), get("sender", "")):
+        return True  # empty, or (namespace, sender) absent: the headers may fill them
+    msg_type = get("msg_type")
     if msg_type in _CHECKSUMMED:
         checksum = get("checksum")
         return checksum is not None and not _CANONICAL_CHECKSUM.match(checksum)
-    if msg_type == "slice":
-        return get("retry") is None or "_slice_" in str(get("tf_filename"))
-    if msg_type == "slice_result":
+    if msg_type == "slice" or msg_type == "slice_result":
+        if msg_type == "slice" and get("retry") is None:
+            return True
         name = get("tf_filename")
-        return name is not None and "_slice_" in name
-    return False
+        return type(name) is str and "_slice_" in name  # a slice's own file name
+    return msg_type not in CATALOG
 
 
 def complete(message: dict[str, Any]) -> dict[str, Any]:
@@ -362,7 +374,8 @@ def _decode(body: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         kind = "array" if isinstance(message, list) else type(message).__name__
         raise Rejected(f"a JSON {kind}, not an object")
-    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _depth(message) > MAX_DEPTH:
+    if (len(body) > 2 * MAX_DEPTH and body.count(b"{") + body.count(b"[") > MAX_DEPTH
+            and _depth(message) > MAX_DEPTH):
         raise Rejected(f"nested deeper than {MAX_DEPTH} levels")
     return message
 
@@ -399,10 +412,20 @@ def _read_envelope(message: dict[str, Any], verdict: Verdict, headers: dict[str,
         verdict.msg_type = msg_type
     forwarded = (content is not None and msg_type in LIFECYCLE
                  and content.get("msg_type") == msg_type)
-    verdict.msg_id = _envelope_string(message, content, "msg_id")
-    verdict.namespace = _envelope_string(message, content, "namespace", headers)
-    verdict.execution_id = _envelope_string(message, content, "execution_id")
-    verdict.sender = _sender(message, content, headers)
+    value = get("msg_id")  # our senders' case first, without the fallbacks
+    verdict.msg_id = value if type(value) is str and value else _envelope_string(
+        message, content, "msg_id")
+    value = get("namespace")
+    verdict.namespace = value if type(value) is str and value else _envelope_string(
+        message, content, "namespace", headers)
+    value = get("execution_id")
+    verdict.execution_id = value if type(value) is str and value else _envelope_string(
+        message, content, "execution_id")
+    sender = get("sender")
+    if type(sender) is str and sender:
+        verdict.sender = sender  # our senders' case, without the fallbacks below
+    else:
+        verdict.sender = _sender(message, content, headers)
     run_id = get("run_id")
     if run_id is None:
         run_id = get("run_number")
@@ -410,8 +433,15 @@ def _read_envelope(message: dict[str, Any], verdict: Verdict, headers: dict[str,
             run_id = content.get("run_id")
         if run_id is None and headers is not None and "run_id" not in message:
             run_id = _header(headers, "run_id")
-    verdict.run_id = _run_number(run_id)
-    verdict.sent_at = _sent_at(message, content if forwarded else None, headers, zone)
+    if type(run_id) is int and _INT64_MIN <= run_id <= _INT64_MAX:
+        verdict.run_id = run_id
+    else:
+        verdict.run_id = _run_number(run_id)
+    stamp = get("timestamp")
+    if type(stamp) is str and not forwarded and _CANONICAL_TIME.match(stamp):
+        verdict.sent_at = stamp  # canonical already: no parse, and no zone can apply
+    else:
+        verdict.sent_at = _sent_at(message, content if forwarded else None, headers, zone)
     if msg_type is None:
         raise Rejected("missing msg_type")
     if type(msg_type) is not str:
@@ -601,32 +631,48 @@ def _normalize(message: dict[str, Any], content: dict[str, Any] | None, verdict:
     prepare = _PREPARE.get(msg_type)
     if prepare is not None:
         prepare(data)
-    for name, types, required, kind, fill in _CHECKS.get(msg_type, ()):
+    for name, types, required, kind, low, high in _CHECKS.get(msg_type, ()):
         value = data.get(name)
         if value is None:
             if required:
                 raise Rejected(f"{msg_type} is missing required field {name!r}")
-            if fill:
-                data[name] = None
+            data[name] = None
         elif type(value) not in types:
             raise Rejected(f"{msg_type}.{name} must be {_KIND_NAMES[kind]}, "
                            f"got {_describe(value)}")
-        elif kind is INT or kind is BIGINT:
-            low, high = _INT_RANGE[kind]
-            if not low <= value <= high:
-                raise Rejected(f"{msg_type}.{name} {value} is out of range ({low} to {high})")
-            if value < 0 and name in _NON_NEGATIVE:
-                raise Rejected(f"{name} must not be negative, got {value}")
+        elif low is not None and not low <= value <= high:
+            _out_of_range(msg_type, name, kind, value)
+    for name, types, kind, low, high in _EXTRA_CHECKS.get(msg_type, ()):
+        if name in data:
+            value = data[name]
+            if value is None:
+                continue
+            if type(value) not in types:
+                raise Rejected(f"{msg_type}.{name} must be {_KIND_NAMES[kind]}, "
+                               f"got {_describe(value)}")
+            if low is not None and not low <= value <= high:
+                _out_of_range(msg_type, name, kind, value)
     finish = _FINISH.get(msg_type)
     if finish is not None:
         finish(data)
     data.update(msg_type=msg_type, msg_id=verdict.msg_id, namespace=verdict.namespace,
                 execution_id=verdict.execution_id, run_id=verdict.run_id,
                 sender=verdict.sender, timestamp=verdict.sent_at)
-    for name in ("created_at", "run_number", "ts"):
-        if name in data:
-            del data[name]
+    if "created_at" in data:
+        del data["created_at"]
+    if "run_number" in data:
+        del data["run_number"]
+    if "ts" in data:
+        del data["ts"]
     return data
+
+
+def _out_of_range(msg_type: str, name: str, kind: str, value: int) -> None:
+    """Integers must fit their projection column (32 or 64 bits); counts are not negative."""
+    if value < 0 and name in _NON_NEGATIVE:
+        raise Rejected(f"{name} must not be negative, got {value}")
+    low, high = _INT_RANGE[kind]
+    raise Rejected(f"{msg_type}.{name} {value} is out of range ({low} to {high})")
 
 
 def _unwrap_upstream(data: dict[str, Any], msg_type: str) -> None:

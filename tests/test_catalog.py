@@ -314,7 +314,7 @@ def test_what_the_store_or_projections_cannot_hold_is_rejected(fields, fragment)
         raw = orjson.dumps(message)
     except orjson.JSONEncodeError:
         raw = orjson.dumps({**message, "tf_filename": None})[:-1] + b', "tf_filename": ' + (
-            b"[" * 150 + b"]" * 150) + b"}"
+            b"[" * 250 + b"]" * 250) + b"}"
     verdict = examine(raw)
     assert verdict.data is None and fragment in (verdict.reason or ""), verdict.reason
 
