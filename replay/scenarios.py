@@ -167,9 +167,13 @@ def _upstream(store: EventStore, workdir: Path) -> str:
     del workdir  # no agents of ours: the store records what upstream's agents send
     for destination, headers, body in upstream.delivered(upstream_session()):
         moment = format_time(datetime.fromtimestamp(int(headers["timestamp"]) / 1000, UTC))
-        with simulated_store_clock(lambda moment=moment: moment):
+        with simulated_store_clock(_clock(moment)):
             store.append([Incoming(destination, body, headers)])
     return UPSTREAM_EXECUTION
+
+
+def _clock(moment: str) -> Callable[[], str]:
+    return lambda: moment
 
 
 def upstream_origins(rows: list[rebuild.Row]) -> list[tuple[str, str, str, str]]:
