@@ -155,8 +155,10 @@ def render(fold: Fold, names: Collection[str], fresh: bool = False) -> Changes:
     changes = Changes()
     up = changes.upserts
     if "executions" in names:
-        stops = fold.stops
-        up[t.executions] = [_exec_row(e, stops.get(e.ns)) for e in execs]
+        stops, starts = fold.stops, fold.daq_starts
+        up[t.executions] = [_exec_row(e, stops.get(e.ns),
+                                      starts.get((e.ns, e.daq_sender)) if e.daq_sender else None)
+                            for e in execs]
     if "run_state" in names:
         up[t.run_state] = [_run_row(r) for r in fold.d_runs]
     if "stf_files" in names:
@@ -206,14 +208,17 @@ def flushed(fold: Fold) -> None:
 
 
 def execution_status(e: ExecRec, runs: list[RunRec],
-                     stops: dict[int, tuple[str, str | None]] | None) -> tuple[str, str | None]:
+                     stops: dict[int, tuple[str, str | None]] | None,
+                     starts: dict[str, str] | None = None) -> tuple[str, str | None]:
     """(status, end time) of an execution, from its own facts.
 
     A run is over when run_processed says how it went, or - a run our DAQ did not announce, so
     nobody will send run_processed (upstream's) - when it ended (end_run): completed then, as
     upstream's runner marks it; its end is its last fact. An execution that is not over is
     terminated by a stop_workflow naming it, or naming none in its namespace after it started
-    (upstream's runner stops the execution it is running); else it is running.
+    (upstream's runner stops the execution it is running); an upstream one is failed once its
+    runner started another (it runs one workflow at a time: this one ended without end_run,
+    as when the runner's workflow raised); else it is running.
     """
     ends: list[tuple[str, str]] = []
     for run in runs:
@@ -227,24 +232,32 @@ def execution_status(e: ExecRec, runs: list[RunRec],
         if runs:
             status = "completed" if all(o == "completed" for o, _at in ends) else "failed"
             return status, max(at for _o, at in ends)
+    stopped_at = left_at = None
     if stops:
         start = min((run.created_at for run in runs if run.created_at is not None), default=None)
-        stopped = [time for time, named in stops.values()
-                   if named == e.execution_id
-                   or (named is None and start is not None and time >= start)]
-        if stopped:
-            return "terminated", min(stopped)
+        stopped_at = min((time for time, named in stops.values()
+                          if named == e.execution_id
+                          or (named is None and start is not None and time >= start)),
+                         default=None)
+    if starts and e.started_at is not None:
+        left_at = min((time for other, time in starts.items()
+                       if other != e.execution_id and time > e.started_at), default=None)
+    if stopped_at is not None and (left_at is None or stopped_at <= left_at):
+        return "terminated", stopped_at
+    if left_at is not None:  # whatever came first ended it
+        return "failed", max((run.updated_at for run in runs if run.updated_at is not None),
+                             default=e.started_at)
     return "running", None
 
 
-def _exec_row(e: ExecRec, stops: dict[int, tuple[str, str | None]] | None
-              ) -> tuple[Any, ...]:
+def _exec_row(e: ExecRec, stops: dict[int, tuple[str, str | None]] | None,
+              runner_starts: dict[str, str] | None) -> tuple[Any, ...]:
     runs = sorted(e.runs, key=_run_number)
     totals = [0] * 8
     for run in runs:
         for i, value in enumerate(run.counts):
             totals[i] += value
-    status, end_time = execution_status(e, runs, stops)
+    status, end_time = execution_status(e, runs, stops, runner_starts)
     starts = [run.created_at for run in runs if run.created_at is not None]
     updates = [run.updated_at for run in runs if run.updated_at is not None]
     parameters = (None if e.parameters is None
@@ -253,7 +266,8 @@ def _exec_row(e: ExecRec, stops: dict[int, tuple[str, str | None]] | None
     return (e.ns, e.execution_id, e.workflow, parameters, status,
             min(starts) if starts else None, end_time,
             orjson.dumps([run.run for run in runs]).decode(), len(runs), stf_count, samples,
-            created, completed, failed, max(updates) if updates else None)
+            created, completed, failed, max(updates) if updates else None, e.daq_sender,
+            e.started_at)
 
 
 def _run_number(run: RunRec) -> int:

@@ -85,11 +85,14 @@ class Fold:
         self.commands: dict[int, Row] = {}  # workflow control, by position
         # stop_workflow facts per namespace: position -> (time, execution_id or None)
         self.stops: dict[str, dict[int, tuple[str, str | None]]] = {}
+        # Upstream executions per (namespace, runner): execution_id -> its start
+        self.daq_starts: dict[tuple[str, str], dict[str, str]] = {}
         # What the projector has already looked up in the database (catch-up only).
         self.checked_runs: set[RunKey] = set()
         self.checked_execs: set[tuple[str, str]] = set()
         self.checked_agents: set[tuple[str, str]] = set()
         self.checked_stops = complete
+        self.checked_daq = complete
         self.clear_dirty()
 
     @property
@@ -285,6 +288,8 @@ class Fold:
                 execution.workflow = named.group(1) if named else None
             if data.get("workflow_params") is not None:
                 execution.parameters = data["workflow_params"]
+            elif not run.expects_outcome and type(data.get("sender")) is str:
+                self._runner_started(execution, data["sender"], time)
             self.d_execs.add(execution)
         if run.phase is None:
             run.phase = "imminent"
@@ -628,6 +633,22 @@ class Fold:
         task = self._workflow_task(ns, execution_id, number, time, data, None)
         if task.stop_requested_at is None or time < task.stop_requested_at:
             task.stop_requested_at = time
+
+    def _runner_started(self, execution: ExecRec, sender: str, time: str) -> None:
+        """An upstream runner announced ``execution``: the runner runs one workflow at a time
+        (swf-testbed workflows/workflow_runner.py:747-755), so an earlier execution of it that
+        never ended is over (derive.execution_status)."""
+        if execution.daq_sender is None:
+            execution.daq_sender = sender
+        elif execution.daq_sender != sender:
+            return
+        if execution.started_at is not None and time >= execution.started_at:
+            return
+        execution.started_at = time
+        key = (execution.ns, sender)
+        self.daq_starts.setdefault(key, {})[execution.execution_id] = time
+        self.d_execs.update(e for e in self.execs.values()
+                            if e.ns == execution.ns and e.daq_sender == sender)
 
     # -- workflow control ------------------------------------------------------------------------
 

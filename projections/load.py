@@ -32,6 +32,9 @@ from .records import (
 )
 
 KEYS_PER_QUERY = 400  # (run_number, namespace) pairs per IN: 800 bound parameters
+# Statuses a stop or a runner's next execution may still change (derive.execution_status);
+# "failed" also comes from run_processed: loaded then too, and derived as before.
+UNFINISHED = ("running", "terminated", "failed")
 # Folded without their run (fold.Fold.runless) even when they name one.
 RUNLESS_FOLDED = HEARTBEATS | CONTROL | {"agent_log"}
 
@@ -44,7 +47,11 @@ def preload(conn: sa.Connection, fold: Fold, items: Sequence[Item]) -> None:
     execs: set[tuple[str, str]] = set()
     agents: set[tuple[str, str]] = set()
     stopping: set[str] = set()  # namespaces with a new stop_workflow
-    for _position, msg_type, ns, execution_id, run, sender, _time, _data in items:
+    runners: set[tuple[str, str]] = set()  # upstream runners that announced a run
+    for _position, msg_type, ns, execution_id, run, sender, _time, data in items:
+        if (msg_type == "run_imminent" and sender is not None
+                and type(data.get("workflow_params")) is not dict):
+            runners.add((ns, sender))
         if run is not None and msg_type not in RUNLESS_FOLDED:
             runs.add((ns, run))
             if execution_id is not None:
@@ -58,10 +65,18 @@ def preload(conn: sa.Connection, fold: Fold, items: Sequence[Item]) -> None:
     if not fold.checked_stops:
         load_stops(conn, fold)
         fold.checked_stops = True
-    if stopping:  # the executions a stop may concern: those not over yet
+    if not fold.checked_daq:
+        load_runner_starts(conn, fold)
+        fold.checked_daq = True
+    columns = t.executions.c
+    for ns, sender in sorted(runners):  # their earlier executions may be over now
+        execs |= set(_select_where(conn, t.executions, ("namespace", "execution_id"),
+                                   (columns.namespace == ns) & (columns.daq_sender == sender)
+                                   & columns.status.in_(UNFINISHED)))
+    if stopping:  # the executions a stop may concern: those its runs did not end
         execs |= set(_select_where(conn, t.executions, ("namespace", "execution_id"),
                                    t.executions.c.namespace.in_(sorted(stopping))
-                                   & t.executions.c.status.in_(("running", "terminated"))))
+                                   & t.executions.c.status.in_(UNFINISHED)))
     runs -= fold.checked_runs
     if runs:
         load_runs(conn, fold, runs)
@@ -92,6 +107,16 @@ def load_stops(conn: sa.Connection, fold: Fold) -> None:
             sa.select(commands.position, commands.time, commands.namespace,
                       commands.execution_id).where(commands.msg_type == "stop_workflow")):
         fold.stops.setdefault(ns, {})[position] = (time, execution_id)
+
+
+def load_runner_starts(conn: sa.Connection, fold: Fold) -> None:
+    """When each upstream runner started each of its executions (one row per execution)."""
+    columns = t.executions.c
+    for ns, sender, execution_id, started_at in conn.execute(
+            sa.select(columns.namespace, columns.daq_sender, columns.execution_id,
+                      columns.started_at).where(columns.daq_sender.is_not(None))):
+        if started_at is not None:
+            fold.daq_starts.setdefault((ns, sender), {})[execution_id] = started_at
 
 
 def _chunks(keys: Iterable[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
@@ -215,6 +240,7 @@ def load_execs(conn: sa.Connection, fold: Fold, keys: set[tuple[str, str]]) -> N
         execution = fold.execs[(row.namespace, row.execution_id)] = ExecRec(
             row.namespace, row.execution_id)
         execution.workflow = row.workflow
+        execution.daq_sender, execution.started_at = row.daq_sender, row.started_at
         execution.parameters = None if row.parameters is None else orjson.loads(row.parameters)
     for row in _select(conn, t.run_state, ("namespace", "execution_id"), keys):
         run = fold.runs.get((row.namespace, row.run_number))

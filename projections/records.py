@@ -61,7 +61,8 @@ class RunRec:
 
 
 class ExecRec:
-    __slots__ = ("ns", "execution_id", "workflow", "parameters", "runs")
+    __slots__ = ("ns", "execution_id", "workflow", "parameters", "runs", "daq_sender",
+                 "started_at")
 
     def __init__(self, ns: str, execution_id: str) -> None:
         self.ns = ns
@@ -69,6 +70,10 @@ class ExecRec:
         self.workflow: str | None = None
         self.parameters: Any = None
         self.runs: set[RunRec] = set()
+        # An upstream execution: the runner that announced it, and when (its earliest
+        # run_imminent). The runner runs one workflow at a time.
+        self.daq_sender: str | None = None
+        self.started_at: str | None = None
 
 
 class StfRec:

@@ -45,6 +45,11 @@ executions = sa.Table(
     sa.Column("slices_completed", sa.Integer(), nullable=False),
     sa.Column("slices_failed", sa.Integer(), nullable=False),
     sa.Column("updated_at", TIME),
+    # An upstream execution: its runner (the sender of its run_imminent) and its earliest
+    # run_imminent; a runner runs one execution at a time (derive.execution_status).
+    sa.Column("daq_sender", NAME),
+    sa.Column("started_at", TIME),
+    sa.Index("ix_executions_runner", "namespace", "daq_sender"),
     **CLUSTERED,
 )
 

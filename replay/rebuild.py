@@ -70,7 +70,13 @@ def fold_execution(conn: sa.Connection, scope: Scope, limit: Limit,
         stops = source.namespace_stops(conn, {ns for _run, ns in scope.runs}, limit)
         if stops:
             count += fast.fold_rows(fold, conn, stops)
-        scope.extra_positions = sorted(row[0] for row in (*foreign, *beats, *stops))
+        # an upstream runner's later execution ends this one if it never ended
+        runners = {(e.ns, e.daq_sender) for e in fold.execs.values()
+                   if e.execution_id == scope.execution_id and e.daq_sender is not None}
+        later = source.runner_announcements(conn, runners, scope.execution_id, limit)
+        if later:
+            count += fast.fold_rows(fold, conn, later)
+        scope.extra_positions = sorted(row[0] for row in (*foreign, *beats, *stops, *later))
     return fold, count
 
 

@@ -158,6 +158,21 @@ def namespace_stops(conn: sa.Connection, namespaces: set[str], limit: Limit) -> 
         (*names, *params)).cursor.fetchall())
 
 
+def runner_announcements(conn: sa.Connection, runners: set[tuple[str, str]],
+                         execution_id: str, limit: Limit) -> list[Row]:
+    """run_imminent messages of other executions by these (namespace, sender) runners."""
+    m = mark(conn)
+    extra, params = where_clause(conn, limit)
+    rows: list[Row] = []
+    for ns, sender in sorted(runners):
+        rows.extend(conn.exec_driver_sql(
+            f"SELECT {_FAST} FROM events WHERE msg_type = 'run_imminent' AND sender = {m} "
+            f"AND coalesce(namespace, '') = {m} AND execution_id <> {m}{extra} "
+            f"ORDER BY position", (sender, ns, execution_id, *params)).cursor.fetchall())
+    rows.sort(key=_position)
+    return rows
+
+
 def foreign_run_events(conn: sa.Connection, scope: Scope, limit: Limit) -> list[Row]:
     """Events of the execution's runs that belong to another execution or to none.
 

@@ -87,6 +87,16 @@ def executions(draw: st.DrawFn) -> list[Message]:
                      status=draw(st.sampled_from(["running", "finished", "failed"])))
         if draw(st.booleans()):
             send("run_processed", run, status=draw(st.sampled_from(["completed", "failed"])))
+    if draw(st.booleans()):  # an upstream runner's executions: the earlier one never ends
+        for number, ending in enumerate(draw(st.lists(st.booleans(), min_size=1,
+                                                      max_size=3)), 1):
+            for msg_type in ("run_imminent", "start_run", *(("end_run",) if ending else ())):
+                messages.append({"msg_type": msg_type, "namespace": NS,
+                                 "execution_id": f"stf_datataking-u-{number:04d}",
+                                 "run_id": str(900 + number), "sender": "runner-A",
+                                 "simulation_tick": 5,
+                                 "timestamp": format_time(BASE + timedelta(
+                                     seconds=next(clock)))})
     for kind in draw(st.lists(st.sampled_from(
             ["run_workflow", "status_request", "stop_workflow", "stop_named", "heartbeat",
              "monitor_heartbeat"]), max_size=4)):

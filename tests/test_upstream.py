@@ -24,6 +24,7 @@ from projections import queries
 from projections import tables as t
 from projections.projector import Projector
 from replay import fixture, upstream
+from replay.cli import main as replay_main
 from replay.scenarios import with_origins
 from swf.cli import main
 
@@ -305,3 +306,29 @@ def test_slices_per_sample_follow_upstreams_rule() -> None:
     slices = [w for w in wires if w.msg_type == "slice"]
     assert len(slices) == sum(math.ceil(s["tf_count"] / knobs.num_tf_per_slice)
                               for s in samples)
+
+
+def test_an_execution_its_runner_left_is_failed(sqlite_url: str, tmp_path: Path) -> None:
+    """upstream's runner runs one workflow at a time: when it announces the next execution,
+    an earlier one that never ended (its workflow raised) is over - failed, not running."""
+    broken = [w for w in upstream.stf_datataking_run() if w.msg_type != "end_run"]
+    later = upstream.stf_datataking_run(run=102009, sequence=109,
+                                        start=broken[-1].sent + timedelta(minutes=5))
+    first_id = WORKFLOWS["stf_datataking"][1]
+    swf_import(tmp_path, sqlite_url, upstream.delivered(broken))
+    assert summary(sqlite_url, first_id)["status"] == "running"
+    swf_import(tmp_path, sqlite_url, upstream.delivered(later, first_id=1000))
+    found = summary(sqlite_url, first_id)
+    assert (found["status"], found["end_time"]) == (
+        "failed", f"{broken[-1].sent:%Y-%m-%dT%H:%M:%S.%fZ}")  # its last fact
+    assert summary(sqlite_url, "stf_datataking-wenauseic-0109")["status"] == "completed"
+    # another runner's execution (a colleague in the namespace) does not end it
+    other = upstream.Testbed(agent_ids={**upstream.Testbed().agent_ids, "daq_simulator": 900})
+    mine = f"sqlite:///{tmp_path / 'two.db'}"
+    swf_import(tmp_path, mine, upstream.delivered(broken))
+    swf_import(tmp_path, mine, upstream.delivered(upstream.stf_datataking_run(
+        run=102010, sequence=110, start=broken[-1].sent, testbed=other), first_id=3000))
+    assert summary(mine, first_id)["status"] == "running"
+    # the replay of the failed execution agrees with the tables
+    result = CliRunner().invoke(replay_main, [first_id, "--db", sqlite_url])
+    assert result.exit_code == 0 and result.stdout.splitlines()[-1] == "identical", result.output

@@ -1,5 +1,6 @@
 """Upstream runs: failed results without a slice, PanDA workflow tasks and worker requests,
-workflow control commands; run_state.unmatched_failures and expects_outcome.
+workflow control commands; run_state.unmatched_failures and expects_outcome; executions'
+runner (daq_sender, started_at).
 
 Revision ID: p0002
 Revises: p0001
@@ -20,6 +21,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('executions') as batch:
+        batch.add_column(sa.Column('daq_sender', sa.String(length=300), nullable=True))
+        batch.add_column(sa.Column('started_at', sa.String(length=32), nullable=True))
+        batch.create_index('ix_executions_runner', ['namespace', 'daq_sender'], unique=False)
     with op.batch_alter_table('run_state') as batch:
         batch.add_column(sa.Column('unmatched_failures', sa.Integer(), nullable=False,
                                    server_default='0'))
@@ -100,3 +105,7 @@ def downgrade() -> None:
     with op.batch_alter_table('run_state') as batch:
         batch.drop_column('expects_outcome')
         batch.drop_column('unmatched_failures')
+    with op.batch_alter_table('executions') as batch:
+        batch.drop_index('ix_executions_runner')
+        batch.drop_column('started_at')
+        batch.drop_column('daq_sender')
