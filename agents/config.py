@@ -157,10 +157,17 @@ def load_workflow(spec: str | Path = "fast_processing", overrides: Iterable[str]
 def resolve(raw: Mapping[str, Any], *, source: str = "<config>", default_workflow: str = "",
             overrides: Iterable[str] = ()) -> WorkflowConfig:
     params = copy.deepcopy(dict(raw))
-    workflow = str(params.get("testbed", {}).get("workflow") or default_workflow)
+    # Refused before anything runs: never a run that silently leaves settings out.
+    problems = _not_supported(params, source)
+    upstream = params.pop("workflow", None)
+    named = upstream.get("name") if isinstance(upstream, Mapping) else None
+    workflow = str(params.get("testbed", {}).get("workflow") or named or default_workflow)
     if not workflow:
-        raise ConfigError(f"{source}: no workflow name: set [testbed] workflow")
-    problems: list[str] = []
+        raise ConfigError("\n".join([*problems,
+                                     f"{source}: no workflow name: set [testbed] workflow"]))
+    _check_keys(params, workflow, source, problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
     _check_types(params, workflow, source, problems)
     for override in overrides:
         _apply_override(params, workflow, override, problems)
@@ -227,6 +234,79 @@ def _read_source(spec: str | Path) -> tuple[str, str, str]:
         raise ConfigError(f"unknown workflow {text_spec!r}; shipped workflows: {known} "
                           "(or give a path to a .toml file)")
     return shipped[text_spec], text_spec, text_spec
+
+
+# What upstream's workflow TOMLs (swf-testbed workflows/*.toml, read by workflows/
+# workflow_runner.py:329-368 and merged by stf_datataking.py:12-23) say that swf does not do.
+_UPSTREAM_SECTIONS = {
+    "daq_state_machine": "upstream's DAQ state-machine timing (no_beam_not_ready_delay, "
+                         "beam_ready_delay, ...) is not what swf's DAQ simulator runs; set "
+                         "[daq] imminent_delay, stf_interval, standby_duration instead",
+    "simulation": "upstream's runner merges [simulation] into every section's parameters; "
+                  "swf reads the run shape from the workflow's own section "
+                  "([WORKFLOW] stf_count, physics_period_count)",
+    "parameters": "upstream's runner overrides matching keys of every section with "
+                  "[parameters]; swf takes overrides as --set section.key=value",
+}
+_WORKFLOW_KEYS = frozenset({"name", "version", "description"})  # metadata: read or harmless
+
+
+def _not_supported(params: Mapping[str, Any], source: str) -> list[str]:
+    """One line per upstream-only construct in the file, naming it and what to do instead."""
+    problems: list[str] = []
+    workflow = params.get("workflow")
+    if workflow is not None and not isinstance(workflow, Mapping):
+        problems.append(f"{source}: workflow = {workflow!r} is not supported: give the "
+                        f"workflow name as [testbed] workflow")
+    elif isinstance(workflow, Mapping):
+        for key, value in workflow.items():
+            if key == "includes":
+                problems.append(
+                    f"{source}: [workflow] includes = {value!r} is not supported: upstream's "
+                    f"runner merges the included files; swf reads one file, so copy the "
+                    f"settings into it")
+            elif key not in _WORKFLOW_KEYS:
+                problems.append(f"{source}: [workflow] {key} = {value!r} is not supported "
+                                f"(swf reads only name, version, description there)")
+    for section, why in _UPSTREAM_SECTIONS.items():
+        if section in params:
+            problems.append(f"{source}: [{section}] is not supported: {why}")
+    agents = params.get("agents", {})
+    if isinstance(agents, Mapping):
+        for name, section in agents.items():
+            if name not in AGENT_SECTIONS:
+                problems.append(f"{source}: [agents.{name}] is not an swf agent (swf has "
+                                f"{', '.join(AGENT_SECTIONS)}); nothing would run it")
+            elif isinstance(section, Mapping) and "script" in section:
+                problems.append(f"{source}: agents.{name}.script = {section['script']!r} is "
+                                f"not supported: swf runs its own {name} agent, not a script")
+    return problems
+
+
+def _check_keys(params: Mapping[str, Any], workflow: str, source: str, problems: list[str]
+                ) -> None:
+    """Keys swf does not know in the sections whose settings it knows are errors, not
+    silently ignored settings."""
+    for section in {*SCHEMA, workflow}:
+        values = params.get(section)
+        if not isinstance(values, Mapping):
+            continue
+        known = _schema_of(section, workflow)
+        if not known:
+            continue
+        for key in values:
+            if key not in known:
+                hint = difflib.get_close_matches(key, list(known), n=1)
+                suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+                problems.append(f"{source}: [{section}] {key} is not a setting swf knows "
+                                f"(known: {', '.join(known)}){suggestion}")
+    agents = params.get("agents", {})
+    if isinstance(agents, Mapping):
+        for name, section in agents.items():
+            for key in (section if isinstance(section, Mapping) else {}):
+                if key != "enabled" and key != "script":  # script: _not_supported
+                    problems.append(f"{source}: agents.{name}.{key} is not a setting swf "
+                                    f"knows (known: enabled)")
 
 
 def _schema_of(section: str, workflow: str) -> dict[str, Setting]:

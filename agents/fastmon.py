@@ -71,6 +71,8 @@ class FastMonAgent(Agent):
             self._run(event).params = data.get("workflow_params") or {}
             return []
         if kind == "stf_ready":
+            if data.get("filename") is None:  # upstream's per-run "data ready": no file
+                return []
             return self._on_stf_ready(event, data)
         if kind == "end_run":
             run = self._run(event)

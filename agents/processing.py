@@ -156,6 +156,8 @@ class ProcessingAgent(Agent):
         data = event.data or {}
         run = event.run_id
         assert run is not None
+        if data.get("filename") is None:  # upstream's per-run "data ready": no file to attach
+            return []
         book = self._book(event, quiet=True)
         if book is None:  # early (or for an execution of this run not announced yet): hold it
             held = self.orphans.setdefault((run, event.execution_id), [])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from datetime import tzinfo
 
 from .catalog import Verdict, examine
 from .envelope import Event
@@ -43,12 +44,15 @@ def event_id(msg_id: str | None, headers: dict[str, str], destination: str, body
 
 
 def as_stored(destination: str, headers: dict[str, str], body: bytes, recorded_at: str,
-              expected_namespace: str | None = None) -> Event:
+              expected_namespace: str | None = None, sender_zone: tzinfo | None = None
+              ) -> Event:
     """The message as the store holds it (position 0; execution not inferred yet, see
-    ``RunExecutions``). The body is kept as received; ``data`` is the catalog's reading."""
+    ``RunExecutions``). The body is kept as received; ``data`` is the catalog's reading, with
+    header-only envelope fields and naive sender times (read in ``sender_zone``, default UTC,
+    checked against the broker's time) resolved now."""
     if type(body) is not bytes:
         body = bytes(body)
-    verdict = examine(body, destination, expected_namespace)
+    verdict = examine(body, destination, expected_namespace, headers, sender_zone)
     run_id = verdict.run_id
     # Rarely true; ordered cheapest first (a one-byte search is a memchr).
     if (len(body) > COLUMN_LIMIT or (b"\\" in body and b"\\u0000" in body)

@@ -276,6 +276,42 @@ class Reads:
                 f"ORDER BY position", (*others, *numbers, *params)).cursor.fetchall()
         return others, list(rows)
 
+    def namespace_stops(self, namespaces: Iterable[str], limit: Limit) -> list[FoldRow]:
+        """stop_workflow messages of these namespaces that name no execution, as fold rows."""
+        names = sorted(set(namespaces))
+        if not names:
+            return []
+        extra, params = self._within(limit)
+        with self._connection() as conn:
+            return list(conn.exec_driver_sql(
+                f"SELECT {_FOLD} FROM events WHERE msg_type = 'stop_workflow' "
+                f"AND execution_id IS NULL AND coalesce(namespace, '') IN "
+                f"({', '.join([self._m] * len(names))}){extra} ORDER BY position",
+                (*names, *params)).cursor.fetchall())
+
+    def runner_announcements(self, runners: Iterable[tuple[str, str]], execution_id: str,
+                             limit: Limit) -> list[FoldRow]:
+        """run_imminent messages of other executions by these (namespace, sender) runners, as
+        fold rows in position order."""
+        m = self._m
+        extra, params = self._within(limit)
+        rows: list[FoldRow] = []
+        with self._connection() as conn:
+            for ns, sender in sorted(set(runners)):
+                rows.extend(conn.exec_driver_sql(
+                    f"SELECT {_FOLD} FROM events WHERE msg_type = 'run_imminent' "
+                    f"AND sender = {m} AND coalesce(namespace, '') = {m} "
+                    f"AND execution_id <> {m}{extra} ORDER BY position",
+                    (sender, ns, execution_id, *params)).cursor.fetchall())
+        rows.sort(key=_position)
+        return rows
+
+    def positions(self) -> list[int]:
+        """Every stored position, in order (a fixture that keeps a whole small store)."""
+        with self._connection() as conn:
+            return [row[0] for row in conn.exec_driver_sql(
+                "SELECT position FROM events ORDER BY position")]
+
     def last_event(self, execution_id: str, limit: Limit
                    ) -> tuple[int, str, str | None, str | None] | None:
         """(position, time, msg_type, sender) of the execution's last event within ``limit``,
@@ -451,39 +487,47 @@ def decoded(rows: Sequence[Any], normalize: bool) -> Iterator[Event]:
         (position, event_id, recorded_at, destination, headers, body, msg_type, namespace,
          execution_id, run_id, sender, sent_at, schema_version, reason) = row
         body = bytes(body)  # PostgreSQL may hand back a memoryview
+        headers = {} if headers == _EMPTY_HEADERS else loads(headers)
         data = None
         if normalize and reason is None:
             data = loads(body)
             if needs_normalization(data, schema_version):
-                verdict = examine(body, destination)
+                verdict = examine(body, destination, headers=headers)
                 data = verdict.data
                 if data is None:
                     reason = verdict.reason  # today's catalog rejects what was accepted then
             else:
                 complete(data)
-            if data is not None and execution_id is not None and data["execution_id"] is None:
-                data["execution_id"] = execution_id
-        yield Event(position, event_id, recorded_at, destination,
-                    {} if headers == _EMPTY_HEADERS else loads(headers), body, msg_type,
+            if data is not None:
+                _settled(data, execution_id, sent_at)
+        yield Event(position, event_id, recorded_at, destination, headers, body, msg_type,
                     namespace, execution_id, run_id, sender, sent_at, schema_version, reason,
                     data)
 
 
 def stored_events(rows: Sequence[Any]) -> Iterator[Event]:
     """STORED_COLUMNS rows as Events, each body examined by today's catalog."""
-    loads = orjson.loads
     for (position, event_id, recorded_at, destination, headers, body, namespace, execution,
          run_id, msg_type, sender, sent_at, version, reason) in rows:
         body = bytes(body)
+        headers = _headers(headers)
         data = None
         if reason is None:
-            verdict = examine(body, destination)
+            verdict = examine(body, destination, headers=headers)
             data, reason = verdict.data, verdict.reason
-            if data is not None and data["execution_id"] is None and execution is not None:
-                data["execution_id"] = execution  # resolved by the store from the run
-        yield Event(position, event_id, recorded_at, destination,
-                    loads(bytes(headers)) if headers else {}, body, msg_type, namespace,
-                    execution, run_id, sender, sent_at, version, reason, data)
+            if data is not None:
+                _settled(data, execution, sent_at)
+        yield Event(position, event_id, recorded_at, destination, headers, body, msg_type,
+                    namespace, execution, run_id, sender, sent_at, version, reason, data)
+
+
+def _settled(data: dict[str, Any], execution_id: str | None, sent_at: str | None) -> None:
+    """What the store decided at append, over what today's catalog reads alone: the execution
+    inferred from the run, and the time resolved with the sender zone and the broker time."""
+    if execution_id is not None and data["execution_id"] is None:
+        data["execution_id"] = execution_id
+    if data["timestamp"] != sent_at:
+        data["timestamp"] = sent_at
 
 
 def _headers(encoded: Any) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Public API (other packages rely on exactly this):
 
-    store = EventStore(url=None, *, namespace=None, read_only=False)
+    store = EventStore(url=None, *, namespace=None, read_only=False, sender_zone=None)
                                         # url None -> $SWF_DB or sqlite:///swf.db; the schema
                                         # is upgraded on open (read_only: checked, never changed)
     store.engine                                    # the SQLAlchemy Engine (projections share it)
@@ -36,6 +36,10 @@ Details:
 - Identity and execution follow ``identity``: an event whose message lacks ``execution_id``
   but has a ``run_id`` gets the execution of the latest earlier event of the same run and
   namespace (in the batch, else in the store); ``data`` carries it too.
+- Naive local sender times are read in ``sender_zone`` (an IANA name; default UTC) at append,
+  and checked against the broker's ``timestamp`` header; ``sent_at`` keeps the result and
+  ``data["timestamp"]`` is always ``sent_at``, so reading never depends on the zone configured
+  now.
 - ``read`` re-examines each accepted body through the catalog (read-time normalization); should
   today's catalog reject a body accepted earlier, the event comes back with ``data`` None and
   that reason. ``read_raw`` takes the same arguments and skips the catalog (``data`` None).
@@ -53,12 +57,13 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
+from .catalog import resolve_zone
 from .engine import DEFAULT_URL, create_engine
 from .envelope import Event, Incoming, utc_now
 from .errors import ReadOnlyStore
@@ -99,8 +104,10 @@ class EventStore(Reads):
     """An append-only event log in SQLite or PostgreSQL. Thread-safe; see the module docstring."""
 
     def __init__(self, url: str | None = None, *, namespace: str | None = None,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, sender_zone: str | tzinfo | None = None) -> None:
         self.namespace = namespace
+        # Naive local sender times are read in this zone at append (see the module docstring).
+        self.sender_zone = resolve_zone(sender_zone)
         self.read_only = read_only
         self.engine = create_engine(url, read_only=read_only)
         self.backend = self.engine.dialect.name
@@ -184,7 +191,7 @@ class EventStore(Reads):
         (position 0), its encoded headers, and False when its execution_id is still to be
         looked up in the store (no earlier event of its run in the batch carried one)."""
         recorded_at = utc_now()  # one store-clock reading per batch: it commits as one
-        expected_namespace = self.namespace
+        expected_namespace, zone = self.namespace, self.sender_zone
         seen: set[str] = set()
         batch_runs = RunExecutions()
         # Locals: this loop runs per event and global lookups show in profiles.
@@ -193,7 +200,7 @@ class EventStore(Reads):
         for message in messages:
             headers = message.headers
             event = stored_form(message.destination, headers, message.body, recorded_at,
-                                expected_namespace)
+                                expected_namespace, zone)
             event_id = event.event_id
             if event_id in seen:
                 duplicates.append(event_id)

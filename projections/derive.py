@@ -65,6 +65,14 @@ def everything(fold: Fold) -> None:
         dataset.dirty_files.update(dataset.files)
     fold.d_tasks.update(fold.tasks.values())
     fold.d_agents.update(fold.agents.values())
+    for run in fold.runs.values():
+        if run.workflow_task is not None:
+            fold.d_wtasks.add(run.workflow_task)
+        for (time, worker), value in run.failures.items():
+            fold.new_failures[(run.ns, run.run, time, worker)] = (run.run, run.ns, time, worker,
+                                                                   *value)
+    fold.d_requests.update(fold.requests)
+    fold.d_commands.update(fold.commands)
 
 
 def settle(fold: Fold, fresh: bool = False
@@ -147,7 +155,10 @@ def render(fold: Fold, names: Collection[str], fresh: bool = False) -> Changes:
     changes = Changes()
     up = changes.upserts
     if "executions" in names:
-        up[t.executions] = [_exec_row(e) for e in execs]
+        stops, starts = fold.stops, fold.daq_starts
+        up[t.executions] = [_exec_row(e, stops.get(e.ns),
+                                      starts.get((e.ns, e.daq_sender)) if e.daq_sender else None)
+                            for e in execs]
     if "run_state" in names:
         up[t.run_state] = [_run_row(r) for r in fold.d_runs]
     if "stf_files" in names:
@@ -160,6 +171,7 @@ def render(fold: Fold, names: Collection[str], fresh: bool = False) -> Changes:
                             for s in (fold.samples.values() if fresh else samples)]
     if "tf_slices" in names:
         _slice_rows(fold, changes, fresh)
+        up[t.failed_results] = list(fold.new_failures.values())
     if "datasets" in names:
         _dataset_rows(fold, changes)
     if "panda_tasks" in names:
@@ -172,6 +184,17 @@ def render(fold: Fold, names: Collection[str], fresh: bool = False) -> Changes:
                          a.hostname, a.first_seen, a.last_heartbeat) for a in fold.d_agents]
     if "logs" in names:
         up[t.logs] = list(fold.new_logs.values())
+    if "workflow_tasks" in names:
+        runs = fold.runs
+        up[t.workflow_tasks] = [
+            (w.run, w.ns, runs[(w.ns, w.run)].execution_id, w.state, w.status, w.task_name,
+             w.scope, w.site, w.request_id, w.transform_id, w.workload_id, w.target_workers,
+             w.requested_cores, w.memory_per_core, w.adjusted_cores, w.announced_at,
+             w.requested_at, w.ids_at, w.adjusted_at, w.status_at, w.stop_requested_at,
+             w.closed_at, w.created_at, w.updated_at) for w in fold.d_wtasks]
+        up[t.worker_requests] = [fold.requests[key] for key in fold.d_requests]
+    if "commands" in names:
+        up[t.workflow_commands] = [fold.commands[key] for key in fold.d_commands]
     return changes
 
 
@@ -184,18 +207,57 @@ def flushed(fold: Fold) -> None:
     fold.clear_dirty()
 
 
-def _exec_row(e: ExecRec) -> tuple[Any, ...]:
+def execution_status(e: ExecRec, runs: list[RunRec],
+                     stops: dict[int, tuple[str, str | None]] | None,
+                     starts: dict[str, str] | None = None) -> tuple[str, str | None]:
+    """(status, end time) of an execution, from its own facts.
+
+    A run is over when run_processed says how it went, or - a run our DAQ did not announce, so
+    nobody will send run_processed (upstream's) - when it ended (end_run): completed then, as
+    upstream's runner marks it; its end is its last fact. An execution that is not over is
+    terminated by a stop_workflow naming it, or naming none in its namespace after it started
+    (upstream's runner stops the execution it is running); an upstream one is failed once its
+    runner started another (it runs one workflow at a time: this one ended without end_run,
+    as when the runner's workflow raised); else it is running.
+    """
+    ends: list[tuple[str, str]] = []
+    for run in runs:
+        if run.outcome is not None:
+            ends.append((run.outcome, run.processed_at))  # type: ignore[arg-type]
+        elif not run.expects_outcome and run.phase == "completed":
+            ends.append(("completed", run.updated_at))  # type: ignore[arg-type]
+        else:
+            break
+    else:
+        if runs:
+            status = "completed" if all(o == "completed" for o, _at in ends) else "failed"
+            return status, max(at for _o, at in ends)
+    stopped_at = left_at = None
+    if stops:
+        start = min((run.created_at for run in runs if run.created_at is not None), default=None)
+        stopped_at = min((time for time, named in stops.values()
+                          if named == e.execution_id
+                          or (named is None and start is not None and time >= start)),
+                         default=None)
+    if starts and e.started_at is not None:
+        left_at = min((time for other, time in starts.items()
+                       if other != e.execution_id and time > e.started_at), default=None)
+    if stopped_at is not None and (left_at is None or stopped_at <= left_at):
+        return "terminated", stopped_at
+    if left_at is not None:  # whatever came first ended it
+        return "failed", max((run.updated_at for run in runs if run.updated_at is not None),
+                             default=e.started_at)
+    return "running", None
+
+
+def _exec_row(e: ExecRec, stops: dict[int, tuple[str, str | None]] | None,
+              runner_starts: dict[str, str] | None) -> tuple[Any, ...]:
     runs = sorted(e.runs, key=_run_number)
     totals = [0] * 8
     for run in runs:
         for i, value in enumerate(run.counts):
             totals[i] += value
-    outcomes = [run.outcome for run in runs]
-    if runs and all(outcomes):
-        status = "completed" if all(o == "completed" for o in outcomes) else "failed"
-        end_time = max(run.processed_at for run in runs)  # type: ignore[type-var]
-    else:
-        status, end_time = "running", None
+    status, end_time = execution_status(e, runs, stops, runner_starts)
     starts = [run.created_at for run in runs if run.created_at is not None]
     updates = [run.updated_at for run in runs if run.updated_at is not None]
     parameters = (None if e.parameters is None
@@ -204,7 +266,8 @@ def _exec_row(e: ExecRec) -> tuple[Any, ...]:
     return (e.ns, e.execution_id, e.workflow, parameters, status,
             min(starts) if starts else None, end_time,
             orjson.dumps([run.run for run in runs]).decode(), len(runs), stf_count, samples,
-            created, completed, failed, max(updates) if updates else None)
+            created, completed, failed, max(updates) if updates else None, e.daq_sender,
+            e.started_at)
 
 
 def _run_number(run: RunRec) -> int:
@@ -214,7 +277,7 @@ def _run_number(run: RunRec) -> int:
 def _run_row(r: RunRec) -> tuple[Any, ...]:
     return (r.run, r.ns, r.execution_id, r.phase, r.state, r.substate, r.state_at,
             r.total_stf_files, *r.counts, r.outcome, r.outcome_error, r.processed_at,
-            r.state_changed_at, r.created_at, r.updated_at)
+            r.state_changed_at, r.created_at, r.updated_at, r.failure_count, r.expects_outcome)
 
 
 def _slice_rows(fold: Fold, changes: Changes, fresh: bool) -> None:

@@ -21,14 +21,18 @@ straight from the events table; ``apply`` feeds an ``Event``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
+
+import orjson
 
 from eventstore.envelope import Event
 
 from .records import (
     ATTEMPT,
     RANK,
+    TASK_STATES,
     AgentRec,
     DatasetRec,
     ExecRec,
@@ -40,6 +44,7 @@ from .records import (
     SliceRec,
     StfRec,
     TaskRec,
+    WorkflowTaskRec,
 )
 
 # One event as the fold needs it: position, msg_type, namespace ('' for none), execution_id,
@@ -47,8 +52,14 @@ from .records import (
 Item = tuple[int, str, str, str | None, int | None, str | None, str, dict[str, Any]]
 Handler = Callable[[str, str | None, int, str, dict[str, Any]], None]  # ns, exec, run, time, data
 LogRow = tuple[int, str, Any, str | None, Any, Any, str, str | None, int | None]
+Row = tuple[Any, ...]
 
 OPEN_OUTCOMES = frozenset({"ok", "exists"})  # 'exists': a retried run reuses its dataset
+CONTROL = frozenset({"run_workflow", "stop_workflow", "status_request"})
+HEARTBEATS = frozenset({"agent_heartbeat", "heartbeat", "transformer_heartbeat"})
+# An upstream execution id names its workflow: {workflow}-{user}-{seq:04d}
+# (swf-testbed workflows/workflow_runner.py:369-401).
+_UPSTREAM_EXECUTION = re.compile(r"([a-z][a-z0-9_]*)-.+-[0-9]{4,}\Z")
 
 
 class Fold:
@@ -69,10 +80,19 @@ class Fold:
         self.datasets: dict[tuple[str, int, str, str], DatasetRec] = {}
         self.tasks: dict[tuple[str, int, int], TaskRec] = {}
         self.agents: dict[tuple[str, str], AgentRec] = {}
+        # Rows that are facts of one message each (kept so every row can be rendered again).
+        self.requests: dict[tuple[str, int, str, str], Row] = {}  # worker requests
+        self.commands: dict[int, Row] = {}  # workflow control, by position
+        # stop_workflow facts per namespace: position -> (time, execution_id or None)
+        self.stops: dict[str, dict[int, tuple[str, str | None]]] = {}
+        # Upstream executions per (namespace, runner): execution_id -> its start
+        self.daq_starts: dict[tuple[str, str], dict[str, str]] = {}
         # What the projector has already looked up in the database (catch-up only).
         self.checked_runs: set[RunKey] = set()
         self.checked_execs: set[tuple[str, str]] = set()
         self.checked_agents: set[tuple[str, str]] = set()
+        self.checked_stops = complete
+        self.checked_daq = complete
         self.clear_dirty()
 
     @property
@@ -90,6 +110,14 @@ class Fold:
             "panda_task_submitted": self._task_submitted,
             "panda_task_status": self._task_status, "run_processed": self._run_processed,
             "sampling_complete": self._touch,
+            # upstream's PanDA/iDDS workflow task of a run
+            "run_imminent_worker": self._worker_announced,
+            "create_workflow_task": self._task_requested,
+            "created_workflow_task": self._task_created,
+            "adjust_worker": self._workers_adjusted, "adjusted_worker": self._workers_adjusted,
+            "close_workflow_task": self._task_closing,
+            "closed_workflow_task": self._task_closed,
+            "stop_transformer": self._transformers_stopped,
         }
 
     def clear_dirty(self) -> None:
@@ -102,6 +130,10 @@ class Fold:
         self.d_datasets: set[DatasetRec] = set()
         self.d_tasks: set[TaskRec] = set()
         self.d_agents: set[AgentRec] = set()
+        self.d_wtasks: set[WorkflowTaskRec] = set()
+        self.d_requests: set[tuple[str, int, str, str]] = set()
+        self.d_commands: set[int] = set()
+        self.new_failures: dict[tuple[str, int, str, str], Row] = {}
         self.new_logs: dict[int, LogRow] = {}
         self._current: RunRec | None = None  # the last run touched (it is in d_runs)
 
@@ -123,9 +155,8 @@ class Fold:
         position = self.position
         for position, msg_type, ns, execution_id, run, sender, time, data in items:
             handler = handlers.get(msg_type)
-            if handler is not None:
-                if run is not None:
-                    handler(ns, execution_id, run, time, data)
+            if handler is not None and run is not None:
+                handler(ns, execution_id, run, time, data)
             else:
                 self.runless(position, msg_type, ns, execution_id, run, sender, time, data)
             count += 1
@@ -135,13 +166,21 @@ class Fold:
 
     def runless(self, position: int, msg_type: str, ns: str, execution_id: str | None,
                 run: int | None, sender: str | None, time: str, data: dict[str, Any]) -> None:
-        """Heartbeats and logs (``handlers`` has every message type that belongs to a run)."""
-        if msg_type == "agent_heartbeat":
+        """Heartbeats, logs, workflow control, and what names no run (``handlers`` has every
+        message type that belongs to a run)."""
+        if msg_type in HEARTBEATS:
             self._heartbeat(ns, sender, time, data)
         elif msg_type == "agent_log":
             self.new_logs[position] = (position, time, data.get("level"), sender,
                                        data.get("module"), data.get("message"), ns,
                                        execution_id, run)
+        elif msg_type in CONTROL:
+            self._command(position, msg_type, ns, execution_id, sender, time, data)
+        elif msg_type == "slice_result" and run is None:  # a failure naming no run either
+            self.new_logs[position] = (
+                position, time, "ERROR", sender, "slice_result",
+                f"failed worker result without a run or slice: {data.get('error')}", ns,
+                execution_id, None)
 
     # -- records -------------------------------------------------------------------------------
 
@@ -170,6 +209,8 @@ class Fold:
                 self.d_execs.add(old)
             self.d_datasets.update(run.datasets)  # their rows carry the execution id
             self.d_tasks.update(run.tasks)
+            if run.workflow_task is not None:
+                self.d_wtasks.add(run.workflow_task)
         run.execution_id = execution_id
         execution = self.execution(run.ns, execution_id)
         execution.runs.add(run)
@@ -236,12 +277,19 @@ class Fold:
         # The run belongs to the execution its run_imminent names.
         if execution_id is not None and run.execution_id != execution_id:
             self.attach(run, execution_id)
+        if type(data.get("workflow_params")) is dict:
+            run.expects_outcome = True  # our DAQ: run_processed will follow
         if run.execution_id is not None:
             execution = self.execution(ns, run.execution_id)
             if data.get("workflow") is not None:
                 execution.workflow = data["workflow"]
+            elif execution.workflow is None:
+                named = _UPSTREAM_EXECUTION.match(run.execution_id)
+                execution.workflow = named.group(1) if named else None
             if data.get("workflow_params") is not None:
                 execution.parameters = data["workflow_params"]
+            elif not run.expects_outcome and type(data.get("sender")) is str:
+                self._runner_started(execution, data["sender"], time)
             self.d_execs.add(execution)
         if run.phase is None:
             run.phase = "imminent"
@@ -293,7 +341,8 @@ class Fold:
             stf.generated_at = time
         # stf_ready (the data agent's registration) outranks stf_gen, whatever the order.
         overwrite = stf.ready_at is None
-        for name in ("sequence", "file_url"):
+        for name in ("sequence", "file_url", "checksum", "size_bytes"):  # the last two: the
+            # legacy DAQ simulator's
             value = data.get(name)
             if value is not None and (overwrite or getattr(stf, name) is None):
                 setattr(stf, name, value)
@@ -302,7 +351,10 @@ class Fold:
     def _stf_ready(self, ns: str, execution_id: str | None, number: int, time: str,
                    data: dict[str, Any]) -> None:
         run = self._run(ns, number, execution_id, time)
-        stf = self._stf(run, data["filename"], time)
+        filename = data.get("filename")  # optional: a canonical body may lack the key
+        if filename is None:
+            return  # upstream's per-run "data ready": a fact about the run only
+        stf = self._stf(run, filename, time)
         if stf.ready_at is None or time < stf.ready_at:
             stf.ready_at = time
         for name in ("sequence", "file_url", "checksum", "size_bytes"):
@@ -377,7 +429,11 @@ class Fold:
         if (run is None or run.run != number or run.ns != ns
                 or (execution_id is not None and run.execution_id is None)):
             run = self._run(ns, number, execution_id, time)
-        key = (ns, number, data.get("tf_filename") or "", data["slice_id"])
+        slice_id = data.get("slice_id")  # optional: a canonical body may lack the key
+        if slice_id is None:  # a failure without the slice's identity
+            self._unmatched_failure(run, time, data)
+            return
+        key = (ns, number, data.get("tf_filename") or "", slice_id)
         piece = self.slices.get(key)  # _slice_rec inlined
         if piece is None:
             piece = self.slices[key] = SliceRec(ns, number, key[2], key[3], time)
@@ -396,6 +452,14 @@ class Fold:
             piece.retries = retry
             piece.worker = data.get("worker")
             piece.error = data.get("error")
+
+    def _unmatched_failure(self, run: RunRec, time: str, data: dict[str, Any]) -> None:
+        self._run(run.ns, run.run, None, time)  # its times (the slice path leaves them)
+        worker = data.get("worker") or ""
+        run.failures[(time, worker)] = value = (data.get("error"), data.get("panda_task_id"),
+                                                data.get("panda_id"))
+        self.new_failures[(run.ns, run.run, time, worker)] = (run.run, run.ns, time, worker,
+                                                               *value)
 
     # -- datasets and tasks --------------------------------------------------------------------
 
@@ -482,6 +546,126 @@ class Fold:
                      data: dict[str, Any]) -> None:
         self._task(ns, execution_id, number, time, data)
 
+    # -- the PanDA/iDDS workflow task (upstream) ----------------------------------------------
+
+    def _workflow_task(self, ns: str, execution_id: str | None, number: int, time: str,
+                       data: dict[str, Any], state: str | None) -> WorkflowTaskRec:
+        run = self._run(ns, number, execution_id, time)
+        task = run.workflow_task
+        if task is None:
+            task = run.workflow_task = WorkflowTaskRec(ns, number, time)
+        else:
+            _widen(task, time)
+        if state is not None and (task.state is None
+                                  or TASK_STATES[state] > TASK_STATES[task.state]):
+            task.state = state
+        if (data.get("request_id") is not None or data.get("transform_id") is not None
+                or data.get("workload_id") is not None) and (task.ids_at is None
+                                                             or time < task.ids_at):
+            task.ids_at = time
+            task.request_id = _text(data.get("request_id"))
+            task.transform_id = _text(data.get("transform_id"))
+            task.workload_id = _text(data.get("workload_id"))
+        status = data.get("status")
+        if status is not None and (task.status_at is None or time >= task.status_at):
+            task.status = status
+            task.status_at = time
+        self.d_wtasks.add(task)
+        return task
+
+    def _request(self, ns: str, number: int, time: str, msg_type: str, data: dict[str, Any],
+                 target: Any = None) -> None:
+        key = (ns, number, time, msg_type)
+        self.requests[key] = (number, ns, time, msg_type, target, data.get("core_count"),
+                              data.get("memory_per_core"), data.get("site"), data.get("status"))
+        self.d_requests.add(key)
+
+    def _worker_announced(self, ns: str, execution_id: str | None, number: int, time: str,
+                          data: dict[str, Any]) -> None:
+        """run_imminent_worker: the fast processing agent tells the workers what the run needs
+        (not a run_imminent: its content is one, forwarded)."""
+        task = self._workflow_task(ns, execution_id, number, time, data, "announced")
+        if task.announced_at is None or time < task.announced_at:
+            task.announced_at = time
+            task.target_workers = data.get("target_worker_count")
+        self._request(ns, number, time, "run_imminent_worker", data,
+                      data.get("target_worker_count"))
+
+    def _task_requested(self, ns: str, execution_id: str | None, number: int, time: str,
+                        data: dict[str, Any]) -> None:
+        task = self._workflow_task(ns, execution_id, number, time, data, "requested")
+        if task.requested_at is None or time < task.requested_at:
+            task.requested_at = time
+            task.requested_cores = data.get("core_count")
+            task.memory_per_core = data.get("memory_per_core")
+            task.site = data.get("site")
+            task.task_name = data.get("task_name")
+            task.scope = data.get("scope")
+        self._request(ns, number, time, "create_workflow_task", data,
+                      data.get("target_worker_count"))
+
+    def _task_created(self, ns: str, execution_id: str | None, number: int, time: str,
+                      data: dict[str, Any]) -> None:
+        self._workflow_task(ns, execution_id, number, time, data, "created")
+
+    def _workers_adjusted(self, ns: str, execution_id: str | None, number: int, time: str,
+                          data: dict[str, Any]) -> None:
+        """adjust_worker (the transceiver's request) and adjusted_worker (iDDS's answer)."""
+        task = self._workflow_task(ns, execution_id, number, time, data, None)
+        if data.get("core_count") is not None and (task.adjusted_at is None
+                                                   or time >= task.adjusted_at):
+            task.adjusted_cores = data["core_count"]
+            task.adjusted_at = time
+        self._request(ns, number, time, data["msg_type"], data)
+
+    def _task_closing(self, ns: str, execution_id: str | None, number: int, time: str,
+                      data: dict[str, Any]) -> None:
+        self._workflow_task(ns, execution_id, number, time, data, "closing")
+
+    def _task_closed(self, ns: str, execution_id: str | None, number: int, time: str,
+                     data: dict[str, Any]) -> None:
+        task = self._workflow_task(ns, execution_id, number, time, data, "closed")
+        if task.closed_at is None or time < task.closed_at:
+            task.closed_at = time
+
+    def _transformers_stopped(self, ns: str, execution_id: str | None, number: int, time: str,
+                              data: dict[str, Any]) -> None:
+        task = self._workflow_task(ns, execution_id, number, time, data, None)
+        if task.stop_requested_at is None or time < task.stop_requested_at:
+            task.stop_requested_at = time
+
+    def _runner_started(self, execution: ExecRec, sender: str, time: str) -> None:
+        """An upstream runner announced ``execution``: the runner runs one workflow at a time
+        (swf-testbed workflows/workflow_runner.py:747-755), so an earlier execution of it that
+        never ended is over (derive.execution_status)."""
+        if execution.daq_sender is None:
+            execution.daq_sender = sender
+        elif execution.daq_sender != sender:
+            return
+        if execution.started_at is not None and time >= execution.started_at:
+            return
+        execution.started_at = time
+        key = (execution.ns, sender)
+        self.daq_starts.setdefault(key, {})[execution.execution_id] = time
+        self.d_execs.update(e for e in self.execs.values()
+                            if e.ns == execution.ns and e.daq_sender == sender)
+
+    # -- workflow control ------------------------------------------------------------------------
+
+    def _command(self, position: int, msg_type: str, ns: str, execution_id: str | None,
+                 sender: str | None, time: str, data: dict[str, Any]) -> None:
+        params = data.get("params")
+        self.commands[position] = (
+            position, time, ns, msg_type, execution_id, data.get("workflow_name"), sender,
+            data.get("config"), data.get("realtime"),
+            None if params is None else orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+            .decode())
+        self.d_commands.add(position)
+        if msg_type == "stop_workflow":
+            self.stops.setdefault(ns, {})[position] = (time, execution_id)
+            # Which execution it stops is derived at flush (derive.execution_status).
+            self.d_execs.update(e for e in self.execs.values() if e.ns == ns)
+
     # -- agents --------------------------------------------------------------------------------
 
     def _heartbeat(self, ns: str, sender: str | None, time: str, data: dict[str, Any]) -> None:
@@ -499,6 +683,10 @@ class Fold:
             agent.pid = data.get("pid")
             agent.hostname = data.get("hostname")
         self.d_agents.add(agent)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _widen(record: Any, time: str) -> None:

@@ -15,7 +15,7 @@ import orjson
 import sqlalchemy as sa
 
 from . import tables as t
-from .fold import Fold, Item
+from .fold import CONTROL, HEARTBEATS, Fold, Item
 from .records import (
     ATTEMPT,
     RANK,
@@ -28,9 +28,15 @@ from .records import (
     SliceRec,
     StfRec,
     TaskRec,
+    WorkflowTaskRec,
 )
 
 KEYS_PER_QUERY = 400  # (run_number, namespace) pairs per IN: 800 bound parameters
+# Statuses a stop or a runner's next execution may still change (derive.execution_status);
+# "failed" also comes from run_processed: loaded then too, and derived as before.
+UNFINISHED = ("running", "terminated", "failed")
+# Folded without their run (fold.Fold.runless) even when they name one.
+RUNLESS_FOLDED = HEARTBEATS | CONTROL | {"agent_log"}
 
 
 def preload(conn: sa.Connection, fold: Fold, items: Sequence[Item]) -> None:
@@ -40,13 +46,37 @@ def preload(conn: sa.Connection, fold: Fold, items: Sequence[Item]) -> None:
     runs: set[tuple[str, int]] = set()
     execs: set[tuple[str, str]] = set()
     agents: set[tuple[str, str]] = set()
-    for _position, msg_type, ns, execution_id, run, sender, _time, _data in items:
-        if run is not None and msg_type not in ("agent_heartbeat", "agent_log"):
+    stopping: set[str] = set()  # namespaces with a new stop_workflow
+    runners: set[tuple[str, str]] = set()  # upstream runners that announced a run
+    for _position, msg_type, ns, execution_id, run, sender, _time, data in items:
+        if (msg_type == "run_imminent" and sender is not None
+                and type(data.get("workflow_params")) is not dict):
+            runners.add((ns, sender))
+        if run is not None and msg_type not in RUNLESS_FOLDED:
             runs.add((ns, run))
             if execution_id is not None:
                 execs.add((ns, execution_id))
-        elif msg_type == "agent_heartbeat":
+        elif msg_type in HEARTBEATS:
             agents.add((ns, sender or ""))
+        elif msg_type == "stop_workflow":
+            stopping.add(ns)
+            if execution_id is not None:
+                execs.add((ns, execution_id))
+    if not fold.checked_stops:
+        load_stops(conn, fold)
+        fold.checked_stops = True
+    if not fold.checked_daq:
+        load_runner_starts(conn, fold)
+        fold.checked_daq = True
+    columns = t.executions.c
+    for ns, sender in sorted(runners):  # their earlier executions may be over now
+        execs |= set(_select_where(conn, t.executions, ("namespace", "execution_id"),
+                                   (columns.namespace == ns) & (columns.daq_sender == sender)
+                                   & columns.status.in_(UNFINISHED)))
+    if stopping:  # the executions a stop may concern: those its runs did not end
+        execs |= set(_select_where(conn, t.executions, ("namespace", "execution_id"),
+                                   t.executions.c.namespace.in_(sorted(stopping))
+                                   & t.executions.c.status.in_(UNFINISHED)))
     runs -= fold.checked_runs
     if runs:
         load_runs(conn, fold, runs)
@@ -61,6 +91,32 @@ def preload(conn: sa.Connection, fold: Fold, items: Sequence[Item]) -> None:
     if agents:
         load_agents(conn, fold, agents)
         fold.checked_agents |= agents
+
+
+def _select_where(conn: sa.Connection, table: sa.Table, columns: Sequence[str],
+                  where: Any) -> Iterator[tuple[Any, ...]]:
+    for row in conn.execute(sa.select(*(table.c[name] for name in columns)).where(where)):
+        yield tuple(row)
+
+
+def load_stops(conn: sa.Connection, fold: Fold) -> None:
+    """Every stop_workflow fact (few: one per stopped execution); executions' status depends
+    on them."""
+    commands = t.workflow_commands.c
+    for position, time, ns, execution_id in conn.execute(
+            sa.select(commands.position, commands.time, commands.namespace,
+                      commands.execution_id).where(commands.msg_type == "stop_workflow")):
+        fold.stops.setdefault(ns, {})[position] = (time, execution_id)
+
+
+def load_runner_starts(conn: sa.Connection, fold: Fold) -> None:
+    """When each upstream runner started each of its executions (one row per execution)."""
+    columns = t.executions.c
+    for ns, sender, execution_id, started_at in conn.execute(
+            sa.select(columns.namespace, columns.daq_sender, columns.execution_id,
+                      columns.started_at).where(columns.daq_sender.is_not(None))):
+        if started_at is not None:
+            fold.daq_starts.setdefault((ns, sender), {})[execution_id] = started_at
 
 
 def _chunks(keys: Iterable[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
@@ -96,6 +152,8 @@ def _run_rec(fold: Fold, row: Any) -> RunRec:
     run.counts = (row.stf_count, row.stf_samples_received, row.slices_created, row.slices_queued,
                   row.slices_processing, row.slices_completed, row.slices_failed,
                   row.slice_retries)
+    run.expects_outcome = bool(row.expects_outcome)
+    run.stored_failures = row.unmatched_failures
     return run
 
 
@@ -145,6 +203,14 @@ def load_runs(conn: sa.Connection, fold: Fold, keys: set[tuple[str, int]]) -> No
     for row in _select(conn, t.dataset_files, ("run_number", "namespace"), pairs):
         owner = datasets[(row.namespace, row.run_number, row.scope, row.dataset)]
         owner.files[row.name] = FileRec(row.name, row.size_bytes, row.checksum, row.attached_at)
+    for row in _select(conn, t.failed_results, ("run_number", "namespace"), pairs):
+        runs[(row.namespace, row.run_number)].failures[(row.time, row.worker)] = (
+            row.error, row.panda_task_id, row.panda_id)
+    for row in _select(conn, t.workflow_tasks, ("run_number", "namespace"), pairs):
+        work = WorkflowTaskRec(row.namespace, row.run_number, row.created_at)
+        for name in WorkflowTaskRec.__slots__[2:]:
+            setattr(work, name, getattr(row, name))
+        runs[(work.ns, work.run)].workflow_task = work
     for row in _select(conn, t.panda_tasks, ("run_number", "namespace"), pairs):
         task = TaskRec(row.namespace, row.run_number, row.task_key)
         (task.task_id, task.input_dataset, task.status, task.error, task.submitted_at,
@@ -174,6 +240,7 @@ def load_execs(conn: sa.Connection, fold: Fold, keys: set[tuple[str, str]]) -> N
         execution = fold.execs[(row.namespace, row.execution_id)] = ExecRec(
             row.namespace, row.execution_id)
         execution.workflow = row.workflow
+        execution.daq_sender, execution.started_at = row.daq_sender, row.started_at
         execution.parameters = None if row.parameters is None else orjson.loads(row.parameters)
     for row in _select(conn, t.run_state, ("namespace", "execution_id"), keys):
         run = fold.runs.get((row.namespace, row.run_number))

@@ -197,7 +197,8 @@ def agents(store: EventStore, *, namespace: str | None = None, status: str | Non
 # -- the execution summary -----------------------------------------------------------------
 
 SUMMARY_COUNTERS = ("stf_count", "stf_samples_received", "slices_created", "slices_queued",
-                    "slices_processing", "slices_completed", "slices_failed", "slice_retries")
+                    "slices_processing", "slices_completed", "slices_failed", "slice_retries",
+                    "unmatched_failures")
 
 
 def execution_summary(store: EventStore, execution_id: str, *, namespace: str | None = None,
@@ -237,6 +238,11 @@ def execution_summary(store: EventStore, execution_id: str, *, namespace: str | 
         bad_logs = conn.execute(sa.select(t.logs).where(mine(
             t.logs.c.namespace == ns, t.logs.c.execution_id == execution_id,
             t.logs.c.level.in_(ERROR_LEVELS))).order_by(t.logs.c.position)).all()
+        failures = conn.execute(sa.select(t.failed_results).where(
+            sa.tuple_(t.failed_results.c.run_number, t.failed_results.c.namespace)
+            .in_(run_keys)).order_by(*t.failed_results.primary_key.columns)).all() \
+            if run_keys else []
+        orders = _commands_concerning(conn, execution)
     totals = {name: sum(getattr(row, name) for row in runs) for name in SUMMARY_COUNTERS}
     latest = max(runs, key=lambda row: (row.created_at or "", row.run_number), default=None)
     end_time = execution.end_time
@@ -260,7 +266,8 @@ def execution_summary(store: EventStore, execution_id: str, *, namespace: str | 
                       "size_bytes": row.size_bytes} for row in sets],
         "tasks": [{"run_number": row.run_number, "task_id": row.task_id, "status": row.status}
                   for row in jobs],
-        "errors": _errors(runs, sets, jobs, unmatched, rejected, bad_logs),
+        "commands": orders,
+        "errors": _errors(runs, sets, jobs, unmatched, rejected, bad_logs, failures),
         "start_time": execution.start_time,
         "end_time": end_time,
         "duration_s": duration,
@@ -268,8 +275,8 @@ def execution_summary(store: EventStore, execution_id: str, *, namespace: str | 
 
 
 def _errors(runs: Sequence[Any], sets: Sequence[Any], jobs: Sequence[Any],
-            unmatched: Sequence[Any], rejected: Sequence[Any], bad_logs: Sequence[Any]
-            ) -> list[str]:
+            unmatched: Sequence[Any], rejected: Sequence[Any], bad_logs: Sequence[Any],
+            failures: Sequence[Any] = ()) -> list[str]:
     kinds = [
         [f"rejected message at position {row.position} ({row.msg_type or 'unknown type'}): "
          f"{row.reject_reason}" for row in rejected],
@@ -282,6 +289,9 @@ def _errors(runs: Sequence[Any], sets: Sequence[Any], jobs: Sequence[Any],
         [f"slice_result for unknown slice {row.tf_filename or '(no tf_filename)'}#"
          f"{row.slice_id} (run {row.run_number}): {row.status}" for row in unmatched],
         [f"{row.time} {row.level} {row.agent or '-'}: {row.message}" for row in bad_logs],
+        [f"failed worker result naming no slice (run {row.run_number}, worker "
+         f"{row.worker or '-'}, {row.time}): {row.error or '(no error text)'}"
+         for row in failures],
     ]
     errors: list[str] = []
     for kind in kinds:
@@ -289,3 +299,79 @@ def _errors(runs: Sequence[Any], sets: Sequence[Any], jobs: Sequence[Any],
         if len(kind) > MAX_ERRORS_PER_KIND:
             errors.append(f"... and {len(kind) - MAX_ERRORS_PER_KIND} more like the above")
     return errors
+
+
+# -- upstream runs: PanDA workflow tasks, worker requests, unmatched failures, control --------
+
+SPECS.update({
+    "workflow_tasks": _Spec(t.workflow_tasks, "created_at", "state",
+                            ("run_number", "namespace")),
+    "worker_requests": _Spec(t.worker_requests, "time", "msg_type",
+                             ("run_number", "namespace", "time", "msg_type")),
+    "failures": _Spec(t.failed_results, "time", None,
+                      ("run_number", "namespace", "time", "worker")),
+    "commands": _Spec(t.workflow_commands, "time", "msg_type", ("position",), latest=True),
+})
+TIME_COLUMNS.update({name: SPECS[name].time for name in
+                     ("workflow_tasks", "worker_requests", "failures", "commands")})
+COLUMNS.update({name: tuple(str(c.name) for c in SPECS[name].table.columns) for name in
+                ("workflow_tasks", "worker_requests", "failures", "commands")})
+
+
+def workflow_tasks(store: EventStore, **filters: Any) -> list[dict[str, Any]]:
+    """Each run's PanDA/iDDS workflow task: ids, requested and adjusted worker cores, state
+    (announced/requested/created/closing/closed); ``status`` filters on the state."""
+    return query(store, "workflow_tasks", **filters)
+
+
+def worker_requests(store: EventStore, **filters: Any) -> list[dict[str, Any]]:
+    """Every worker request and answer (run_imminent_worker, create_workflow_task,
+    adjust_worker, adjusted_worker); ``status`` filters on the message type."""
+    return query(store, "worker_requests", **filters)
+
+
+def failures(store: EventStore, **filters: Any) -> list[dict[str, Any]]:
+    """Failed worker results that name no slice, per run."""
+    return query(store, "failures", **filters)
+
+
+def commands(store: EventStore, **filters: Any) -> list[dict[str, Any]]:
+    """Workflow control messages (with --limit: the latest); ``status`` filters on the type;
+    ``execution_id`` on the execution a command names."""
+    rows = query(store, "commands", **filters)
+    for row in rows:
+        if isinstance(row.get("params"), str):
+            row["params"] = orjson.loads(row["params"])
+        if row.get("realtime") is not None:
+            row["realtime"] = bool(row["realtime"])
+    return rows
+
+
+def _commands_concerning(conn: sa.Connection, execution: Any) -> list[dict[str, Any]]:
+    """The workflow control messages about one execution: those naming it; the run_workflow
+    that started it (the latest for its workflow in its namespace before its start: upstream's
+    runner names the execution only after it started); stop and status requests naming no
+    execution, sent to its namespace from that run_workflow (else its start) to its end."""
+    columns = t.workflow_commands.c
+    start, end = execution.start_time, execution.end_time
+    rows = conn.execute(sa.select(t.workflow_commands).where(
+        columns.namespace == execution.namespace,
+        sa.or_(columns.execution_id == execution.execution_id, columns.execution_id.is_(None)))
+        .order_by(columns.position)).all()
+    started_by = None
+    for row in rows:
+        if (row.msg_type == "run_workflow" and row.execution_id is None
+                and execution.workflow is not None and row.workflow_name == execution.workflow
+                and start is not None and row.time <= start
+                and (started_by is None or row.time >= started_by.time)):
+            started_by = row
+    since = started_by.time if started_by is not None else start
+    chosen = [row for row in rows if row.execution_id == execution.execution_id
+              or row is started_by
+              or (row.execution_id is None and row.msg_type != "run_workflow"
+                  and since is not None and row.time >= since
+                  and (end is None or row.time <= end))]
+    chosen.sort(key=lambda row: (row.time, row.position))
+    return [{"position": row.position, "time": row.time, "msg_type": row.msg_type,
+             "workflow_name": row.workflow_name, "execution_id": row.execution_id,
+             "sender": row.sender} for row in chosen]

@@ -23,7 +23,8 @@ class RunRec:
     __slots__ = ("ns", "run", "execution_id", "phase", "state", "substate", "state_at",
                  "total_stf_files", "outcome", "outcome_error", "processed_at",
                  "state_changed_at", "created_at", "updated_at", "stfs", "samples", "slices",
-                 "datasets", "tasks", "full", "counts")
+                 "datasets", "tasks", "full", "counts", "expects_outcome", "failures",
+                 "stored_failures", "workflow_task")
 
     def __init__(self, ns: str, run: int, time: str | None) -> None:
         self.ns = ns
@@ -48,10 +49,20 @@ class RunRec:
         self.full = True  # False: only the run_state row is loaded (its counts are as stored)
         # stf, samples, slices created/queued/processing/completed/failed, retries
         self.counts: tuple[int, ...] = (0, 0, 0, 0, 0, 0, 0, 0)
+        self.expects_outcome = False  # our DAQ announced it: run_processed will say how it went
+        # Failed results naming no slice: (time, worker or '') -> (error, panda task, panda id)
+        self.failures: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self.stored_failures = 0  # the row's count, while the run is not loaded whole
+        self.workflow_task: WorkflowTaskRec | None = None
+
+    @property
+    def failure_count(self) -> int:
+        return len(self.failures) if self.full else self.stored_failures
 
 
 class ExecRec:
-    __slots__ = ("ns", "execution_id", "workflow", "parameters", "runs")
+    __slots__ = ("ns", "execution_id", "workflow", "parameters", "runs", "daq_sender",
+                 "started_at")
 
     def __init__(self, ns: str, execution_id: str) -> None:
         self.ns = ns
@@ -59,6 +70,10 @@ class ExecRec:
         self.workflow: str | None = None
         self.parameters: Any = None
         self.runs: set[RunRec] = set()
+        # An upstream execution: the runner that announced it, and when (its earliest
+        # run_imminent). The runner runs one workflow at a time.
+        self.daq_sender: str | None = None
+        self.started_at: str | None = None
 
 
 class StfRec:
@@ -172,6 +187,43 @@ class TaskRec:
         self.error: str | None = None
         self.submitted_at: str | None = None
         self.updated_at: str | None = None
+
+
+# The PanDA/iDDS workflow task's progress: a later state never moves it back.
+TASK_STATES = {"announced": 0, "requested": 1, "created": 2, "closing": 3, "closed": 4}
+
+
+class WorkflowTaskRec:
+    __slots__ = ("ns", "run", "state", "status", "task_name", "scope", "site", "request_id",
+                 "transform_id", "workload_id", "target_workers", "requested_cores",
+                 "memory_per_core", "adjusted_cores", "announced_at", "requested_at", "ids_at",
+                 "adjusted_at", "status_at", "stop_requested_at", "closed_at", "created_at",
+                 "updated_at")
+
+    def __init__(self, ns: str, run: int, time: str | None) -> None:
+        self.ns = ns
+        self.run = run
+        self.state: str | None = None
+        self.status: str | None = None
+        self.task_name: str | None = None
+        self.scope: str | None = None
+        self.site: str | None = None
+        self.request_id: str | None = None
+        self.transform_id: str | None = None
+        self.workload_id: str | None = None
+        self.target_workers: int | None = None
+        self.requested_cores: int | None = None
+        self.memory_per_core: float | None = None
+        self.adjusted_cores: int | None = None
+        self.announced_at: str | None = None
+        self.requested_at: str | None = None
+        self.ids_at: str | None = None
+        self.adjusted_at: str | None = None
+        self.status_at: str | None = None
+        self.stop_requested_at: str | None = None
+        self.closed_at: str | None = None
+        self.created_at = time
+        self.updated_at = time
 
 
 class AgentRec:

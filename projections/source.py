@@ -32,8 +32,8 @@ Row = FoldRow  # (position, run_id, schema_version, time, execution_id, body)
 
 def _examined(view: Reads, position: int, body: bytes
               ) -> tuple[str, str, str | None, dict[str, Any]] | None:
-    destination, _headers = view.destination_and_headers(position)
-    verdict = examine(body, destination)
+    destination, headers = view.destination_and_headers(position)
+    verdict = examine(body, destination, headers=headers)
     if verdict.data is None or verdict.msg_type is None:
         return None  # today's catalog rejects what was accepted then: skip it
     return verdict.msg_type, verdict.namespace or "", verdict.sender, verdict.data
@@ -69,9 +69,8 @@ def fold_rows(fold: Fold, view: Reads, rows: list[Row]) -> int:
     count = 0
     for position, msg_type, ns, execution_id, run, sender, time, data in _decoded(view, rows):
         handler = handlers.get(msg_type)
-        if handler is not None:
-            if run is not None:
-                handler(ns, execution_id, run, time, data)
+        if handler is not None and run is not None:
+            handler(ns, execution_id, run, time, data)
         else:
             fold.runless(position, msg_type, ns, execution_id, run, sender, time, data)
         count += 1

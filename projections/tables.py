@@ -45,6 +45,11 @@ executions = sa.Table(
     sa.Column("slices_completed", sa.Integer(), nullable=False),
     sa.Column("slices_failed", sa.Integer(), nullable=False),
     sa.Column("updated_at", TIME),
+    # An upstream execution: its runner (the sender of its run_imminent) and its earliest
+    # run_imminent; a runner runs one execution at a time (derive.execution_status).
+    sa.Column("daq_sender", NAME),
+    sa.Column("started_at", TIME),
+    sa.Index("ix_executions_runner", "namespace", "daq_sender"),
     sqlite_with_rowid=False,
 )
 
@@ -71,6 +76,11 @@ run_state = sa.Table(
     sa.Column("state_changed_at", TIME),
     sa.Column("created_at", TIME),
     sa.Column("updated_at", TIME),
+    # Failed worker results that name no slice (failed_results rows of the run).
+    sa.Column("unmatched_failures", sa.Integer(), nullable=False, server_default="0"),
+    # Its run_imminent came from our DAQ, which promises run_processed; an upstream run's
+    # outcome is derived from its own facts instead.
+    sa.Column("expects_outcome", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Index("ix_run_state_execution", "execution_id"),
     sqlite_with_rowid=False,
 )
@@ -179,6 +189,79 @@ panda_tasks = sa.Table(
     sqlite_with_rowid=False,
 )
 
+# Failed worker results without a slice identity (the transformer's failure carries no copy of
+# the slice): kept per run, counted (run_state.unmatched_failures), their errors reported.
+failed_results = sa.Table(
+    "failed_results", metadata,
+    *_run_key(),
+    sa.Column("time", TIME, primary_key=True),
+    sa.Column("worker", NAME, primary_key=True),  # '' when the result names none
+    sa.Column("error", sa.Text()),
+    sa.Column("panda_task_id", sa.String(100)),
+    sa.Column("panda_id", sa.String(100)),
+    sqlite_with_rowid=False,
+)
+
+# The PanDA/iDDS workflow task of a run, as upstream's fast processing agent, PanDA workers
+# transceiver and iDDS describe it (run_imminent_worker, create/created/adjust(ed)/close(d)
+# workflow task, stop_transformer). Ids are text: iDDS may send numbers or strings.
+workflow_tasks = sa.Table(
+    "workflow_tasks", metadata,
+    *_run_key(),
+    sa.Column("execution_id", NAME),
+    sa.Column("state", sa.String(20)),  # announced < requested < created < closing < closed
+    sa.Column("status", sa.String(40)),  # iDDS's own word (adjusted_worker, closed_...)
+    sa.Column("task_name", NAME),
+    sa.Column("scope", NAME),
+    sa.Column("site", NAME),
+    sa.Column("request_id", sa.String(100)),
+    sa.Column("transform_id", sa.String(100)),
+    sa.Column("workload_id", sa.String(100)),
+    sa.Column("target_workers", sa.Integer()),
+    sa.Column("requested_cores", sa.Integer()),
+    sa.Column("memory_per_core", sa.Float()),
+    sa.Column("adjusted_cores", sa.Integer()),
+    sa.Column("announced_at", TIME),  # earliest run_imminent_worker: target_workers
+    sa.Column("requested_at", TIME),  # earliest create_workflow_task: the request
+    sa.Column("ids_at", TIME),  # earliest message with the iDDS ids
+    sa.Column("adjusted_at", TIME),  # latest adjust_worker/adjusted_worker
+    sa.Column("status_at", TIME),
+    sa.Column("stop_requested_at", TIME),  # earliest stop_transformer
+    sa.Column("closed_at", TIME),  # earliest closed_workflow_task
+    sa.Column("created_at", TIME),
+    sa.Column("updated_at", TIME),
+    sqlite_with_rowid=False,
+)
+
+# Every worker request and answer of a run, in time order (one row per message).
+worker_requests = sa.Table(
+    "worker_requests", metadata,
+    *_run_key(),
+    sa.Column("time", TIME, primary_key=True),
+    sa.Column("msg_type", sa.String(40), primary_key=True),
+    sa.Column("target_workers", sa.Integer()),
+    sa.Column("core_count", sa.Integer()),
+    sa.Column("memory_per_core", sa.Float()),
+    sa.Column("site", NAME),
+    sa.Column("status", sa.String(40)),
+    sqlite_with_rowid=False,
+)
+
+# Workflow control messages (run_workflow, stop_workflow, status_request), as sent.
+workflow_commands = sa.Table(
+    "workflow_commands", metadata,
+    sa.Column("position", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("time", TIME, nullable=False),
+    sa.Column("namespace", NAME, nullable=False),
+    sa.Column("msg_type", sa.String(40), nullable=False),
+    sa.Column("execution_id", NAME),  # the execution it names, if any
+    sa.Column("workflow_name", NAME),
+    sa.Column("sender", NAME),
+    sa.Column("config", NAME),
+    sa.Column("realtime", sa.Boolean()),
+    sa.Column("params", sa.Text()),  # orjson text
+)
+
 agents = sa.Table(
     "agents", metadata,
     sa.Column("namespace", NAME, primary_key=True),
@@ -220,9 +303,11 @@ PROJECTIONS: dict[str, tuple[sa.Table, ...]] = {
     "run_state": (run_state,),
     "stf_files": (stf_files,),
     "tf_samples": (tf_samples,),
-    "tf_slices": (tf_slices, unmatched_results),
+    "tf_slices": (tf_slices, unmatched_results, failed_results),
     "datasets": (datasets, dataset_files),
     "panda_tasks": (panda_tasks,),
+    "workflow_tasks": (workflow_tasks, worker_requests),
+    "commands": (workflow_commands,),
     "agents": (agents,),
     "logs": (logs,),
 }

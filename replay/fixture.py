@@ -15,7 +15,7 @@ it again, or null). Both files are deterministic: the same execution gives the s
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,13 +106,14 @@ def write_expected(path: Path, expected: Mapping[str, Any]) -> None:
 
 
 def export(view: Snapshot, execution_id: str, stops: Mapping[str, int],
-           stored: Callable[[Scope], Mapping[str, Sequence[Row]]], scenario: str | None
-           ) -> tuple[list[Row], dict[str, Any], Comparison]:
-    """The execution as a fixture: (its events as stored, the expected-file object with the
-    stored projection rows, the comparison of those with a rebuild from the log)."""
+           stored: Callable[[Scope], Mapping[str, Sequence[Row]]], scenario: str | None,
+           also: Iterable[int] = ()) -> tuple[list[Row], dict[str, Any], Comparison]:
+    """The execution as a fixture: (its events as stored, plus those at positions ``also``,
+    the expected-file object with the stored projection rows, the comparison of those with a
+    rebuild from the log)."""
     scope = Scope(execution_id)
     comparison = rebuild.compare(view, scope, stops, stored)
-    rows = view.export_rows(execution_id, max(stops.values()), scope.extra_positions)
+    rows = view.export_rows(execution_id, max(stops.values()), [*scope.extra_positions, *also])
     expected = expected_object(execution_id, rows, stored(scope), scenario)
     return rows, expected, comparison
 

@@ -70,7 +70,17 @@ def fold_execution(view: Snapshot, scope: Scope, limit: Limit,
                                             limit)
         if beats:  # runless and "latest wins" by time: their order does not matter
             count += fast.fold_rows(fold, view, beats)
-        scope.extra_positions = sorted(row[0] for row in (*foreign, *beats))
+        # stop_workflow naming no execution may stop this one: its status depends on them
+        stops = view.namespace_stops({ns for _run, ns in scope.runs}, limit)
+        if stops:
+            count += fast.fold_rows(fold, view, stops)
+        # an upstream runner's later execution ends this one if it never ended
+        runners = {(e.ns, e.daq_sender) for e in fold.execs.values()
+                   if e.execution_id == execution_id and e.daq_sender is not None}
+        later = view.runner_announcements(runners, execution_id, limit)
+        if later:
+            count += fast.fold_rows(fold, view, later)
+        scope.extra_positions = sorted(row[0] for row in (*foreign, *beats, *stops, *later))
     return fold, count
 
 
@@ -110,6 +120,8 @@ def in_scope(name: str, rows: Sequence[Row], scope: Scope) -> list[Row]:
         return [row for row in rows if (row[0], row[1]) in scope.agents]
     if name == "logs":
         return [row for row in rows if row[7] == execution_id]
+    if name == "workflow_commands":
+        return [row for row in rows if row[4] == execution_id]
     raise ValueError(f"no scope rule for table {name}")
 
 
@@ -131,7 +143,7 @@ def read_stored(conn: sa.Connection, scope: Scope) -> dict[str, list[Row]]:
         table = TABLE_BY_NAME[name]
         select = f"SELECT {', '.join(quote(c) for c in columns_of(table))} FROM {quote(name)}"
         rows: list[Row] = []
-        if name in ("executions", "logs"):
+        if name in ("executions", "logs", "workflow_commands"):
             rows = _fetch(conn, f"{select} WHERE execution_id = {m}", (scope.execution_id,))
         elif name in _RUN_KEYED:
             for run, ns in runs:

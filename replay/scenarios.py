@@ -9,9 +9,9 @@ Recording is reproducible to the byte, so ``swf-replay --fixture F --update`` (o
   maps onto a temporary directory, so no machine's temp path ends up in a message;
 - agent names use a fixed user (``swf``), the store is fresh, the seed fixed.
 
-Messages of other systems (an upstream DAQ, injected error cases, upstream workers) are written
-here by hand and published into the runtime, so the agents handle them and the store records
-them exactly as a live run would.
+Messages of other systems (injected error cases) are written here by hand and published into
+the runtime, so the agents handle them and the store records them exactly as a live run would;
+the upstream testbed's come from ``replay.upstream``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,12 @@ from agents.base import Adapter, Command, shift
 from agents.config import load_workflow
 from agents.files import FilesAdapter, path_of
 from agents.payload import PayloadAdapter
-from agents.registry import create_agent
 from agents.runtime import EmbeddedRuntime, prepare
-from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, Event
+from eventstore.envelope import Incoming, format_time
 from eventstore.store import EventStore
 from projections.projector import NAMES, Projector
 
-from . import fixture, rebuild
+from . import fixture, rebuild, upstream
 from .fixture import Fixture
 from .source import Limit, Scope
 
@@ -48,6 +48,7 @@ class Scenario:
     name: str
     summary: str
     record: Callable[[EventStore, Path], str]  # records into the store -> execution id
+    whole_store: bool = False  # the fixture keeps every recorded event, not just the execution's
 
 
 class RootedFiles(Adapter):
@@ -135,96 +136,87 @@ def _prompt_errors(runtime: EmbeddedRuntime) -> None:
 
 # -- the upstream testbed's message formats -----------------------------------------------------
 
-UPSTREAM_EXECUTION = "stf_datataking-wenauseic-0049"
-UPSTREAM_RUN = 101993
-UPSTREAM_NAMESPACE = "torre2"
-UPSTREAM_START = "2026-01-01T00:00:00.000000Z"
-UPSTREAM_DAQ = "daq_simulator-agent-wenauseic-484"
-UPSTREAM_DATA = "data-agent-wenauseic-481"
-UPSTREAM_FP = "fast_processing-agent-wenauseic-483"
+UPSTREAM_EXECUTION = "fast_processing-wenauseic-0103"
+
+
+def upstream_session() -> list[upstream.Wire]:
+    """A session of the upstream testbed, every message as its agents send it
+    (``replay.upstream``): a run_workflow and status_request, a fast processing run (runner,
+    data agent, FastMon, fast processing agent, PanDA workers transceiver, iDDS, transformer,
+    with a failed slice and a worker adjustment), a bus heartbeat, a stray transformer failure,
+    a prompt processing run, an stf_datataking run, a legacy DAQ simulator run and, at the end,
+    a stop_workflow with nothing left to stop."""
+    start = upstream.START
+    minute = timedelta(minutes=1)
+    wires = [*upstream.control_commands(workflow="fast_processing",
+                                        at=start - timedelta(seconds=3)),
+             *upstream.fast_processing_run(start=start),
+             upstream.monitor_heartbeat("daq_simulator-agent-wenauseic-484", start + minute),
+             upstream.stray_result(start + 2 * minute),
+             *upstream.prompt_processing_run(start=start + 10 * minute,
+                                             container="/data/wenauseic/prompt"),
+             *upstream.stf_datataking_run(start=start + 20 * minute),
+             *upstream.daqsim_run(start=start + 30 * minute),
+             upstream.stop_workflow(start + 40 * minute)]
+    return sorted(wires, key=lambda wire: wire.sent)
 
 
 def _upstream(store: EventStore, workdir: Path) -> str:
-    """Our FastMon and fast processing agents among upstream senders: an upstream DAQ and data
-    agent (string run ids, ``size``, ``ad:`` checksums, ``created_at``, ``total_files``, an
-    stf_ready without execution_id), upstream PanDA workers answering every slice with the
-    ``content``-wrapped slice_result (one failure, retried), and an upstream fast processing
-    agent's ``content``-wrapped slice."""
-    del workdir  # no adapters: these agents issue no commands
-    agents = [create_agent(kind, f"{kind}-agent-{USER}", UPSTREAM_NAMESPACE)
-              for kind in ("fastmon", "fast_processing")]
-    runtime = EmbeddedRuntime(store, agents, {}, start_time=UPSTREAM_START,
-                              execution_id=UPSTREAM_EXECUTION, run_id=UPSTREAM_RUN,
-                              workflow="fast_processing", heartbeat_interval=60.0, strict=True)
-    run = str(UPSTREAM_RUN)
-    params = {"seed": 7, "fast_processing": {"slices_per_sample": 3},
-              "fastmon": {"tf_count_per_stf": 300}}
-
-    def at(seconds: float) -> str:
-        return shift(UPSTREAM_START, seconds)
-
-    def daq(msg_type: str, seconds: float, **fields: Any) -> None:
-        # ``at``: the runtime times a publication by ``timestamp`` only, and these use created_at
-        runtime.publish({"msg_type": msg_type, "namespace": UPSTREAM_NAMESPACE,
-                         "execution_id": UPSTREAM_EXECUTION, "run_id": run,
-                         "sender": UPSTREAM_DAQ, "created_at": at(seconds), **fields},
-                        at=at(seconds))
-
-    runtime.publish({"msg_type": "agent_heartbeat", "namespace": UPSTREAM_NAMESPACE,
-                     "execution_id": UPSTREAM_EXECUTION, "sender": UPSTREAM_DAQ,
-                     "agent_type": "DAQ_Simulator", "status": "OK",
-                     "operational_state": "READY", "pid": 484, "hostname": "pandaserver02",
-                     "timestamp": at(0)})
-    daq("run_imminent", 0, state="beam", substate="not_ready", workflow="fast_processing",
-        workflow_params=params, dataset=f"swf.{run}.run")
-    daq("start_run", 1, state="run", substate="physics")
-    for sequence in (1, 2, 3):
-        name = f"swf.{run}.{sequence:06d}.stf"
-        url = f"file:///data/e0/{name}"
-        daq("stf_gen", 1 + 3 * sequence, filename=name, sequence=sequence, file_url=url,
-            state="run", substate="physics")
-        ready = {"msg_type": "stf_ready", "namespace": UPSTREAM_NAMESPACE, "run_id": run,
-                 "sender": UPSTREAM_DATA, "timestamp": at(1.5 + 3 * sequence),
-                 "filename": name, "file_url": url, "size": 4096 * sequence,
-                 "checksum": f"ad:{sequence:x}a2b3c4d"}
-        if sequence != 2:  # the second names no execution: the store resolves it from the run
-            ready["execution_id"] = UPSTREAM_EXECUTION
-        runtime.publish(ready)
-    daq("end_run", 13, state="beam", substate="not_ready", total_files=3)
-    # An upstream fast processing agent's slice of a sample our FastMon never took.
-    runtime.publish({"msg_type": "slice", "run_id": run, "namespace": UPSTREAM_NAMESPACE,
-                     "sender": UPSTREAM_FP, "created_at": at(6),
-                     "content": {"run_id": run, "execution_id": UPSTREAM_EXECUTION,
-                                 "req_id": "req-0001", "filename": f"swf.{run}.000001.stf",
-                                 "tf_filename": f"swf.{run}.000001_tf_099.tf", "slice_id": 0,
-                                 "start": 0, "end": 44, "tf_count": 45, "state": "queued",
-                                 "substate": "new"}}, destination=SLICE_QUEUE, at=at(6))
-    failed_once: set[tuple[str, int]] = set()
-
-    def worker_answers(event: Event) -> None:
-        """Upstream PanDA workers: every slice is done 20 s after it was queued, except the
-        first attempt at slice 1 of the first sample, which fails."""
-        if event.msg_type != "slice" or not event.data:
-            return
-        data = event.data
-        key = (str(data["tf_filename"]), int(data["slice_id"]))
-        fails = key == (f"swf.{run}.000001_tf_001.tf", 1) and key not in failed_once
-        failed_once.add(key)
-        result: dict[str, Any] = {"slice_id": key[1], "tf_filename": key[0],
-                                  "processed": not fails}
-        content: dict[str, Any] = {"state": "failed" if fails else "done",
-                                   "result": {"result": result}}
-        if fails:
-            content["error"] = "eicrecon exited with status 139"
-        done = shift(event.time, 20)
-        runtime.publish({"msg_type": "slice_result", "run_id": run,
-                         "namespace": UPSTREAM_NAMESPACE, "execution_id": UPSTREAM_EXECUTION,
-                         "sender": f"panda-worker-{key[1]:02d}", "created_at": done,
-                         "content": content}, destination=RESULT_QUEUE, at=done)
-
-    runtime.observe = worker_answers
-    _run(runtime)
+    """The upstream session recorded as a recorder would: each message with the broker's
+    message-id and timestamp, stored at its broker time."""
+    del workdir  # no agents of ours: the store records what upstream's agents send
+    for destination, headers, body in upstream.delivered(upstream_session()):
+        moment = format_time(datetime.fromtimestamp(int(headers["timestamp"]) / 1000, UTC))
+        with simulated_store_clock(_clock(moment)):
+            store.append([Incoming(destination, body, headers)])
     return UPSTREAM_EXECUTION
+
+
+def _clock(moment: str) -> Callable[[], str]:
+    return lambda: moment
+
+
+def upstream_origins(rows: list[rebuild.Row]) -> list[tuple[str, str, str, str]]:
+    """(fixture lines, msg_type, destination, origin) of the upstream fixture's events, grouped
+    by origin: where in upstream's code each line's shape comes from."""
+    where = {(wire.destination, wire.body): wire for wire in upstream_session()}
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for line, row in enumerate(rows, 1):
+        wire = where[(row[3], bytes(row[5]))]
+        groups.setdefault((wire.msg_type, wire.destination, wire.origin), []).append(line)
+    return [(_ranges(lines), msg_type, destination, upstream.ORIGINS[origin])
+            for (msg_type, destination, origin), lines in sorted(
+                groups.items(), key=lambda item: item[1][0])]
+
+
+ORIGINS_BEGIN = "<!-- upstream-origins: written by fixtures/make_fixtures.py -->"
+ORIGINS_END = "<!-- /upstream-origins -->"
+
+
+def origins_section(rows: list[rebuild.Row]) -> str:
+    """The fixtures README's table of where each line of upstream_formats.jsonl comes from."""
+    lines = [ORIGINS_BEGIN, "", "| lines | msg_type | destination | built and sent by |",
+             "|---|---|---|---|"]
+    for span, msg_type, destination, origin in upstream_origins(rows):
+        lines.append(f"| {span} | `{msg_type}` | `{destination}` | {origin} |")
+    return "\n".join([*lines, "", ORIGINS_END])
+
+
+def with_origins(readme: str, rows: list[rebuild.Row]) -> str:
+    """``readme`` with its upstream-origins section replaced by the one for ``rows``."""
+    head, _sep, rest = readme.partition(ORIGINS_BEGIN)
+    _old, _sep, tail = rest.partition(ORIGINS_END)
+    return head + origins_section(rows) + tail
+
+
+def _ranges(lines: list[int]) -> str:
+    spans: list[list[int]] = []
+    for line in lines:
+        if spans and spans[-1][1] == line - 1:
+            spans[-1][1] = line
+        else:
+            spans.append([line, line])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 SCENARIOS: dict[str, Scenario] = {scenario.name: scenario for scenario in (
@@ -248,8 +240,8 @@ SCENARIOS: dict[str, Scenario] = {scenario.name: scenario for scenario in (
              _workflow("prompt_processing", ("prompt_processing.stf_count=3",), 3,
                        _prompt_errors)),
     Scenario("upstream_formats",
-             "upstream testbed message formats around our FastMon and fast processing agents",
-             _upstream),
+             "a session of the upstream testbed, every message as its agents send it",
+             _upstream, whole_store=True),
 )}
 
 
@@ -280,8 +272,10 @@ def export(store: EventStore, execution_id: str, scenario: str | None
         def stored(scope: Scope) -> dict[str, list[rebuild.Row]]:
             return rebuild.read_stored(view.connection, scope)
 
+        whole = scenario is not None and SCENARIOS[scenario].whole_store
+        also = view.positions() if whole else []
         rows, expected, comparison = fixture.export(view, execution_id, stops, stored,
-                                                    scenario)
+                                                    scenario, also)
     return rows, expected, comparison.identical
 
 

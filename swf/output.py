@@ -57,6 +57,11 @@ def echo_summary(summary: Mapping[str, Any], as_json: bool) -> None:
         f"{d['size_bytes']} bytes)" for d in summary.get("datasets") or ()) or None
     readable["tasks"] = "; ".join(f"{t['task_id'] or '-'} {t['status']}"
                                   for t in summary.get("tasks") or ()) or None
+    if "commands" in summary:
+        readable["commands"] = "; ".join(
+            f"{c['time']} {c['msg_type']}"
+            + (f" {c['workflow_name']}" if c.get("workflow_name") else "")
+            for c in summary["commands"]) or None
     errors = list(readable.pop("errors", None) or ())
     readable["errors"] = len(errors)
     echo_mapping(readable, False)

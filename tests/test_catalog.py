@@ -15,6 +15,7 @@ from eventstore.catalog import (
     complete,
     examine,
     needs_normalization,
+    resolve_zone,
 )
 
 
@@ -135,10 +136,14 @@ def test_upstream_slice_result_in_content_object(state: str, status: str) -> Non
     {"namespace": ""}, {"created_at": "2026-01-01T00:00:00.000000Z"},
 ])
 def test_every_upstream_variant_needs_normalization(variant: dict) -> None:
-    canonical = {"msg_type": "stf_ready", "run_id": 5, "filename": "a.stf",
-                 "checksum": "0000000f", "timestamp": "2026-01-01T00:00:00.000000Z"}
+    canonical = {"msg_type": "stf_ready", "run_id": 5, "filename": "a.stf", "namespace": "ns",
+                 "sender": "data", "checksum": "0000000f",
+                 "timestamp": "2026-01-01T00:00:00.000000Z"}
     assert not needs_normalization(canonical, SCHEMA_VERSION)
     assert needs_normalization({**canonical, **variant}, SCHEMA_VERSION)
+    for header_filled in ("namespace", "sender", "run_id"):  # STOMP headers may fill them
+        assert needs_normalization({key: value for key, value in canonical.items()
+                                    if key != header_filled}, SCHEMA_VERSION)
     assert needs_normalization(canonical, SCHEMA_VERSION - 1)  # older shapes are upcast
 
 
@@ -151,7 +156,7 @@ def test_unknown_fields_pass_through() -> None:
 run_ids = st.one_of(st.integers(0, 10**9), st.integers(0, 10**9).map(str))
 checksums = st.one_of(st.none(), st.just(""),
                       st.integers(0, 2**32 - 1).map(lambda n: f"{n:x}"),
-                      st.integers(0, 2**32 - 1).map(lambda n: f"ad:{n:08X}"))
+                      st.integers(0, 2**32 - 1).map(lambda n: f"ad:{n}"))  # the DAQ's decimal
 
 
 @given(run_id=run_ids, checksum=checksums, size=st.one_of(st.none(), st.integers(0, 2**40)),
@@ -165,7 +170,9 @@ def test_stf_ready_variants_normalize_to_one_shape(run_id, checksum, size, size_
         assert data["checksum"] is None
     else:
         assert len(data["checksum"]) == 8
-        assert int(data["checksum"], 16) == int(checksum.removeprefix("ad:"), 16)
+        value = (int(checksum[3:]) if checksum.startswith("ad:")  # decimal, as the DAQ writes
+                 else int(checksum, 16))
+        assert int(data["checksum"], 16) == value
 
 
 @given(st.binary(max_size=200))
@@ -202,3 +209,128 @@ def test_examine_is_total_and_normalization_is_idempotent(msg_type, fields) -> N
         parsed = orjson.loads(raw)
         if not needs_normalization(parsed, SCHEMA_VERSION):
             assert complete(parsed) == verdict.data
+
+
+# --- totality: whatever arrives, a verdict --------------------------------------------------
+
+ZONES = [None, "UTC", "America/New_York", "Asia/Kolkata", "Pacific/Kiritimati"]
+
+
+def _deep(depth: int, leaf: object = 1) -> object:
+    value: object = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def _storable(verdict) -> None:
+    """The verdict's columns fit the store; a valid one fits the projections."""
+    assert (verdict.data is None) != (verdict.reason is None)
+    assert verdict.run_id is None or -(1 << 63) <= verdict.run_id < (1 << 63)
+    for name in ("msg_type", "msg_id", "namespace", "execution_id", "sender", "sent_at",
+                 "reason"):
+        assert getattr(verdict, name) is None or isinstance(getattr(verdict, name), str)
+    if verdict.sent_at is not None:
+        assert len(verdict.sent_at) == 27 and verdict.sent_at.endswith("Z")
+    if verdict.data is not None:
+        orjson.dumps(verdict.data)  # re-encodable: nested within orjson's limits
+        for name, spec in CATALOG.get(verdict.msg_type, {}).items():
+            value = verdict.data.get(name)
+            if spec.kind in ("int", "bigint") and value is not None:
+                assert -(1 << 63) <= value < (1 << 63)
+                if spec.kind == "int":
+                    assert -(1 << 31) <= value < (1 << 31)
+
+
+odd_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
+    ["²", "①", "１２", " 12 ", "١٢", "12\n", "0" * 30, "\x00", "\u202e", "ad:99999999999",
+     "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-14:00", "20250801143000",
+     "99999999999999999999", "NaN", "-1", "1e400"])
+huge_numbers = st.integers(-(1 << 64), (1 << 64) - 1) | st.sampled_from(
+    [18446744073709551615, -(1 << 63) - 1, 1 << 63, 1 << 31, -(1 << 31) - 1]) | st.floats(
+    allow_nan=False, allow_infinity=False)
+any_json = st.recursive(
+    st.none() | st.booleans() | huge_numbers | odd_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(odd_text, inner, max_size=3),
+    max_leaves=8)
+field_names = st.sampled_from(sorted({f for spec in CATALOG.values() for f in spec}
+                                     | {"run_id", "msg_id", "namespace", "execution_id",
+                                        "sender", "timestamp", "created_at", "ts", "content",
+                                        "size", "total_files", "run_number", "agent_name",
+                                        "command", "source"}))
+header_maps = st.dictionaries(st.sampled_from(["namespace", "run_id", "msg_type", "client-id",
+                                               "timestamp", "message-id", "x"]),
+                              odd_text | st.integers(0, 10**15).map(str), max_size=4)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow,
+                                                   HealthCheck.data_too_large])
+@given(msg_type=st.sampled_from(sorted(CATALOG)) | odd_text,
+       fields=st.dictionaries(field_names, any_json, max_size=8), headers=header_maps,
+       zone=st.sampled_from(ZONES), expected=st.sampled_from([None, "ns"]))
+def test_examine_is_total_over_arbitrary_json(msg_type, fields, headers, zone, expected) -> None:
+    try:
+        raw = orjson.dumps({"msg_type": msg_type, **fields})
+    except orjson.JSONEncodeError:
+        return  # not JSON at all (e.g. an integer beyond 64 bits): the bytes test covers it
+    verdict = examine(raw, "/topic/x", expected, headers, resolve_zone(zone))
+    _storable(verdict)
+
+
+@settings(max_examples=200)
+@given(depth=st.integers(1, 1100), where=field_names, kind=st.sampled_from(["value", "body"]))
+def test_examine_is_total_at_any_depth(depth, where, kind) -> None:
+    nested = _deep(depth)
+    if kind == "body":
+        raw = b"{\"msg_type\": \"stf_gen\", \"run_id\": 1, \"x\": " + b"[" * depth + b"]" * depth \
+            + b"}"
+    else:
+        try:
+            raw = orjson.dumps({"msg_type": "slice", "run_id": 1, where: nested})
+        except orjson.JSONEncodeError:  # deeper than orjson writes: build the text by hand
+            raw = (b'{"msg_type": "slice", "run_id": 1, "' + where.encode() + b'": '
+                   + b"[" * depth + b"1" + b"]" * depth + b"}")
+    _storable(examine(raw))
+
+
+@pytest.mark.parametrize(("fields", "fragment"), [
+    ({"run_id": "²"}, "string of digits 0-9"),
+    ({"run_id": "①"}, "string of digits 0-9"),
+    ({"run_id": "１２"}, "string of digits 0-9"),
+    ({"run_id": " 12 "}, "string of digits 0-9"),
+    ({"run_id": 18446744073709551615}, "does not fit in 64 bits"),
+    ({"run_id": "99999999999999999999"}, "does not fit in 64 bits"),
+    ({"timestamp": "0001-01-01T00:00:00+01:00"}, "out of the representable range"),
+    ({"slice_id": 18446744073709551615}, "out of range"),
+    ({"slice_id": 1 << 31}, "out of range"),
+    ({"start": 1 << 63}, "out of range"),
+    ({"tf_filename": _deep(300)}, "nested deeper than"),
+    ({"tf_filename": _deep(40)}, "must be a string"),
+])
+def test_what_the_store_or_projections_cannot_hold_is_rejected(fields, fragment) -> None:
+    message = {"msg_type": "slice", "msg_id": "b", "run_id": 1, "slice_id": 1,
+               "tf_filename": "t", "start": 0, "end": 1, **fields}
+    try:
+        raw = orjson.dumps(message)
+    except orjson.JSONEncodeError:
+        raw = orjson.dumps({**message, "tf_filename": None})[:-1] + b', "tf_filename": ' + (
+            b"[" * 250 + b"]" * 250) + b"}"
+    verdict = examine(raw)
+    assert verdict.data is None and fragment in (verdict.reason or ""), verdict.reason
+
+
+def test_the_issues_slice_is_rejected_and_queries_keep_working(sqlite_url) -> None:
+    from eventstore.envelope import Incoming
+    from eventstore.store import EventStore
+    from projections import queries
+    from projections.projector import Projector
+
+    raw = (b'{"msg_type":"slice","msg_id":"b","run_id":1,"slice_id":18446744073709551615,'
+           b'"tf_filename":"t","start":0,"end":1}')
+    with EventStore(sqlite_url) as store:
+        result = store.append([Incoming("/topic/epictopic", raw),
+                               Incoming.of({"msg_type": "start_run", "run_id": 1,
+                                            "namespace": "n"})])
+        assert result.rejected == 1
+        Projector(store).catch_up()
+        assert [row["run_number"] for row in queries.runs(store.engine)] == [1]

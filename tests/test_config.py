@@ -144,3 +144,95 @@ def test_param_falls_back_to_defaults() -> None:
     assert param({}, "fastmon.tf_count_per_stf") == 1000
     assert param(None, "prompt_processing.stf_count") == 10
     assert param({"fastmon": {"tf_count_per_stf": 7}}, "fastmon.tf_count_per_stf") == 7
+
+
+# Upstream's workflow TOMLs as swf-testbed ships them (workflows/*.toml): refused before a run
+# starts, naming every construct swf does not run, instead of a silent partial run.
+UPSTREAM_FAST = """
+[testbed]
+namespace = "torre2"
+
+[workflow]
+name = "fast_processing"
+version = "1.0"
+description = "Fast processing of TF slices by PanDA/iDDS"
+includes = ["daq_state_machine.toml"]
+
+[agents.data]
+enabled = true
+script = "example_agents/example_data_agent.py"
+
+[agents.fast_processing]
+enabled = true
+
+[fast_processing]
+stf_count = 10
+worker_rampup_time = 300
+"""
+UPSTREAM_PROMPT = """
+[testbed]
+namespace = "test-user"
+
+[workflow]
+name = "prompt_processing"
+config = "prompt_processing_default"
+
+[daq_state_machine]
+stf_interval = 2.0
+
+[agents.stf-data]
+enabled = true
+
+[simulation]
+stf_count = 3
+realtime = true
+"""
+
+
+def test_upstream_workflow_files_are_refused_naming_what_is_not_supported(tmp_path) -> None:
+    fast = tmp_path / "fast_processing_default.toml"
+    fast.write_text(UPSTREAM_FAST)
+    with pytest.raises(ConfigError) as raised:
+        load_workflow(fast)
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 3 and all(line.startswith(str(fast)) for line in lines)
+    assert "[workflow] includes = ['daq_state_machine.toml'] is not supported" in lines[0]
+    assert "agents.data.script" in lines[1]
+    assert "[fast_processing] worker_rampup_time is not a setting swf knows" in lines[2]
+    prompt = tmp_path / "prompt_processing.toml"
+    prompt.write_text(UPSTREAM_PROMPT)
+    with pytest.raises(ConfigError) as raised:
+        load_workflow(prompt)
+    text = str(raised.value)
+    for construct in ("[workflow] config = 'prompt_processing_default'",
+                      "[daq_state_machine] is not supported", "[simulation] is not supported",
+                      "[agents.stf-data] is not an swf agent"):
+        assert construct in text
+
+
+def test_what_swf_runs_of_an_upstream_file_runs_as_written(tmp_path) -> None:
+    """Without the unsupported constructs, [workflow] name names the workflow and every
+    setting given is one swf uses."""
+    kept = "\n".join(line for line in UPSTREAM_FAST.splitlines()
+                     if not line.startswith(("includes", "script", "worker_rampup")))
+    path = tmp_path / "mine.toml"
+    path.write_text(kept)
+    config = load_workflow(path)
+    assert config.workflow == "fast_processing"
+    assert config.get("fast_processing.stf_count") == 10
+    assert config.enabled("data") and config.enabled("fast_processing")
+    assert "workflow" not in config.params  # upstream's metadata is not a parameter section
+
+
+def test_upstream_toml_is_refused_by_swf_run_before_anything_runs(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from swf.cli import main
+
+    path = tmp_path / "fast_processing_default.toml"
+    path.write_text(UPSTREAM_FAST)
+    db = tmp_path / "swf.db"
+    result = CliRunner().invoke(main, ["run", str(path), "--db", f"sqlite:///{db}"])
+    assert result.exit_code == 2
+    assert "includes = ['daq_state_machine.toml'] is not supported" in result.output
+    assert not db.exists()  # nothing started, nothing stored

@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -245,3 +246,71 @@ def test_declared_heads_match_alembic(package: str) -> None:
     config = Config()
     config.set_main_option("script_location", location)
     assert declared_heads(location) == frozenset(ScriptDirectory.from_config(config).get_heads())
+
+
+def test_projection_migrations_build_exactly_the_declared_tables(db_url: str) -> None:
+    """A later revision (p0002: upstream runs) must leave the schema equal to tables.py."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from projections import tables
+    from projections.projector import VERSION_TABLE, Projector
+
+    with EventStore(db_url) as store:
+        Projector(store)
+        with store.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            differences = compare_metadata(context, tables.metadata)
+    ours = set(tables.metadata.tables)
+
+    def table_of(diff: Any) -> str | None:
+        if isinstance(diff, list):  # modify_* come as lists of tuples
+            return table_of(diff[0])
+        item = diff[1]
+        if diff[0] in ("add_table", "remove_table"):
+            return str(item.name)
+        if diff[0] in ("add_index", "remove_index"):
+            return str(item.table.name)
+        return str(diff[2]) if len(diff) > 2 else None  # (op, schema, table, column, ...)
+
+    assert [diff for diff in differences if table_of(diff) in ours] == []
+    assert {table_of(diff) for diff in differences} <= {"events", VERSION_TABLE,
+                                                        migrate.STORE_VERSION_TABLE}
+
+
+def test_p0002_upgrades_a_p0001_database_with_rows(db_url: str) -> None:
+    """An existing store: run_state rows get the new columns' defaults; the new projections
+    start behind and are rebuilt up to the others by the next catch-up."""
+    from alembic import command
+    from alembic.config import Config
+
+    from projections.projector import SCRIPTS, VERSION_TABLE, Projector
+
+    with EventStore(db_url) as store:
+        store.append([Incoming.of({"msg_type": "start_run", "msg_id": "m1", "run_id": 5,
+                                   "namespace": "ns", "execution_id": "e-1",
+                                   "timestamp": "2026-01-01T00:00:00.000000Z"})])
+        with store.engine.begin() as conn:
+            config = Config()
+            config.set_main_option("script_location", SCRIPTS)
+            config.attributes["connection"] = conn
+            config.attributes["version_table"] = VERSION_TABLE
+            command.upgrade(config, "p0001")
+            conn.execute(sa.text(
+                "INSERT INTO run_state (run_number, namespace, execution_id, phase, "
+                "stf_count, stf_samples_received, slices_created, slices_queued, "
+                "slices_processing, slices_completed, slices_failed, slice_retries) "
+                "VALUES (5, 'ns', 'e-1', 'physics', 0, 0, 0, 0, 0, 0, 0, 0)"))
+            for name in ("executions", "run_state", "stf_files", "tf_samples", "tf_slices",
+                         "datasets", "panda_tasks", "agents", "logs"):
+                conn.execute(sa.text("INSERT INTO projection_checkpoints VALUES (:n, 1)"),
+                             {"n": name})
+        projector = Projector(store)
+        assert _versions(store.engine, VERSION_TABLE) == ["p0002"]
+        with store.engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT unmatched_failures, expects_outcome "
+                                       "FROM run_state")).one()
+        assert (row[0], bool(row[1])) == (0, False)
+        projector.catch_up()
+        assert {entry["name"]: entry["position"] for entry in projector.status()} == {
+            name: 1 for name in projector.checkpoints()}

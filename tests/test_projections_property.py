@@ -69,7 +69,14 @@ def executions(draw: st.DrawFn) -> list[Message]:
                      tf_first=1, tf_last=30, tf_count=30)
                 for slice_id in range(draw(st.integers(0, 3))):
                     _slice_life(draw, send, run, tf, stf, slice_id)
+        if draw(st.booleans()):
+            _upstream_workers(draw, send, messages, run, execution)
         send("end_run", run, total_stf_files=3, state="run", substate="end")
+        if draw(st.booleans()):  # upstream's fast processing agent forwards it: the same fact
+            original = dict(messages[-1])
+            messages.append({"msg_type": "end_run", "run_id": str(run), "namespace": NS,
+                             "sender": "fp-upstream", "created_at": _later(original),
+                             "content": {**original, "execution_id": execution}})
         send("dataset_closed", run, scope=scope, dataset=dataset, outcome="ok")
         if draw(st.booleans()):
             task = draw(st.sampled_from([None, 7, 8]))
@@ -80,6 +87,32 @@ def executions(draw: st.DrawFn) -> list[Message]:
                      status=draw(st.sampled_from(["running", "finished", "failed"])))
         if draw(st.booleans()):
             send("run_processed", run, status=draw(st.sampled_from(["completed", "failed"])))
+    if draw(st.booleans()):  # an upstream runner's executions: the earlier one never ends
+        for number, ending in enumerate(draw(st.lists(st.booleans(), min_size=1,
+                                                      max_size=3)), 1):
+            for msg_type in ("run_imminent", "start_run", *(("end_run",) if ending else ())):
+                messages.append({"msg_type": msg_type, "namespace": NS,
+                                 "execution_id": f"stf_datataking-u-{number:04d}",
+                                 "run_id": str(900 + number), "sender": "runner-A",
+                                 "simulation_tick": 5,
+                                 "timestamp": format_time(BASE + timedelta(
+                                     seconds=next(clock)))})
+    for kind in draw(st.lists(st.sampled_from(
+            ["run_workflow", "status_request", "stop_workflow", "stop_named", "heartbeat",
+             "monitor_heartbeat"]), max_size=4)):
+        stamp = format_time(BASE + timedelta(seconds=next(clock)))
+        if kind == "stop_named":
+            messages.append({"msg_type": "stop_workflow", "namespace": NS,
+                             "execution_id": execution, "timestamp": stamp})
+        elif kind == "heartbeat":
+            messages.append({"msg_type": "heartbeat", "internal_id": "prop.ResultPublisher.h.1",
+                             "namespace": NS, "timestamp": (BASE.timestamp() + next(clock))})
+        elif kind == "monitor_heartbeat":
+            messages.append({"agent_name": "old-agent", "status": "OK", "namespace": NS,
+                             "timestamp": stamp})
+        else:
+            messages.append({"msg_type": kind, "namespace": NS, "workflow_name": "fast_processing",
+                             "timestamp": stamp})
     for name in draw(st.lists(st.sampled_from(["a", "b"]), max_size=3)):
         send("agent_heartbeat", None, sender=name, agent_type="worker",
              status=draw(st.sampled_from(["OK", "WARNING"])))
@@ -108,6 +141,45 @@ def _slice_life(draw: st.DrawFn, send: Any, run: int, tf: str, stf: str, slice_i
             return
 
 
+def _later(message: Message) -> str:
+    return format_time(datetime.fromisoformat(message["timestamp"].replace("Z", "+00:00"))
+                       + timedelta(milliseconds=200))
+
+
+def _upstream_workers(draw: st.DrawFn, send: Any, messages: list[Message], run: int,
+                      execution: str) -> None:
+    """What upstream's fast processing agent, PanDA workers, iDDS and transformer add to a run
+    (shapes of replay.upstream): the workflow task's life, and failures naming no slice."""
+    ids = {"request_id": 11, "transform_id": 12, "workload_id": 13}
+    steps = draw(st.lists(st.sampled_from(
+        ["announce", "create", "created", "adjust", "adjusted", "close", "closed", "stop",
+         "failure", "ready"]), max_size=8))
+    for step in steps:
+        if step == "announce":
+            send("run_imminent_worker", run, content={"msg_type": "run_imminent",
+                                                      "target_worker_count": 30,
+                                                      "core_count": 30})
+        elif step == "create":
+            send("create_workflow_task", run, content={"workflow": {
+                "name": "EIC_2026_fastproc", "scope": "EIC_2026",
+                "content": {"core_count": draw(st.sampled_from([30, 31])), "site": "BNL"}}})
+        elif step in ("created", "close"):
+            send(f"{step}_workflow_task", run, content=dict(ids))
+        elif step == "closed":
+            send("closed_workflow_task", run, content={**ids, "status": "closed"})
+        elif step in ("adjust", "adjusted"):
+            send(f"{step}_worker", run, content={**ids, "status": "adjusted",
+                                                 "core_count": draw(st.integers(1, 99))})
+        elif step == "stop":
+            send("stop_transformer", run, content={"requested_at": None})
+        elif step == "failure":
+            send("slice_result", run, content={"state": "failed", "hostname": "w1",
+                                               "result": {"state": False, "result": None,
+                                                          "error": "exit 139"}})
+        else:
+            send("stf_ready", run, req_id=1)  # the per-run "data ready"
+
+
 @st.composite
 def deliveries(draw: st.DrawFn) -> tuple[list[Message], list[Message]]:
     """(the execution as sent, the same as delivered: with duplicates, messages of a foreign
@@ -126,7 +198,7 @@ def deliveries(draw: st.DrawFn) -> tuple[list[Message], list[Message]]:
         message = delivered.pop(rng.randrange(len(delivered)))
         delivered.insert(rng.randrange(len(delivered) + 1), message)
     if draw(st.booleans()):  # the typical ones: results and samples after end_run ...
-        late = [m for m in delivered if m["msg_type"] in ("slice_result", "tf_file_registered")]
+        late = [m for m in delivered if m.get("msg_type") in ("slice_result", "tf_file_registered")]
         for message in late[: draw(st.integers(0, 3))]:
             delivered.remove(message)
             delivered.append(message)
@@ -135,7 +207,7 @@ def deliveries(draw: st.DrawFn) -> tuple[list[Message], list[Message]]:
 
 def incoming(message: Message) -> Incoming:
     destination = {"slice": SLICE_QUEUE, "slice_result": RESULT_QUEUE}.get(
-        message["msg_type"], TOPIC)
+        message.get("msg_type"), TOPIC)
     return Incoming.of(message, destination)
 
 
@@ -156,7 +228,7 @@ def snapshot(fold: Fold, drop_positions: bool = False) -> dict[str, list[str]]:
     fold.clear_dirty()
     tables: dict[str, list[str]] = {}
     for table, rows in changes.upserts.items():
-        if drop_positions and table is t.logs:
+        if drop_positions and table in (t.logs, t.workflow_commands):  # keyed by position
             rows = [row[1:] for row in rows]
         tables[table.name] = sorted(map(repr, rows))
     return tables

@@ -103,18 +103,34 @@ def test_the_fixtures_hold_what_they_are_named_for() -> None:
     def bodies(name: str) -> list[dict[str, Any]]:
         return [orjson.loads(e["body"]) for e in events_of(FIXTURES / f"{name}.jsonl")]
 
-    upstream = bodies("upstream_formats")
-    assert all(isinstance(b["run_id"], str) for b in upstream if b["msg_type"] != "agent_heartbeat"
-               and "msg_id" not in b)
-    assert [b for b in upstream if b["msg_type"] == "stf_ready" and "size" in b
-            and "size_bytes" not in b and b["checksum"].startswith("ad:")]
-    assert [b for b in upstream if b["msg_type"] == "slice" and b.get("content", {}).get(
-        "state") == "queued"]
-    results = [b["content"] for b in upstream if b["msg_type"] == "slice_result"
-               and "content" in b]
-    assert {r["state"] for r in results} == {"done", "failed"}
-    assert all("slice_id" in r["result"]["result"] for r in results)
-    assert [b for b in upstream if b["msg_type"] == "end_run" and b["total_files"] == 3]
+    upstream = events_of(FIXTURES / "upstream_formats.jsonl")
+    assert all(e["reject_reason"] is None for e in upstream)  # nothing upstream sends is bad
+    sent = [(e["destination"], e["headers"], orjson.loads(e["body"])) for e in upstream]
+    assert not [b for _d, _h, b in sent if "msg_id" in b]  # upstream never sends one
+    kinds = {b.get("msg_type") for _d, _h, b in sent}
+    assert {"run_imminent_worker", "create_workflow_task", "created_workflow_task",
+            "adjust_worker", "adjusted_worker", "close_workflow_task", "closed_workflow_task",
+            "stop_transformer", "run_workflow", "status_request", "stop_workflow",
+            "heartbeat", None} <= kinds
+    assert [b for _d, _h, b in sent if "msg_type" not in b and {"agent_name", "status"} <= set(b)]
+    runner = [b for d, _h, b in sent if d == "/topic/epictopic" and "run_id" in b]
+    assert runner and all(isinstance(b["run_id"], str) for b in runner)
+    daqsim = [b for d, _h, b in sent if d == "epictopic"]
+    assert daqsim and all(isinstance(b["run_id"], int) and "namespace" not in b for b in daqsim)
+    assert [b for b in daqsim if b["msg_type"] == "stf_gen"
+            and b["checksum"].removeprefix("ad:").isdigit() and "size" in b]
+    assert [b for b in daqsim if isinstance(b.get("ts"), str) and len(b["ts"]) == 14]
+    slices = [(h, b) for _d, h, b in sent if b.get("msg_type") == "slice"]
+    assert slices and all("_slice_" in b["content"]["tf_filename"]
+                          and b["content"]["state"] == "queued" for _h, b in slices)
+    results = [(h, b) for _d, h, b in sent if b.get("msg_type") == "slice_result"]
+    assert {b["content"]["state"] for _h, b in results} == {"done", "failed"}
+    assert all("namespace" not in b and h["namespace"] for h, b in results)
+    assert [b for _h, b in results
+            if b["run_id"] is not None and b["content"]["result"]["result"] is None]
+    assert [b for d, _h, b in sent if d == "/topic/panda.workers"
+            and b.get("msg_type") == "end_run" and b["content"]["msg_type"] == "end_run"]
+    assert [b for _d, _h, b in sent if b.get("msg_type") == "stf_ready" and "filename" not in b]
     prompt = bodies("prompt_processing_errors")
     outcomes = sorted((b["outcome"], b.get("error") or b.get("reason") or "")
                       for b in prompt if b["msg_type"] == "file_attached")
@@ -351,7 +367,9 @@ def test_mermaid_draws_participants_and_collapses_repeats() -> None:
     assert len(lines) < 80  # 505 events
     upstream = replay("--fixture", FIXTURES / "upstream_formats.jsonl", "--mermaid").stdout
     assert "participant X1 as daq_simulator-agent-wenauseic-484" in upstream
-    assert "->>FP: slice_result" in upstream
+    # upstream's agents are none of ours: drawn as senders, each message once
+    assert "participant X6 as torre2.ResultPublisher.spar0101.21636369" in upstream
+    assert "Note over X2: slice x4 (no receiver)" in upstream
 
 
 def test_progress_bar_goes_to_stderr_only() -> None:

@@ -144,14 +144,15 @@ def test_only_known_agent_types_are_re_driven(name: str) -> None:
     result = redrive(FIXTURES / f"{name}.jsonl", "--json")
     assert result.exit_code == 0
     body = orjson.loads(result.stdout_bytes)
-    if name == "upstream_formats":
-        assert body["agents"] == {"fastmon-agent-swf": "fastmon",
-                                  "fast_processing-agent-swf": "fast_processing"}
-        assert body["unknown_agent_types"] == {
-            "daq_simulator-agent-wenauseic-484": "DAQ_Simulator"}
-        assert body["inputs"]["data-agent-wenauseic-481"] == 3
-    else:
-        assert set(body["agents"]) == {"daq_simulator-agent-swf", "data-agent-swf",
-                                       "processing-agent-swf"}
-        assert body["inputs"] == {"data-injector": 4}
+    if name == "upstream_formats":  # upstream's agents only: every sender is an input
+        assert body["agents"] == {}
+        assert body["unknown_agent_types"] == {  # its bus heartbeat names no agent type
+            "daq_simulator-agent-wenauseic-484": "Unknown"}
+        assert body["inputs"]["data-agent-wenauseic-481"] == 2
+        assert body["inputs"]["torre2.ResultPublisher.spar0101.21636369"] == 17
+        assert body["compared"] == 0 and body["divergence"] is None
+        return
+    assert set(body["agents"]) == {"daq_simulator-agent-swf", "data-agent-swf",
+                                   "processing-agent-swf"}
+    assert body["inputs"] == {"data-injector": 4}
     assert body["compared"] > 0 and body["divergence"] is None

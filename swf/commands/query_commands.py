@@ -35,6 +35,13 @@ DISPLAY = {
     "agents": ("name", "agent_type", "namespace", "status", "operational_state", "hostname",
                "pid", "last_heartbeat"),
     "logs": ("time", "level", "agent", "module", "execution_id", "run_number", "message"),
+    "workflow_tasks": ("run_number", "execution_id", "state", "status", "request_id",
+                       "transform_id", "workload_id", "target_workers", "requested_cores",
+                       "adjusted_cores", "site", "updated_at"),
+    "worker_requests": ("run_number", "time", "msg_type", "target_workers", "core_count",
+                        "memory_per_core", "site", "status"),
+    "failures": ("run_number", "time", "worker", "panda_id", "error"),
+    "commands": ("time", "msg_type", "namespace", "workflow_name", "execution_id", "sender"),
 }
 
 
@@ -73,16 +80,17 @@ def _run_filters(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--execution-id", help="Only this execution.")(function)
 
 
-def _table_command(name: str, cli_name: str, status_help: str, summary: str) -> None:
-    @query.command(cli_name, help=f"{summary} Time filters apply to "
-                                  f"{queries.TIME_COLUMNS[name]}.")
-    @_run_filters
-    @click.option("--status", help=status_help)
-    @_common
+def _table_command(name: str, cli_name: str, status_help: str | None, summary: str) -> None:
     def command(db_url: str | None, stale: bool, as_json: bool, **filters: Any) -> None:
         with projected(db_url, not stale) as store:
             rows = queries.query(store, name, **filters)
         echo_rows(rows, queries.COLUMNS[name] if as_json else DISPLAY[name], as_json)
+
+    command = _common(command)
+    if status_help is not None:
+        command = click.option("--status", help=status_help)(command)
+    query.command(cli_name, help=f"{summary} Time filters apply to "
+                                 f"{queries.TIME_COLUMNS[name]}.")(_run_filters(command))
 
 
 _table_command("runs", "runs", "Only runs in this phase (imminent/physics/standby/completed).",
@@ -99,6 +107,29 @@ _table_command("slices", "slices",
 _table_command("datasets", "datasets", "Only datasets in this state (open/closed).",
                "DDM datasets, one per run.")
 _table_command("tasks", "tasks", "Only tasks with this status.", "PanDA tasks.")
+_table_command("workflow_tasks", "workflow-tasks",
+               "Only tasks in this state (announced/requested/created/closing/closed).",
+               "The PanDA/iDDS workflow task of each run (upstream's PanDA workers): its ids, "
+               "requested and adjusted worker cores, open/closed state.")
+_table_command("worker_requests", "worker-requests",
+               "Only this message type (run_imminent_worker/create_workflow_task/"
+               "adjust_worker/adjusted_worker).",
+               "Every worker request and iDDS answer of each run, in time order.")
+_table_command("failures", "failures", None,
+               "Failed worker results that name no slice (counted per run as "
+               "unmatched_failures), with their error text.")
+
+
+@query.command("commands")
+@click.option("--execution-id", help="Only commands naming this execution.")
+@click.option("--status", help="Only this type (run_workflow/stop_workflow/status_request).")
+@_common
+def query_commands(db_url: str | None, stale: bool, as_json: bool, **filters: Any) -> None:
+    """Workflow control messages as sent (with --limit: the latest). Time filters apply to
+    the message time. `swf query execution ID` shows the ones about an execution."""
+    with projected(db_url, not stale) as store:
+        rows = queries.commands(store, **filters)
+    echo_rows(rows, queries.COLUMNS["commands"] if as_json else DISPLAY["commands"], as_json)
 
 
 @query.command("executions")

@@ -8,8 +8,11 @@ from typing import Any
 
 import click
 import orjson
+import sqlalchemy as sa
 
+from eventstore.catalog import resolve_zone
 from eventstore.envelope import TOPIC, Event, Incoming
+from eventstore.errors import StoreUnavailable
 from eventstore.store import EventStore
 from swf.commands.group import db_option, main
 from swf.commands.options import time_window_options
@@ -18,7 +21,7 @@ from swf.output import echo_json, echo_rows
 
 IMPORT_BATCH = 5000
 MESSAGE_COLUMNS = ("position", "time", "msg_type", "sender", "run_id", "execution_id",
-                   "destination", "status")
+                   "destination", "status")  # status: ok, copy (of another agent's), rejected
 JSON_MESSAGE_COLUMNS = ("position", "event_id", "recorded_at", "sent_at", "destination",
                         "headers", "msg_type", "namespace", "execution_id", "run_id", "sender",
                         "schema_version", "valid", "reject_reason", "body")
@@ -49,23 +52,36 @@ def _upgrade_projections(store: EventStore) -> None:
 @main.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @db_option
+@click.option("--sender-zone", default="UTC", show_default=True,
+              help="Time zone of the senders' naive local times (an IANA name such as "
+                   "America/New_York). A naive time off the broker's timestamp header by a "
+                   "whole zone offset is corrected whatever this says.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
-def import_messages(path: Path, db_url: str | None, as_json: bool) -> None:
+def import_messages(path: Path, db_url: str | None, sender_zone: str, as_json: bool) -> None:
     """Append the messages of a JSON Lines file to the store.
 
     Each line is a message object, or {"destination": ..., "headers": {...}, "body": <object or
-    string>}. Lines that are not valid messages are stored as rejected (and counted as appended
-    too); importing the same file again appends nothing.
+    string>}. Every line is accounted for: stored (as valid, or as rejected with the reason:
+    anything that is not a valid message), a duplicate of a stored one, or blank. Importing
+    the same file again appends nothing.
     """
-    counts = {"appended": 0, "duplicates": 0, "rejected": 0}
-    with EventStore(db_url) as store, path.open("rb") as lines, click.progressbar(
-            length=path.stat().st_size, label="importing", file=sys.stderr,
-            hidden=not sys.stderr.isatty()) as bar:
+    try:
+        zone = resolve_zone(sender_zone)
+    except ValueError as problem:
+        raise click.BadParameter(str(problem), param_hint="--sender-zone") from None
+    counts = {"lines": 0, "blank": 0, "appended": 0, "valid": 0, "rejected": 0,
+              "duplicates": 0}
+    with EventStore(db_url, sender_zone=zone) as store, path.open("rb") as lines, \
+            click.progressbar(length=path.stat().st_size, label="importing", file=sys.stderr,
+                              hidden=not sys.stderr.isatty()) as bar:
         batch: list[Incoming] = []
         for line in lines:
             bar.update(len(line))
+            counts["lines"] += 1
             if line.strip():
                 batch.append(incoming_from_line(line))
+            else:
+                counts["blank"] += 1
             if len(batch) >= IMPORT_BATCH:
                 _append(store, batch, counts)
                 batch = []
@@ -73,35 +89,67 @@ def import_messages(path: Path, db_url: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(counts)
     else:
-        click.echo(f"appended {counts['appended']}, duplicates {counts['duplicates']}, "
-                   f"rejected {counts['rejected']}")
+        click.echo(f"{counts['lines']} lines: appended {counts['appended']} "
+                   f"({counts['valid']} valid, {counts['rejected']} rejected), "
+                   f"duplicates {counts['duplicates']}, blank {counts['blank']}")
 
 
 def _append(store: EventStore, batch: list[Incoming], counts: dict[str, int]) -> None:
     if not batch:
         return
-    result = store.append(batch)
+    try:
+        result = store.append(batch)
+    except (sa.exc.SQLAlchemyError, StoreUnavailable) as problem:
+        done = counts["appended"] + counts["duplicates"] + counts["blank"]
+        raise click.ClickException(
+            f"the store failed after {done} of the lines read so far were accounted for "
+            f"(the batch of {len(batch)} was not stored): {_first_line(problem)}") from None
     counts["appended"] += len(result.events)
     counts["duplicates"] += len(result.duplicates)
     counts["rejected"] += result.rejected
+    counts["valid"] += len(result.events) - result.rejected
+
+
+def _first_line(problem: BaseException) -> str:
+    text = str(problem).strip()
+    return text.splitlines()[0] if text else type(problem).__name__
 
 
 def incoming_from_line(line: bytes) -> Incoming:
-    """One import line -> the message as a transport would have delivered it."""
+    """One import line -> the message as a transport would have delivered it. Never raises:
+    a line that is not a readable wrapper is the message itself (the catalog says why it is
+    not valid, when it is not)."""
     raw = line.rstrip(b"\r\n")
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return Incoming(TOPIC, raw)
-    if isinstance(parsed, dict) and "body" in parsed and "msg_type" not in parsed:
+    if not (isinstance(parsed, dict) and "body" in parsed and "msg_type" not in parsed):
+        return Incoming(TOPIC, raw)
+    try:
         body = parsed["body"]
-        headers = parsed.get("headers") or {}
+        destination = parsed.get("destination")
         return Incoming(
-            destination=str(parsed.get("destination") or TOPIC),
+            destination=destination if isinstance(destination, str) and destination else TOPIC,
             body=body.encode() if isinstance(body, str) else orjson.dumps(body),
-            headers={str(k): str(v) for k, v in headers.items()} if isinstance(
-                headers, dict) else {})
-    return Incoming(TOPIC, raw)
+            headers=_headers(parsed.get("headers")))
+    except (TypeError, ValueError, orjson.JSONEncodeError, UnicodeError, RecursionError):
+        return Incoming(TOPIC, raw)  # e.g. a body nested too deeply to encode again
+
+
+def _headers(value: Any) -> dict[str, str]:
+    """STOMP headers are text: scalars as text, anything else as its JSON."""
+    if not isinstance(value, dict):
+        return {}
+    headers = {}
+    for name, item in value.items():
+        if isinstance(item, str):
+            headers[name] = item
+        elif item is None or isinstance(item, bool | int | float):
+            headers[name] = orjson.dumps(item).decode()
+        else:
+            headers[name] = orjson.dumps(item).decode()  # may raise: the caller falls back
+    return headers
 
 
 @query.command("messages")
@@ -141,6 +189,14 @@ def query_rejected(db_url: str | None, execution_id: str | None, since: str | No
                   as_json)
 
 
+def _status(event: Event) -> str:
+    if not event.valid:
+        return "rejected"
+    if event.data is not None and event.data.get("forwarded"):
+        return "copy"  # a forwarded copy of another agent's message: the same fact
+    return "ok"
+
+
 def _message_row(event: Event, full: bool) -> dict[str, Any]:
     body = event.body.decode("utf-8", errors="replace")
     return {
@@ -150,6 +206,6 @@ def _message_row(event: Event, full: bool) -> dict[str, Any]:
         "msg_type": event.msg_type, "namespace": event.namespace,
         "execution_id": event.execution_id, "run_id": event.run_id, "sender": event.sender,
         "schema_version": event.schema_version, "valid": event.valid,
-        "status": "ok" if event.valid else "rejected", "reject_reason": event.reject_reason,
+        "status": _status(event), "reject_reason": event.reject_reason,
         "body": body if full or len(body) <= 60 else body[:57] + "...",
     }
