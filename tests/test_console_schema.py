@@ -17,6 +17,7 @@ from swf.web.app import Settings, create_app
 pytest_plugins = ["console_fixtures"]
 
 EXAMPLES = 10  # generated requests per operation beyond the boundary cases
+# The same requests on every run: a CI failure is reproducible, never a lucky draw.
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None,
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                  HealthCheck.function_scoped_fixture])
 def test_every_operation_keeps_its_description(case: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, create_model
 from sse_starlette import EventSourceResponse
 
@@ -245,7 +245,8 @@ def _text(description: str) -> Any:
 
 def _time(description: str) -> Any:
     return Query(None, description=description + " ISO-8601; naive means UTC.",
-                 min_length=1, max_length=64, json_schema_extra={"format": "date-time"})
+                 min_length=1, max_length=64, pattern=NO_NUL,
+                 json_schema_extra={"format": "date-time"})
 
 
 FILTERS: dict[str, tuple[Any, Any]] = {
@@ -323,13 +324,17 @@ def _table_route(url_name: str, name: str) -> None:
     def rows(request: Request, limit: Limit = 100, offset: Offset = 0,
              filters: dict[str, Any] = depends) -> Any:
         console = console_of(request)
-        try:
-            page = console.data.rows(name, offset=offset, limit=limit, **filters)
-        except d.BadQuery as problem:
-            raise bad(problem) from None
-        columns = d.row_columns(name)
-        return OrjsonResponse({"rows": [{c: row.get(c) for c in columns} for row in page.rows],
-                               "offset": offset, "limit": limit, "more": page.more})
+
+        def build() -> Response:
+            try:
+                page = console.data.rows(name, offset=offset, limit=limit, **filters)
+            except d.BadQuery as problem:
+                raise bad(problem) from None
+            columns = d.row_columns(name)
+            return OrjsonResponse({"rows": [{c: row.get(c) for c in columns}
+                                            for row in page.rows],
+                                   "offset": offset, "limit": limit, "more": page.more})
+        return console.respond(request, build)
 
     router.add_api_route(
         f"/{url_name}", rows, methods=["GET"], response_model=PAGE_MODELS[name],
@@ -347,7 +352,9 @@ for _url_name, _name in d.TABLES.items():
             summary="swf query execution ID")
 def execution(request: Request, execution_id: ExecutionId, namespace: Namespace = None) -> Any:
     """The execution summary of `swf query execution ID --json`."""
-    return OrjsonResponse(summary_or_404(console_of(request), execution_id, namespace))
+    console = console_of(request)
+    return console.respond(request, lambda: OrjsonResponse(
+        summary_or_404(console, execution_id, namespace)))
 
 
 @router.get("/executions/{execution_id}/state", response_model=State,
@@ -355,7 +362,7 @@ def execution(request: Request, execution_id: ExecutionId, namespace: Namespace 
                        409: _problem("The id exists in several namespaces.")},
             summary="swf-replay ID --until POSITION|TIME")
 def execution_state(request: Request, execution_id: ExecutionId,
-                    until: Annotated[str, Query(min_length=1, max_length=64,
+                    until: Annotated[str, Query(min_length=1, max_length=64, pattern=NO_NUL,
                                                 description="A log position or an ISO-8601 "
                                                             "time.")]) -> Any:
     """The execution's state after the events up to a log position or an event time."""
@@ -411,18 +418,21 @@ def _log_route(path: str, valid: bool | None, names: tuple[str, ...],
     def messages(request: Request, limit: Limit = 100, after: After = 0,
                  filters: dict[str, Any] = depends) -> Any:
         console = console_of(request)
-        try:
-            page = console.data.messages(after=after, limit=limit, valid=valid, **filters)
-        except d.BadQuery as problem:
-            raise bad(problem) from None
-        rows = []
-        for row in page.rows:
-            if "headers" in columns:
-                row = {**row, "headers": redact_headers(row["headers"])}
-            rows.append({c: row[c] for c in columns})
-        return OrjsonResponse({
-            "rows": rows, "after": after, "limit": limit, "more": page.more,
-            "next_after": page.rows[-1]["position"] if page.more else None})
+
+        def build() -> Response:
+            try:
+                page = console.data.messages(after=after, limit=limit, valid=valid, **filters)
+            except d.BadQuery as problem:
+                raise bad(problem) from None
+            rows = []
+            for row in page.rows:
+                if "headers" in columns:
+                    row = {**row, "headers": redact_headers(row["headers"])}
+                rows.append({c: row[c] for c in columns})
+            return OrjsonResponse({
+                "rows": rows, "after": after, "limit": limit, "more": page.more,
+                "next_after": page.rows[-1]["position"] if page.more else None})
+        return console.respond(request, build)
 
     router.add_api_route(path, messages, methods=["GET"], response_model=model,
                          name=path.strip("/").replace("-", "_"), summary=summary,
@@ -440,18 +450,21 @@ _log_route("/rejected", False, REJECTED_FILTERS, RejectedPage, d.REJECTED_ROW_CO
             summary="One stored message")
 def message(request: Request, position: Annotated[int, Path(ge=1, le=INT64_MAX)]) -> Any:
     """One message as stored (destination, headers, raw body) and as the catalog reads it."""
-    found = console_of(request).data.message(position)
-    if found is None:
-        raise HTTPException(404, f"no message at position {position}")
-    found["headers"] = redact_headers(found["headers"])
-    return OrjsonResponse({name: found[name] for name in MessageDetail.model_fields})
+    console = console_of(request)
+
+    def build() -> Response:
+        found = console.data.message(position)
+        if found is None:
+            raise HTTPException(404, f"no message at position {position}")
+        found["headers"] = redact_headers(found["headers"])
+        return OrjsonResponse({name: found[name] for name in MessageDetail.model_fields})
+    return console.respond(request, build)
 
 
 @router.get("/status", response_model=Status, summary="The store, recorder and projections")
 def status(request: Request) -> Any:
     """The log's head, the newest event's recording delay, each projection's lag."""
-    console = console_of(request)
-    return OrjsonResponse(console.status())
+    return OrjsonResponse(console_of(request).status())  # cheap, and live_clients is no data
 
 
 SSE_EVENT = {  # each event of the stream

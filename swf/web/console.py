@@ -4,38 +4,70 @@ replay views (kept until an event of their execution commits)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from .data import ConsoleData
 from .live import Hub
 
 T = TypeVar("T")
 CACHE_SIZE = 128
+RESPONSES = 256  # rendered reads kept
+# Seconds a rendered read is reused while the store does not change: only what depends on the
+# wall clock (agents going stale, a running execution's age) can differ meanwhile, and an open
+# page refreshes on commits only anyway.
+FRESH = 5.0
 
 
 class Cache:
-    """A small LRU: a replay view is computed once per execution version."""
+    """A small LRU with single flight: concurrent requests for a missing value wait for one
+    computation instead of each repeating it (50 viewers of one page cost one render), and a
+    value past its age is refreshed by one request while the others keep the old one."""
 
     def __init__(self, size: int = CACHE_SIZE) -> None:
         self.size = size
-        self._values: OrderedDict[Hashable, Any] = OrderedDict()
+        self._values: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        self._flights: dict[Hashable, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+    def get(self, key: Hashable, compute: Callable[[], T], max_age: float | None = None) -> T:
+        """The value of ``key``; one computation at a time per key. A value older than
+        ``max_age`` is recomputed by the first request to see it while the others still get
+        the old one (no request waits on a refresh it does not need)."""
         with self._lock:
-            if key in self._values:
+            entry = self._values.get(key)
+            if entry is not None:
                 self._values.move_to_end(key)
-                return self._values[key]  # type: ignore[no-any-return]
-        value = compute()  # outside the lock: two requests may compute it once each
-        with self._lock:
-            self._values[key] = value
-            while len(self._values) > self.size:
-                self._values.popitem(last=False)
-        return value
+                if max_age is None or time.monotonic() - entry[0] <= max_age:
+                    return entry[1]  # type: ignore[no-any-return]
+            flight = self._flights.setdefault(key, threading.Lock())
+        if entry is not None and not flight.acquire(blocking=False):
+            return entry[1]  # type: ignore[no-any-return]  # being refreshed: the old one
+        if entry is None:
+            flight.acquire()
+        try:
+            with self._lock:
+                current = self._values.get(key)
+            if current is not None and current is not entry and (
+                    max_age is None or time.monotonic() - current[0] <= max_age):
+                return current[1]  # type: ignore[no-any-return]  # computed while we waited
+            value = compute()
+            with self._lock:
+                self._values[key] = (time.monotonic(), value)
+                self._values.move_to_end(key)
+                while len(self._values) > self.size:
+                    self._values.popitem(last=False)
+            return value
+        finally:
+            flight.release()
+            with self._lock:
+                if self._flights.get(key) is flight and not flight.locked():
+                    del self._flights[key]
 
 
 class Console:
@@ -43,6 +75,16 @@ class Console:
         self.data = data
         self.hub = hub
         self.cache = Cache()
+        self.responses = Cache(RESPONSES)
+
+    def respond(self, request: Request, build: Callable[[], Response]) -> Response:
+        """The response to a read, computed once per state of the store: reused until an event
+        commits (the hub's head moves) or, for what depends on the wall clock (agents going
+        stale, a running execution's age), for FRESH seconds."""
+        key = (request.url.path, request.url.query, self.hub.head)
+        status, body, media_type = self.responses.get(key, lambda: _frozen(build()),
+                                                      max_age=FRESH)
+        return Response(body, status_code=status, media_type=media_type)
 
     def _versioned(self, kind: str, execution_id: str, *args: Hashable) -> tuple[Hashable, ...]:
         return (kind, execution_id, self.hub.version(execution_id), *args)
@@ -69,6 +111,10 @@ class Console:
                 "head": recorder["head"], "recorder": recorder,
                 "projections": self.data.projections(),
                 "live_clients": len(self.hub.subscribers)}
+
+
+def _frozen(response: Response) -> tuple[int, bytes, str | None]:
+    return response.status_code, bytes(response.body), response.media_type
 
 
 def console_of(request: Request) -> Console:

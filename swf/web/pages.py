@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -118,6 +118,10 @@ def _render(request: Request, name: str, http_status: int = 200, **context: Any
     return templates.TemplateResponse(request, name, context, status_code=http_status)
 
 
+def _respond(request: Request, build: Callable[[], Response]) -> Response:
+    return console_of(request).respond(request, build)
+
+
 def _problem(request: Request, status: int, reason: str) -> HTMLResponse:
     return _render(request, "error.html", http_status=status, reason=reason,
                    title=f"{status}")
@@ -175,12 +179,14 @@ def _overview(console: Console) -> dict[str, Any]:
 
 @router.get("/", response_class=HTMLResponse)
 def overview(request: Request) -> Response:
-    return _render(request, "overview.html", title="Overview", **_overview(console_of(request)))
+    return _respond(request, lambda: _render(request, "overview.html", title="Overview",
+                                             **_overview(console_of(request))))
 
 
 @router.get("/fragments/overview", response_class=HTMLResponse)
 def overview_fragment(request: Request) -> Response:
-    return _render(request, "_overview.html", **_overview(console_of(request)))
+    return _respond(request, lambda: _render(request, "_overview.html",
+                                             **_overview(console_of(request))))
 
 
 # -- an execution -------------------------------------------------------------------------------
@@ -201,18 +207,23 @@ def _execution(request: Request, execution_id: str) -> dict[str, Any] | Response
 
 @router.get("/executions/{execution_id}", response_class=HTMLResponse)
 def execution(request: Request, execution_id: str) -> Response:
-    context = _execution(request, execution_id)
-    if isinstance(context, Response):
-        return context
-    return _render(request, "execution.html", title=f"Execution {execution_id}", **context)
+    def build() -> Response:
+        context = _execution(request, execution_id)
+        if isinstance(context, Response):
+            return context
+        return _render(request, "execution.html", title=f"Execution {execution_id}",
+                       **context)
+    return _respond(request, build)
 
 
 @router.get("/fragments/executions/{execution_id}", response_class=HTMLResponse)
 def execution_fragment(request: Request, execution_id: str) -> Response:
-    context = _execution(request, execution_id)
-    if isinstance(context, Response):
-        return context
-    return _render(request, "_execution.html", **context)
+    def build() -> Response:
+        context = _execution(request, execution_id)
+        if isinstance(context, Response):
+            return context
+        return _render(request, "_execution.html", **context)
+    return _respond(request, build)
 
 
 @router.get("/fragments/executions/{execution_id}/state", response_class=HTMLResponse)
@@ -250,6 +261,10 @@ def _run(request: Request, run_number: int) -> dict[str, Any] | Response:
 
 @router.get("/runs/{run_number}", response_class=HTMLResponse)
 def run(request: Request, run_number: int) -> Response:
+    return _respond(request, lambda: _run_page(request, run_number))
+
+
+def _run_page(request: Request, run_number: int) -> Response:
     context = _run(request, run_number)
     if isinstance(context, Response):
         return context
@@ -268,10 +283,12 @@ def run(request: Request, run_number: int) -> Response:
 
 @router.get("/fragments/runs/{run_number}", response_class=HTMLResponse)
 def run_fragment(request: Request, run_number: int) -> Response:
-    context = _run(request, run_number)
-    if isinstance(context, Response):
-        return context
-    return _render(request, "_run.html", **context)
+    def build() -> Response:
+        context = _run(request, run_number)
+        if isinstance(context, Response):
+            return context
+        return _render(request, "_run.html", **context)
+    return _respond(request, build)
 
 
 # -- lists ------------------------------------------------------------------------------------
@@ -326,10 +343,10 @@ def _rows_fragment(request: Request, url_name: str) -> Response:
 
 for _url_name in d.TABLES:
     def _page(request: Request, _name: str = _url_name) -> Response:
-        return _list_page(request, _name)
+        return _respond(request, lambda: _list_page(request, _name))
 
     def _fragment(request: Request, _name: str = _url_name) -> Response:
-        return _rows_fragment(request, _name)
+        return _respond(request, lambda: _rows_fragment(request, _name))
 
     router.add_api_route(f"/{_url_name}", _page, methods=["GET"], response_class=HTMLResponse,
                          name=f"page_{_url_name}")
@@ -382,26 +399,30 @@ def _log_page(request: Request, kind: str, fragment: bool) -> Response:
 
 @router.get("/messages", response_class=HTMLResponse)
 def messages(request: Request) -> Response:
-    return _log_page(request, "messages", False)
+    return _respond(request, lambda: _log_page(request, "messages", False))
 
 
 @router.get("/fragments/messages", response_class=HTMLResponse)
 def messages_fragment(request: Request) -> Response:
-    return _log_page(request, "messages", True)
+    return _respond(request, lambda: _log_page(request, "messages", True))
 
 
 @router.get("/rejected", response_class=HTMLResponse)
 def rejected(request: Request) -> Response:
-    return _log_page(request, "rejected", False)
+    return _respond(request, lambda: _log_page(request, "rejected", False))
 
 
 @router.get("/fragments/rejected", response_class=HTMLResponse)
 def rejected_fragment(request: Request) -> Response:
-    return _log_page(request, "rejected", True)
+    return _respond(request, lambda: _log_page(request, "rejected", True))
 
 
 @router.get("/messages/{position}", response_class=HTMLResponse)
 def message(request: Request, position: int) -> Response:
+    return _respond(request, lambda: _message_page(request, position))
+
+
+def _message_page(request: Request, position: int) -> Response:
     if not 1 <= position <= INT64_MAX:
         return _problem(request, 404, f"no message at position {position}")
     found = console_of(request).data.message(position)
