@@ -149,6 +149,12 @@ def start_server(url: str, workdir: Path, *args: str, env: dict[str, str] | None
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     """Start servers with ``serve(url, *args, env=...)``; all are stopped afterwards."""
+    from swf.web import assets
+
+    absent = assets.missing()
+    if absent:  # `swf serve` refuses to start without its JavaScript
+        unavailable("the console's JavaScript is not installed (deploy/install.sh): "
+                    + "; ".join(absent))
     started: list[Served] = []
 
     def starting(url: str, *args: str, env: dict[str, str] | None = None,

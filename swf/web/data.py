@@ -3,7 +3,8 @@
 Routes and pages only call ``ConsoleData``; when a library's signature changes, this is the one
 file to adapt. The console never appends to the store and never migrates it itself: opening the
 store and the projector upgrades their schema as ``swf query`` does, and the projector's
-catch-up is the only writer (of projection tables).
+catch-up is the only writer (of projection tables). Replay views read one store snapshot each,
+as ``swf-replay`` does.
 
 Two helpers here do what the libraries do not offer yet: paging with an offset (``queries``
 only has a limit: a page is cut from ``offset + limit + 1`` rows) and the timeline series (an
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +28,7 @@ from projections import queries
 from projections import tables as t
 from projections.projector import NAMES, Projector
 from replay import mermaid, rebuild, render, timeline
-from replay import source as replay_source
+from replay.source import Scope
 from swf.commands.query_commands import DISPLAY
 from swf.commands.store_commands import (
     JSON_MESSAGE_COLUMNS,
@@ -140,13 +140,12 @@ class ConsoleData:
             if key in filters:
                 filters[key] = moment(filters[key])
         if name == "agents":
-            fetched = queries.agents(self.store.engine, limit=offset + limit + 1, **filters)
+            fetched = queries.agents(self.store, limit=offset + limit + 1, **filters)
         elif name == "logs":
-            fetched = queries.logs(self.store.engine, limit=offset + limit + 1, **filters)
+            fetched = queries.logs(self.store, limit=offset + limit + 1, **filters)
         else:
             try:
-                fetched = queries.query(self.store.engine, name, limit=offset + limit + 1,
-                                        **filters)
+                fetched = queries.query(self.store, name, limit=offset + limit + 1, **filters)
             except ValueError as problem:  # e.g. a run filter on a table without runs
                 raise BadQuery(str(problem)) from None
         more = len(fetched) > offset + limit
@@ -167,14 +166,14 @@ class ConsoleData:
     def execution(self, execution_id: str, *, namespace: str | None = None
                   ) -> dict[str, Any] | None:
         """`swf query execution ID --json`; AmbiguousExecution when the namespace is needed."""
-        return queries.execution_summary(self.store.engine, execution_id, namespace=namespace)
+        return queries.execution_summary(self.store, execution_id, namespace=namespace)
 
     def execution_runs(self, execution_id: str, namespace: str | None) -> list[dict[str, Any]]:
-        return queries.runs(self.store.engine, execution_id=execution_id, namespace=namespace)
+        return queries.runs(self.store, execution_id=execution_id, namespace=namespace)
 
     def run(self, run_number: int, namespace: str | None = None) -> list[dict[str, Any]]:
         """The run_state rows of a run number (one per namespace it was used in)."""
-        return queries.runs(self.store.engine, run=run_number, namespace=namespace)
+        return queries.runs(self.store, run=run_number, namespace=namespace)
 
     # -- the log ---------------------------------------------------------------------------
 
@@ -234,16 +233,6 @@ class ConsoleData:
 
     # -- replay ----------------------------------------------------------------------------
 
-    @contextmanager
-    def _snapshot(self) -> Iterator[sa.Connection]:
-        """One read transaction (a single snapshot on PostgreSQL), as swf-replay reads."""
-        with self.store.engine.connect() as base:
-            conn = base
-            if self.backend == "postgresql":
-                conn = base.execution_options(isolation_level="REPEATABLE READ")
-            with conn.begin():
-                yield conn
-
     def state_at(self, execution_id: str, until: str) -> dict[str, Any]:
         """`swf-replay ID --until POSITION|TIME --json`."""
         text = until.strip()
@@ -251,25 +240,25 @@ class ConsoleData:
             limit = timeline.parse_moment(text if text.isdigit() else str(moment(text)))
         except (ValueError, BadQuery):
             raise BadQuery(f"{until!r} is neither a log position nor an ISO-8601 time") from None
-        with self._snapshot() as conn:
-            return timeline.state_at(conn, replay_source.Scope(execution_id), limit)
+        with self.store.snapshot() as view:
+            return timeline.state_at(view, Scope(execution_id), limit)
 
     def drift(self, execution_id: str) -> dict[str, Any]:
         """`swf-replay ID --no-catch-up --json`: rebuild from the log and compare with the
         tables at their checkpoints (a lagging projection is not drift)."""
-        with self._snapshot() as conn:
+        with self.store.snapshot() as view:
+            conn = view.connection
             stored: dict[str, int] = dict(conn.execute(sa.select(
                 t.projection_checkpoints.c.name, t.projection_checkpoints.c.position)).all())
             stops = {name: int(stored.get(name, 0)) for name in NAMES}
-            comparison = rebuild.compare(conn, replay_source.Scope(execution_id), stops,
+            comparison = rebuild.compare(view, Scope(execution_id), stops,
                                          lambda scope: rebuild.read_stored(conn, scope))
         return render.comparison_json(comparison, "store")
 
     def mermaid(self, execution_id: str) -> str:
         """`swf-replay ID --mermaid`."""
-        with self._snapshot() as conn:
-            events = [*replay_source.introductions(conn, execution_id),
-                      *replay_source.read_events(conn, execution_id)]
+        with self.store.snapshot() as view:
+            events = [*view.introductions(execution_id), *view.execution_events(execution_id)]
         return "\n".join(mermaid.diagram(execution_id, events)) + "\n"
 
     def timeline(self, execution_id: str, namespace: str | None) -> dict[str, Any]:
