@@ -4,6 +4,7 @@ store's follow (one follower for every client) keeping the projections current."
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,14 @@ def test_every_client_gets_each_notice(tmp_path: Path, serve: Any) -> None:
             stream.__exit__(None, None, None)
         for client in clients:
             client.close()
+
+
+def test_sigterm_with_a_viewer_attached_stops_cleanly(recorded_url: str, serve: Any) -> None:
+    served = serve(recorded_url)
+    with served.client() as client, client.stream("GET", "/api/v1/stream") as stream:
+        lines = stream.iter_lines()  # kept: a dropped line iterator closes its response
+        assert next(lines) == "event: hello"
+        # uvicorn shuts down gracefully, then ends by the signal it caught (as it was asked to)
+        assert served.stop() in (0, -signal.SIGTERM)
+        assert list(lines)[-1:] == [""]  # the stream ended with a complete event, not cut
+    assert "ERROR" not in served.output() and "Traceback" not in served.output()

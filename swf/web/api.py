@@ -13,6 +13,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
+import anyio
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -26,6 +27,7 @@ from .security import redact_headers
 INT64_MAX = (1 << 63) - 1
 MAX_LIMIT = 1000
 MAX_OFFSET = 1_000_000
+STREAM_WAKE = 1.0  # seconds a stream waits for a notice before looking for a shutdown
 TEXT = 512  # longest filter value (the store keeps indexed columns at 512 characters)
 NO_NUL = "^[^\\x00]*$"  # PostgreSQL text cannot hold NUL: such a value is a 400
 
@@ -485,12 +487,17 @@ async def stream(request: Request) -> EventSourceResponse:
     event when this client fell behind and notices were dropped."""
     hub = console_of(request).hub
     subscriber = hub.subscribe()
+    shutdown = anyio.Event()  # set when the server stops: the stream then ends cleanly
 
     async def notices() -> AsyncIterator[dict[str, Any]]:
         try:
             yield {"event": "hello", "data": orjson.dumps({"head": hub.head}).decode()}
-            while True:
-                notice = await subscriber.queue.get()
+            while not shutdown.is_set():
+                notice = None
+                with anyio.move_on_after(STREAM_WAKE):
+                    notice = await subscriber.queue.get()
+                if notice is None:
+                    continue
                 if subscriber.missed:
                     yield {"event": "missed", "data": str(subscriber.missed)}
                     subscriber.missed = 0
@@ -498,5 +505,6 @@ async def stream(request: Request) -> EventSourceResponse:
         finally:
             hub.unsubscribe(subscriber)
 
-    return EventSourceResponse(notices(), ping=15, headers={"Cache-Control": "no-store"})
+    return EventSourceResponse(notices(), ping=15, headers={"Cache-Control": "no-store"},
+                               shutdown_event=shutdown, shutdown_grace_period=2 * STREAM_WAKE)
 
