@@ -18,6 +18,7 @@ from .live import Hub
 T = TypeVar("T")
 CACHE_SIZE = 128
 RESPONSES = 256  # rendered reads kept
+KEPT_BODY = 256 * 1024  # bytes; a larger answer (a long API page) is rendered for each request
 # Seconds a rendered read is reused while the store does not change: only what depends on the
 # wall clock (agents going stale, a running execution's age) can differ meanwhile, and an open
 # page refreshes on commits only anyway.
@@ -35,7 +36,8 @@ class Cache:
         self._flights: dict[Hashable, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, compute: Callable[[], T], max_age: float | None = None) -> T:
+    def get(self, key: Hashable, compute: Callable[[], T], max_age: float | None = None,
+            keep: Callable[[T], bool] | None = None) -> T:
         """The value of ``key``; one computation at a time per key. A value older than
         ``max_age`` is recomputed by the first request to see it while the others still get
         the old one (no request waits on a refresh it does not need)."""
@@ -57,6 +59,8 @@ class Cache:
                     max_age is None or time.monotonic() - current[0] <= max_age):
                 return current[1]  # type: ignore[no-any-return]  # computed while we waited
             value = compute()
+            if keep is not None and not keep(value):
+                return value
             with self._lock:
                 self._values[key] = (time.monotonic(), value)
                 self._values.move_to_end(key)
@@ -82,8 +86,9 @@ class Console:
         commits (the hub's head moves) or, for what depends on the wall clock (agents going
         stale, a running execution's age), for FRESH seconds."""
         key = (request.url.path, request.url.query, self.hub.head)
-        status, body, media_type = self.responses.get(key, lambda: _frozen(build()),
-                                                      max_age=FRESH)
+        status, body, media_type = self.responses.get(
+            key, lambda: _frozen(build()), max_age=FRESH,
+            keep=lambda frozen: len(frozen[1]) <= KEPT_BODY)
         return Response(body, status_code=status, media_type=media_type)
 
     def _versioned(self, kind: str, execution_id: str, *args: Hashable) -> tuple[Hashable, ...]:
