@@ -46,13 +46,15 @@ def test_an_old_value_is_served_while_one_request_refreshes_it() -> None:
         return "new"
 
     refreshed: list[str] = []
+    def outdated(_stored_at: float, value: str) -> bool:
+        return value != "old"
+
     refresher = threading.Thread(target=lambda: refreshed.append(
-        cache.get("k", refresh, max_age=-1.0)))
+        cache.get("k", refresh, current=outdated)))
     refresher.start()
     assert started.wait(WAIT)
-    # (max_age -1: always past its age.) Meanwhile another reader neither waits nor
-    # computes: it gets the old value.
-    assert cache.get("k", lambda: "not computed", max_age=-1.0) == "old"
+    # Meanwhile another reader neither waits nor computes: it gets the old value.
+    assert cache.get("k", lambda: "not computed", current=outdated) == "old"
     release.set()
     refresher.join(WAIT)
     assert refreshed == ["new"]

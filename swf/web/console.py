@@ -1,5 +1,6 @@
-"""The console's state for one app: the store's data, the live hub, and caches of the costly
-replay views (kept until an event of their execution commits)."""
+"""The console's state for one app: the store's data, the live hub, and two caches: rendered
+reads (per state of the store) and the costly replay views (until an event of their execution
+commits)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ FRESH = 5.0
 class Cache:
     """A small LRU with single flight: concurrent requests for a missing value wait for one
     computation instead of each repeating it (50 viewers of one page cost one render), and a
-    value past its age is refreshed by one request while the others keep the old one."""
+    value no longer current is refreshed by one request while the others keep the old one."""
 
     def __init__(self, size: int = CACHE_SIZE) -> None:
         self.size = size
@@ -36,16 +37,21 @@ class Cache:
         self._flights: dict[Hashable, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, compute: Callable[[], T], max_age: float | None = None,
+    def get(self, key: Hashable, compute: Callable[[], T],
+            current: Callable[[float, T], bool] | None = None,
             keep: Callable[[T], bool] | None = None) -> T:
-        """The value of ``key``; one computation at a time per key. A value older than
-        ``max_age`` is recomputed by the first request to see it while the others still get
-        the old one (no request waits on a refresh it does not need)."""
+        """The value of ``key``, computed at most once at a time. ``current(stored_at, value)``
+        says whether a kept value may still be used (default: always); one that may not is
+        recomputed by the first request to see it while the others still get it. ``keep``
+        says whether a computed value is kept at all."""
+        def usable(entry: tuple[float, Any] | None) -> bool:
+            return entry is not None and (current is None or current(*entry))
+
         with self._lock:
             entry = self._values.get(key)
             if entry is not None:
                 self._values.move_to_end(key)
-                if max_age is None or time.monotonic() - entry[0] <= max_age:
+                if usable(entry):
                     return entry[1]  # type: ignore[no-any-return]
             flight = self._flights.setdefault(key, threading.Lock())
         if entry is not None and not flight.acquire(blocking=False):
@@ -54,10 +60,9 @@ class Cache:
             flight.acquire()
         try:
             with self._lock:
-                current = self._values.get(key)
-            if current is not None and current is not entry and (
-                    max_age is None or time.monotonic() - current[0] <= max_age):
-                return current[1]  # type: ignore[no-any-return]  # computed while we waited
+                latest = self._values.get(key)
+            if latest is not entry and usable(latest):
+                return latest[1]  # type: ignore[index,no-any-return]  # computed meanwhile
             value = compute()
             if keep is not None and not keep(value):
                 return value
@@ -87,28 +92,37 @@ class Console:
         stale, a running execution's age), for FRESH seconds."""
         key = (request.url.path, request.url.query, self.hub.head)
         status, body, media_type = self.responses.get(
-            key, lambda: _frozen(build()), max_age=FRESH,
+            key, lambda: _frozen(build()),
+            current=lambda stored_at, _value: time.monotonic() - stored_at <= FRESH,
             keep=lambda frozen: len(frozen[1]) <= KEPT_BODY)
         return Response(body, status_code=status, media_type=media_type)
 
-    def _versioned(self, kind: str, execution_id: str, *args: Hashable) -> tuple[Hashable, ...]:
-        return (kind, execution_id, self.hub.version(execution_id), *args)
+    def _view(self, key: tuple[Hashable, ...], execution_id: str,
+              compute: Callable[[], T]) -> T:
+        """A replay view of an execution, computed again once events of it commit. While one
+        request computes the new one (a big execution's diagram takes seconds), others get the
+        previous one: at most one computation per view at a time."""
+        version = self.hub.version(execution_id)
+        _version, value = self.cache.get(
+            key, lambda: (version, compute()),
+            current=lambda _stored_at, kept: kept[0] == version)
+        return value
 
     def state_at(self, execution_id: str, until: str) -> dict[str, Any]:
-        return self.cache.get(self._versioned("state", execution_id, until),
-                              lambda: self.data.state_at(execution_id, until))
+        return self._view(("state", execution_id, until), execution_id,
+                          lambda: self.data.state_at(execution_id, until))
 
     def drift(self, execution_id: str) -> dict[str, Any]:
-        return self.cache.get(self._versioned("drift", execution_id),
-                              lambda: self.data.drift(execution_id))
+        return self._view(("drift", execution_id), execution_id,
+                          lambda: self.data.drift(execution_id))
 
     def mermaid(self, execution_id: str) -> str:
-        return self.cache.get(self._versioned("mermaid", execution_id),
-                              lambda: self.data.mermaid(execution_id))
+        return self._view(("mermaid", execution_id), execution_id,
+                          lambda: self.data.mermaid(execution_id))
 
     def timeline(self, execution_id: str, namespace: str | None) -> dict[str, Any]:
-        return self.cache.get(self._versioned("timeline", execution_id, namespace),
-                              lambda: self.data.timeline(execution_id, namespace))
+        return self._view(("timeline", execution_id, namespace), execution_id,
+                          lambda: self.data.timeline(execution_id, namespace))
 
     def status(self) -> dict[str, Any]:
         recorder = self.data.recorder()
