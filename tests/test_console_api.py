@@ -287,3 +287,22 @@ def test_the_api_reads_postgresql_like_the_cli(pg_url: str, tmp_path: Path) -> N
             "query", "execution", FAST, "--db", pg_url)
         assert pg.get(f"/api/v1/executions/{FAST}/drift").json()["identical"] is True
         assert len(pg.get("/api/v1/rejected").json()["rows"]) == 2
+
+
+@pytest.mark.parametrize("path", [
+    "/", "/executions", "/runs", "/stf-files", "/tf-samples", "/slices", "/datasets", "/tasks",
+    "/agents", "/logs", "/messages", "/rejected", "/stream", f"/executions/{FAST}",
+    "/runs/100001", "/messages/1", "/fragments/overview", f"/fragments/executions/{FAST}",
+    f"/fragments/executions/{FAST}/state", f"/fragments/executions/{FAST}/drift",
+    "/fragments/rows/slices", "/fragments/runs/100001", "/fragments/messages",
+    "/fragments/rejected"])
+@pytest.mark.parametrize("params", [
+    {}, {"run": "x"}, {"run": str(1 << 70)}, {"since": "0161-09-21T05:15:50Z"},
+    {"until": "9999-12-31T23:59:59-23:59"}, {"offset": "-1"}, {"limit": "0"},
+    {"after": "99999999999999999999999"}, {"section": "<script>"}, {"status": "é\u2028"},
+    {"namespace": "x" * 600}, {"until": "12"}, {"now": "soon"}])
+def test_pages_answer_odd_parameters_without_a_server_error(client: TestClient, path: str,
+                                                            params: dict[str, str]) -> None:
+    answer = client.get(path, params=params)
+    assert answer.status_code < 500, answer.text
+    assert "<script>" not in answer.text.replace('<script src=', '')
