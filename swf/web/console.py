@@ -52,17 +52,17 @@ class Cache:
             if entry is not None:
                 self._values.move_to_end(key)
                 if usable(entry):
-                    return entry[1]  # type: ignore[no-any-return]
+                    return entry[1]
             flight = self._flights.setdefault(key, threading.Lock())
         if entry is not None and not flight.acquire(blocking=False):
-            return entry[1]  # type: ignore[no-any-return]  # being refreshed: the old one
+            return entry[1]  # being refreshed: the old one
         if entry is None:
             flight.acquire()
         try:
             with self._lock:
                 latest = self._values.get(key)
             if latest is not entry and usable(latest):
-                return latest[1]  # type: ignore[index,no-any-return]  # computed meanwhile
+                return latest[1]  # type: ignore[index]  # computed meanwhile (not None)
             value = compute()
             if keep is not None and not keep(value):
                 return value
@@ -137,4 +137,5 @@ def _frozen(response: Response) -> tuple[int, bytes, str | None]:
 
 
 def console_of(request: Request) -> Console:
-    return request.app.state.console  # type: ignore[no-any-return]
+    console: Console = request.app.state.console
+    return console
