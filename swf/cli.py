@@ -16,6 +16,7 @@ from swf.commands import (  # noqa: F401 - each module adds its commands to the 
     store_commands,
 )
 from swf.commands.group import main
+from swf.web import serve_command  # noqa: F401 - adds `swf serve` (web imports commands, not back)
 
 # `swf replay ...` is `swf-replay ...`: the same click command under the group.
 main.add_command(replay_main, "replay")

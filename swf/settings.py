@@ -1,15 +1,15 @@
 """Deployment settings: where the store, the broker, Rucio and PanDA are, how to log in, and how
-the live processes (``swf agent``, ``swf record``) behave. Read from one TOML config file, the
-environment and command-line flags, with one precedence for every key:
+the live processes (``swf agent``, ``swf record``, ``swf serve``) behave. Read from one TOML
+config file, the environment and command-line flags, with one precedence for every key:
 
     command-line flag  >  environment variable  >  config file  >  default
 
 The config file is ``--config PATH`` or ``$SWF_CONFIG``; its tables are ``[store]``, ``[broker]``,
-``[agent]``, ``[recorder]``, ``[rucio]`` and ``[panda]`` (the README's Configuration section lists
-every key with its variable and default). A table or key the file should not have, or a value
-of the wrong type wherever it came from, is refused at start with a one-line error that names
-where it came from. Passwords are ``SecretStr``: never in a repr, a log line or an error; a URL
-with a password in it is shown without it.
+``[agent]``, ``[recorder]``, ``[rucio]``, ``[panda]`` and ``[console]`` (the README's
+Configuration section lists every key with its variable and default). A table or key the file
+should not have, or a value of the wrong type wherever it came from, is refused at start with a
+one-line error that names where it came from. Passwords are ``SecretStr``: never in a repr, a
+log line or an error; a URL with a password in it is shown without it.
 
 Upstream's broker variables work as they are: ``ACTIVEMQ_HOST`` (default localhost),
 ``ACTIVEMQ_PORT`` (default 61612) and ``ACTIVEMQ_USE_SSL`` name the broker; ``ACTIVEMQ_USER``,
@@ -119,6 +119,12 @@ class RecorderSettings(_Section):
     prefetch: PositiveInt = PREFETCH
 
 
+class ConsoleSettings(_Section):
+    host: str = "127.0.0.1"  # any other address needs a token
+    port: int = Field(default=8080, ge=0, le=65535)
+    token: SecretStr | None = None  # required by every request when set
+
+
 class RucioSection(_Section):
     config: str | None = None  # a rucio.cfg whose [client] section is the lowest layer
     host: str | None = None
@@ -162,6 +168,7 @@ ENVIRONMENT: dict[tuple[str, str], tuple[str, ...]] = {
     ("rucio", "vo"): ("RUCIO_VO",),
     ("panda", "url"): ("PANDA_URL",),
     ("panda", "url_ssl"): ("PANDA_URL_SSL",),
+    ("console", "token"): ("SWF_API_TOKEN",),
 }
 ACTIVEMQ_ADDRESS = ("ACTIVEMQ_HOST", "ACTIVEMQ_PORT", "ACTIVEMQ_USE_SSL")
 
@@ -208,10 +215,11 @@ class Settings(BaseSettings):
     recorder: RecorderSettings = Field(default_factory=RecorderSettings)
     rucio: RucioSection = Field(default_factory=RucioSection)
     panda: PandaSection = Field(default_factory=PandaSection)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     _inputs: _Inputs = PrivateAttr()
     SECTIONS: ClassVar[tuple[str, ...]] = ("store", "broker", "agent", "recorder", "rucio",
-                                           "panda")
+                                           "panda", "console")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],
@@ -425,7 +433,8 @@ def _public(text: str) -> str:
 
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "store": StoreSettings, "broker": BrokerSettings, "agent": AgentSettings,
-    "recorder": RecorderSettings, "rucio": RucioSection, "panda": PandaSection}
+    "recorder": RecorderSettings, "rucio": RucioSection, "panda": PandaSection,
+    "console": ConsoleSettings}
 
 __all__ = ["ENVIRONMENT", "Settings", "SettingsError", "broker_config", "load_settings",
            "read_config_file"]

@@ -156,7 +156,7 @@ def test_a_bad_broker_url_says_where_it_came_from(tmp_path: Path) -> None:
     ('[broker]\nurll = "stomp://h:1"\n', "unknown key 'urll' in [broker] (did you mean 'url'?)"),
     ("[brokr]\n", "unknown table [brokr] (did you mean 'broker'?)"),
     ('[ddm]\nbackend = "rucio"\n', "unknown table [ddm] (known: store, broker, agent, "
-                                   "recorder, rucio, panda)"),
+                                   "recorder, rucio, panda, console)"),
     ('url = "stomp://h:1"\n', "unknown key 'url' outside the tables [store], [broker]"),
     ("broker = 5\n", "[broker] must be a table"),
     ("[agent]\nheartbeat_interval = 0\n", "agent.heartbeat_interval: Input should be greater "
