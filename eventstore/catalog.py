@@ -52,7 +52,7 @@ CATALOG: dict[str, dict[str, Field]] = {
                 "file_url": _opt(STR)},
     "pause_run": {**_RUN_STATE, "reason": _opt(STR)},
     "resume_run": dict(_RUN_STATE),
-    "end_run": {**_RUN_STATE, "total_stf_files": _opt(INT)},
+    "end_run": {**_RUN_STATE, "total_stf_files": _opt(INT), "reason": _opt(STR)},
     "stf_ready": {"filename": _req(STR), "file_url": _opt(STR), "checksum": _opt(STR),
                   "size_bytes": _opt(INT), "sequence": _opt(INT)},
     "tf_file_registered": {"tf_filename": _req(STR), "stf_filename": _req(STR),
@@ -78,12 +78,15 @@ CATALOG: dict[str, dict[str, Field]] = {
     "agent_heartbeat": {"agent_type": _req(STR), "status": _opt(STR),
                         "operational_state": _opt(STR), "pid": _opt(INT), "hostname": _opt(STR)},
     "agent_log": {"level": _req(STR), "message": _req(STR), "module": _opt(STR)},
+    # Upstream's workflow control (/queue/workflow_control); `swf stop` sends it on the topic,
+    # naming the execution the DAQ is to end early.
+    "stop_workflow": {"source": _opt(STR)},
 }
 
 # Messages that belong to no run; every other type needs a run_id.
-RUNLESS = frozenset({"agent_heartbeat", "agent_log"})
+RUNLESS = frozenset({"agent_heartbeat", "agent_log", "stop_workflow"})
 SLICE_STATUSES = frozenset({"processing", "completed", "failed"})
-RUN_OUTCOMES = frozenset({"completed", "failed"})
+RUN_OUTCOMES = frozenset({"completed", "failed", "terminated"})
 ENVELOPE_STRINGS = ("msg_id", "namespace", "execution_id", "sender")
 _UPSTREAM_RESULT_STATES = {"done": "completed", "finished": "completed", "completed": "completed",
                            "failed": "failed", "error": "failed", "processing": "processing",
@@ -311,13 +314,18 @@ def _finish_slice_result(data: dict[str, Any]) -> None:
 
 def _finish_run_processed(data: dict[str, Any]) -> None:
     if data["status"] not in RUN_OUTCOMES:
-        raise Rejected(f"run_processed status {data['status']!r} is not completed or failed")
+        raise Rejected(f"run_processed status {data['status']!r} is not completed, failed or "
+                       f"terminated")
 
 
 # Type-specific normalization after the generic field checks.
 _FINISH = {"stf_ready": _finish_checksum, "file_attached": _finish_checksum,
            "slice": _finish_slice, "slice_result": _finish_slice_result,
            "run_processed": _finish_run_processed}
+
+
+def _dict_or_empty(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _unwrap_upstream(data: dict[str, Any], msg_type: str) -> None:
@@ -329,8 +337,8 @@ def _unwrap_upstream(data: dict[str, Any], msg_type: str) -> None:
         if "stf_filename" not in data and "filename" in data:
             data["stf_filename"] = data.pop("filename")
     elif msg_type == "slice_result":
-        outer = content.get("result") if isinstance(content.get("result"), dict) else {}
-        inner = outer.get("result") if isinstance(outer.get("result"), dict) else {}
+        outer = _dict_or_empty(content.get("result"))
+        inner = _dict_or_empty(outer.get("result"))
         for source in (inner, outer, content):
             for name, value in source.items():
                 if not isinstance(value, dict):

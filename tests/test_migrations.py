@@ -16,7 +16,7 @@ from eventstore.envelope import Incoming
 from eventstore.errors import ReadOnlyStore, SchemaOutdated, SchemaTooNew, StoreUnavailable
 from eventstore.store import EventStore
 
-HEAD = "0001"
+HEAD = "0002"
 
 
 def _tables(engine: sa.Engine) -> set[str]:
@@ -30,7 +30,8 @@ def _versions(engine: sa.Engine, table: str = migrate.STORE_VERSION_TABLE) -> li
 
 def test_opening_a_fresh_database_creates_the_schema(db_url: str) -> None:
     with EventStore(db_url) as store:
-        assert {"events", migrate.STORE_VERSION_TABLE} <= _tables(store.engine)
+        assert {"events", "reservations", "store_info",
+                migrate.STORE_VERSION_TABLE} <= _tables(store.engine)
         assert _versions(store.engine) == [HEAD]
         indexes = {index["name"] for index in sa.inspect(store.engine).get_indexes("events")}
         assert {"ix_events_execution", "ix_events_run", "ix_events_msg_type",
