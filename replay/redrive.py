@@ -23,7 +23,10 @@ What is compared: each message an agent emits is matched to the recorded one by 
   the log, so that change is not seen.
 - A recorded message of a re-driven agent that the current code does not emit is a divergence
   when it is recorded (all its possible causes came before it), and so is an emitted message
-  that was never recorded.
+  that was never recorded. An emitted message due later than its cause (a schedule, a timer)
+  that was never recorded is judged at the end: a divergence if the agent still wants it
+  (``Agent.still_due``: a stopped DAQ withdraws the rest of its schedule) and the log reaches
+  its time.
 - ``agent_heartbeat`` and ``agent_log`` messages that the agents' decisions did not emit are the
   runtime's (periodic heartbeats, captured log records) and are not compared; a heartbeat an
   agent emits as a decision (the processing agent's close-deadline wake-up) is.
@@ -46,7 +49,6 @@ import orjson
 
 from agents.base import Agent, Command, Output, Send
 from agents.daq import DaqSimulator
-from agents.files import path_of
 from agents.registry import AGENT_TYPES, create_agent
 from eventstore.catalog import examine
 from eventstore.envelope import (
@@ -167,10 +169,7 @@ class Redrive:
         self.types = {name: agent_type for name, (agent_type, _ns) in known.items()}
         self.agents: list[Agent] = []
         for name, (agent_type, namespace) in sorted(known.items(), key=_order):
-            agent = create_agent(agent_type, name, namespace)
-            if isinstance(agent, DaqSimulator):
-                agent.data_dir = _data_dir(events, name) or agent.data_dir
-            self.agents.append(agent)
+            self.agents.append(create_agent(agent_type, name, namespace))
         self.report.agents = {agent.name: self.types[agent.name] for agent in self.agents}
         inputs = Counter(event.sender or "(no sender)" for event in events
                          if event.sender not in self.types)
@@ -178,6 +177,8 @@ class Redrive:
         self.bus = _Bus(self.agents)
         self.recorded = {event.event_id: event for event in events}
         self.emitted: dict[str, _Emission] = {}
+        # Emitted, due later than their cause, not recorded: judged at the end (see above).
+        self.pending: dict[str, tuple[Agent, Event, Output, str]] = {}
         self.last_input: dict[str, Event] = {}
         self.started: set[tuple[str, str | None, int | None]] = set()
 
@@ -188,6 +189,7 @@ class Redrive:
                     self._step(event)
                     if progress is not None:
                         progress(1)
+                self._judge_pending()
             except _Stop:
                 pass
         self.report.not_compared = dict(sorted(self.report.not_compared.items()))
@@ -251,7 +253,8 @@ class Redrive:
                 best = emission.cause
         return best or self.last_input.get(event.sender or "")
 
-    def _check_emitted(self, agent: Agent, cause: Event, output: Output) -> None:
+    def _check_emitted(self, agent: Agent, cause: Event, output: Output,
+                       judged: bool = False) -> None:
         if isinstance(output, Send):
             message, command = output.message, None
         elif isinstance(output, Command):
@@ -267,6 +270,11 @@ class Redrive:
         destination = output.destination
         described = f"{command.adapter} {command.action}" if command is not None else None
         if recorded is None:
+            due = str((command.at if command is not None else None)
+                      or message.get("timestamp") or "")
+            if due > cause.time and not judged:
+                self.pending[msg_id] = (agent, cause, output, due)
+                return
             self._diverge(Divergence("not_recorded", agent.name, agent_type, cause, None,
                                      message, destination,
                                      candidate=self._candidate(agent, message, cause),
@@ -285,6 +293,16 @@ class Redrive:
                                      destination, fields, command=described, filled=filled))
         self.emitted[msg_id] = _Emission(cause, str(message.get("msg_type")))
         self.report.compared += 1
+
+    def _judge_pending(self) -> None:
+        """Messages due later than their cause that were never recorded: a divergence when the
+        agent still wants them and the log reaches their time."""
+        end = max((event.time for event in self.events), default="")
+        for agent, cause, output, due in sorted(self.pending.values(), key=lambda item: item[3]):
+            message = output.message if isinstance(output, Send) else output.reply
+            if due <= end and agent.still_due(message):
+                self.pending.clear()
+                self._check_emitted(agent, cause, output, judged=True)
 
     def _candidate(self, agent: Agent, message: dict[str, Any], cause: Event) -> Event | None:
         """For an emitted message with no recorded twin: the first recorded message of the same
@@ -339,20 +357,6 @@ def differences(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, t
     return {name: (expected.get(name), actual.get(name))
             for name in sorted(expected.keys() | actual.keys())
             if name not in expected or name not in actual or expected[name] != actual[name]}
-
-
-def _data_dir(events: list[Event], daq: str) -> str | None:
-    """Where the DAQ wrote its files: a recorded input of its schedule (file_url =
-    data_dir/run/name), not a field of run_imminent."""
-    for event in events:
-        if event.sender == daq and event.msg_type == "stf_gen" and event.data:
-            url = event.data.get("file_url")
-            if url:
-                try:
-                    return str(path_of(url).parent.parent)
-                except ValueError:
-                    return None
-    return None
 
 
 @contextmanager
