@@ -191,8 +191,9 @@ def _exec_row(e: ExecRec) -> tuple[Any, ...]:
         for i, value in enumerate(run.counts):
             totals[i] += value
     outcomes = [run.outcome for run in runs]
-    if runs and all(outcomes):
-        status = "completed" if all(o == "completed" for o in outcomes) else "failed"
+    if runs and all(outcomes):  # failed over terminated (ended early by `swf stop`), over done
+        status = "failed" if "failed" in outcomes else \
+            "terminated" if "terminated" in outcomes else "completed"
         end_time = max(run.processed_at for run in runs)  # type: ignore[type-var]
     else:
         status, end_time = "running", None
