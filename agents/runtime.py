@@ -53,7 +53,7 @@ from eventstore.reservations import EMPTY_STORE_START
 log = logging.getLogger("swf.runtime")
 
 CONTROL_TYPES = ("stop_workflow",)  # what a realtime run takes from the store while it runs
-CONTROL_POLL = 0.25  # wall seconds between a realtime run's looks for them
+CONTROL_POLL = 0.1  # wall seconds between a realtime run's looks for them
 DEFAULT_USER = "swf"  # who an execution is recorded as unless told (`[agent] user`)
 _SEND, _COMMAND, _TICK = 0, 1, 2
 _FINAL_SLICE = frozenset(("completed", "failed"))

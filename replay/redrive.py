@@ -21,12 +21,14 @@ What is compared: each message an agent emits is matched to the recorded one by 
   placeholder ``"unknown"``; those fields are taken from the recorded reply, every other field
   must be equal. Blind spot: a field the current code newly leaves open (or drops) is taken from
   the log, so that change is not seen.
-- A recorded message of a re-driven agent that the current code does not emit is a divergence
-  when it is recorded (all its possible causes came before it), and so is an emitted message
-  that was never recorded. An emitted message due later than its cause (a schedule, a timer)
-  that was never recorded is judged at the end: a divergence if the agent still wants it
-  (``Agent.still_due``: a stopped DAQ withdraws the rest of its schedule) and the log reaches
-  its time.
+- A recorded message of a re-driven agent that the current code does not emit is a divergence,
+  and so is an emitted message that was never recorded. A live log may hold a message before
+  one of its causes (the recorder takes the topic and each queue copy on subscriptions of
+  their own, whose backlogs interleave freely after a restart), so a recorded message not
+  emitted yet is awaited: a divergence only if nothing emits it by the end of the log. An
+  emitted message due later than its cause (a schedule, a timer) that was never recorded is
+  judged at the end too: a divergence if the agent still wants it (``Agent.still_due``: a
+  stopped DAQ withdraws the rest of its schedule) and the log reaches its time.
 - ``agent_heartbeat`` and ``agent_log`` messages that the agents' decisions did not emit are the
   runtime's (periodic heartbeats, captured log records) and are not compared; a heartbeat an
   agent emits as a decision (the processing agent's close-deadline wake-up) is.
@@ -180,6 +182,8 @@ class Redrive:
         # Emitted, due later than their cause, not recorded: judged at the end (see above).
         self.pending: dict[str, tuple[Agent, Event, Output, str]] = {}
         self.last_input: dict[str, Event] = {}
+        # Recorded, not emitted yet (see above): event_id -> (the event, its likely cause).
+        self.awaited: dict[str, tuple[Event, Event | None]] = {}
         self.started: set[tuple[str, str | None, int | None]] = set()
 
     def run(self, progress: Callable[[int], None] | None = None) -> Report:
@@ -190,6 +194,7 @@ class Redrive:
                     if progress is not None:
                         progress(1)
                 self._judge_pending()
+                self._judge_awaited()
             except _Stop:
                 pass
         self.report.not_compared = dict(sorted(self.report.not_compared.items()))
@@ -235,9 +240,15 @@ class Redrive:
             counts = self.report.not_compared
             counts[event.msg_type] = counts.get(event.msg_type, 0) + 1
             return
-        name = event.sender or ""
-        self._diverge(Divergence("not_emitted", name, self.types[name], self._cause_of(event),
-                                 event, None, None))
+        self.awaited[event.event_id] = (event, self._cause_of(event))
+
+    def _judge_awaited(self) -> None:
+        """Recorded messages nothing emitted by the end of the log: the first is a divergence."""
+        if self.awaited:
+            event, cause = min(self.awaited.values(), key=lambda item: item[0].position)
+            name = event.sender or ""
+            self._diverge(Divergence("not_emitted", name, self.types[name], cause, event, None,
+                                     None))
 
     def _cause_of(self, event: Event) -> Event | None:
         """The most likely cause of a recorded message nobody emitted: the cause of the latest
@@ -265,6 +276,7 @@ class Redrive:
         msg_id = str(message.get("msg_id") or "")
         if msg_id in self.emitted:  # emitted again (a redelivery): the store keeps one
             return
+        self.awaited.pop(msg_id, None)
         agent_type = self.types[agent.name]
         recorded = self.recorded.get(msg_id)
         destination = output.destination

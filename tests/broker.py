@@ -147,6 +147,7 @@ class Cluster:
     user: str = "tester"
     heartbeat: float = 1.0
     db_url: str = ""
+    recorder_name: str | None = None  # `swf record --name` (default: the settings')
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -183,7 +184,8 @@ class Cluster:
                               text=True, stdin=subprocess.DEVNULL, timeout=timeout, check=False)
 
     def start_recorder(self) -> subprocess.Popen:
-        proc = self.spawn("recorder", "-v", "record", "--name", f"swf-recorder-{self.user}")
+        named = ("--name", self.recorder_name) if self.recorder_name else ()
+        proc = self.spawn("recorder", "-v", "record", *named)
         self.wait_recorder()
         return proc
 

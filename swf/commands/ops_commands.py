@@ -10,10 +10,11 @@ moment just ahead (``STOP_AHEAD`` seconds), so the DAQ hears of it before it is 
 - a live execution (its agents run as ``swf agent``): the stop goes to the broker, which the
   recorder stores like any message; its time is the wall clock;
 - an embedded execution (``swf run``): the stop is appended to the store, where a ``swf run
-  --realtime`` running it looks for stops (a simulated run is over in well under a second, so
-  a stop can only find one that is paced by the clock); its time is on the execution's own
-  clock, after its latest event. A stop that no running process picks up stays recorded and
-  changes nothing: the execution stays as it was.
+  --realtime`` running it looks for stops before each step (a simulated run is over in well
+  under a second, so a stop can only find one that is paced by the clock); its time is on the
+  execution's own simulated clock, estimated from its events (simulated against stored times
+  gives the pace). A stop that no running process picks up stays recorded and changes
+  nothing: the execution stays as it was.
 """
 
 from __future__ import annotations
@@ -179,16 +180,19 @@ def stop_command(execution_id: str, db_url: str | None, config_path: Path | None
             raise click.ClickException(f"execution {execution_id} is {summary['status']}: "
                                        f"nothing to stop")
         ns = summary["namespace"]
-        last = store.last_event(execution_id, Limit())
         beat = next(store.read(execution_id=execution_id, msg_types=["agent_heartbeat"],
                                limit=1), None)
         embedded = beat is not None and (beat.data or {}).get("hostname") == EMBEDDED_HOST
-        latest = parse_time(last[1]) if last else datetime.now(UTC)
-        base = latest if embedded else max(latest, datetime.now(UTC))
+        if embedded:
+            now, pace = _simulated_now(store, execution_id)
+            when = now + timedelta(seconds=STOP_AHEAD * max(pace, 1.0))
+        else:
+            last = store.last_event(execution_id, Limit())
+            latest = parse_time(last[1]) if last else datetime.now(UTC)
+            when = max(latest, datetime.now(UTC)) + timedelta(seconds=STOP_AHEAD)
         message = {"msg_type": "stop_workflow", "msg_id": str(uuid.uuid4()), "namespace": ns,
                    "execution_id": execution_id, "run_id": None, "sender": STOP_SENDER,
-                   "timestamp": format_time(base + timedelta(seconds=STOP_AHEAD)),
-                   "source": "swf stop"}
+                   "timestamp": format_time(when), "source": "swf stop"}
         if embedded:
             store.append([Incoming(TOPIC, orjson.dumps(message))])
             how = "appended to the store (a `swf run --realtime` running it stops)"
@@ -210,6 +214,23 @@ def stop_command(execution_id: str, db_url: str | None, config_path: Path | None
     if summary["status"] == "running":
         raise click.ClickException(f"{execution_id} still running after {timeout:g} s: is its "
                                    f"daq agent running?")
+
+
+def _simulated_now(store: Any, execution_id: str) -> tuple[datetime, float]:
+    """(the simulated clock of an embedded run now, its pace in simulated seconds per wall
+    second), from its first and latest events: their simulated times against the store's
+    clock when they were stored."""
+    from eventstore.envelope import parse_time
+    from eventstore.store import Limit
+
+    first = next(store.read(execution_id=execution_id, limit=1))
+    position = store.last_event(execution_id, Limit())[0]
+    (last,) = store.read(after=position - 1, until=position)
+    simulated = (parse_time(last.time) - parse_time(first.time)).total_seconds()
+    stored = (parse_time(last.recorded_at) - parse_time(first.recorded_at)).total_seconds()
+    pace = simulated / stored if simulated > 0 and stored > 0 else 1.0
+    waited = max(0.0, (datetime.now(UTC) - parse_time(last.recorded_at)).total_seconds())
+    return parse_time(last.time) + timedelta(seconds=waited * pace), pace
 
 
 def _summary(store: Any, execution_id: str, namespace: str | None) -> dict[str, Any]:
