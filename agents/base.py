@@ -10,6 +10,11 @@ An agent sees one stored ``Event`` at a time and answers with ``Output``s:
 Decision code takes time only from ``event.time`` (or times derived from it) and ids only from
 ``derive_id`` over the ids of the events it consumes, or from generators seeded from them. Never
 the wall clock, ``uuid4``, global ``random`` or set iteration order.
+
+A decision that waits for several inputs (a run is processed once its last result AND the end of
+its sampling are in) must not depend on which of them arrives last, since live streams interleave
+differently than the log orders them: ``decided`` derives its id from the decision's own key and
+takes the time the caller gives, the latest of its inputs' times.
 """
 
 from __future__ import annotations
@@ -65,6 +70,12 @@ class Agent:
     def handle(self, event: Event) -> list[Output]:
         raise NotImplementedError
 
+    def still_due(self, message: dict[str, Any]) -> bool:
+        """Whether a message this agent scheduled for later (a Send's message or a Command's
+        reply) is still wanted when its time comes: a later decision may withdraw it (a stopped
+        DAQ's schedule). Hosts ask just before publishing or executing it."""
+        return True
+
     def accepts(self, event: Event) -> bool:
         """Valid events of our namespace only; everything else is recorded but ignored."""
         return event.valid and event.namespace == self.namespace
@@ -83,6 +94,26 @@ class Agent:
         }
         envelope.update(payload)
         return envelope
+
+    def decided(self, msg_type: str, *, execution_id: str | None, run_id: int | None,
+                time: str, key: object = "", **payload: Any) -> dict[str, Any]:
+        """An outgoing message decided on several inputs: its id derives from the decision's
+        own key, its time is the caller's (the latest of the inputs'), whatever came last."""
+        return {
+            "msg_type": msg_type,
+            "msg_id": derive_id(execution_id, run_id, self.name, msg_type, key),
+            "namespace": self.namespace,
+            "execution_id": execution_id,
+            "run_id": run_id,
+            "sender": self.name,
+            "timestamp": time,
+            **payload,
+        }
+
+
+def latest(*times: str | None) -> str:
+    """The latest of some event times (all in the one format, so text order is time order)."""
+    return max(time for time in times if time is not None)
 
 
 class Adapter:

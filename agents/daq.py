@@ -4,13 +4,17 @@
 every message of the run up front, each stamped with its future time, and the runtime delivers
 them when (simulated or wall) time gets there. STF files are written by the "files" adapter when
 their time comes; its reply is the ``stf_gen`` message, so the file write is a recorded fact.
+File names and URLs are relative to the data directory (agents/dataroot.py): ``{run}/{name}``.
+
+A ``stop_workflow`` naming one of its executions (or none: all of them) ends that run early, at
+the stop's time: ``end_run`` then, with a ``reason`` and the STFs scheduled until then, and what
+the schedule had after it is withdrawn (``still_due``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, ClassVar
 
 from agents.base import Agent, Command, Output, Send, derive_id
@@ -26,13 +30,49 @@ def dataset_name(run_id: int) -> str:
     return f"swf.{run_id}.run"
 
 
+@dataclass(slots=True)
+class _Schedule:
+    run_id: int
+    due: list[tuple[str, str, str]]  # (time, msg_type, msg_id) of every message, in time order
+    stopped_at: str | None = None  # the stop's time, once stopped
+
+    @property
+    def end_time(self) -> str:
+        return self.due[-1][0]
+
+
 @dataclass
 class DaqSimulator(Agent):
     agent_type: ClassVar[str] = "daq_simulator"
-    data_dir: str = "swf-data"  # where STF files go; file_url points into it
+    schedules: dict[str, _Schedule] = field(default_factory=dict, init=False, repr=False)
+    withdrawn: set[str] = field(default_factory=set, init=False, repr=False)  # msg_ids
 
     def handle(self, event: Event) -> list[Output]:
-        return []  # the DAQ drives the run; it reacts to nothing
+        """The DAQ drives the run; it only reacts to being stopped."""
+        if event.msg_type == "stop_workflow":
+            return self._stop(event)
+        return []
+
+    def still_due(self, message: dict[str, Any]) -> bool:
+        return message.get("msg_id") not in self.withdrawn
+
+    def _stop(self, event: Event) -> list[Output]:
+        outputs: list[Output] = []
+        for execution_id, schedule in self.schedules.items():
+            if event.execution_id not in (None, execution_id) or schedule.stopped_at is not None \
+                    or event.time >= schedule.end_time:
+                continue  # another execution's stop, or a run that is over
+            schedule.stopped_at = event.time
+            self.withdrawn.update(msg_id for time, _type, msg_id in schedule.due
+                                  if time > event.time)
+            sent = sum(1 for time, msg_type, _id in schedule.due
+                       if msg_type == "stf_gen" and time <= event.time)
+            outputs.append(Send(self.decided(
+                "end_run", execution_id=execution_id, run_id=schedule.run_id, time=event.time,
+                key="stopped", state="beam", substate="not_ready", total_stf_files=sent,
+                reason=f"stopped by {event.msg_type} {event.event_id} from "
+                       f"{event.sender or 'an unnamed sender'}")))
+        return outputs
 
     def start(self, *, execution_id: str, run_id: int, workflow: str, params: dict[str, Any],
               start_time: str) -> list[Output]:
@@ -45,7 +85,6 @@ class DaqSimulator(Agent):
         standby = float(param(params, "daq.standby_duration"))
         size = int(param(params, "daq.stf_size_bytes"))
         seed = params.get("seed", 0)
-        run_dir = Path(self.data_dir).absolute() / str(run_id)
 
         def message(msg_type: str, offset: float, key: object = "", **payload: Any
                     ) -> dict[str, Any]:
@@ -79,14 +118,18 @@ class DaqSimulator(Agent):
                 t += interval
                 sequence += 1
                 name = stf_filename(run_id, sequence)
-                path = run_dir / name
+                path = f"{run_id}/{name}"  # relative to the data directory, as a URL too
                 reply = message("stf_gen", t, sequence, filename=name, sequence=sequence,
-                                file_url=path.as_uri(), state="run", substate="physics")
+                                file_url=path, state="run", substate="physics")
                 outputs.append(Command(
                     "files", "write_stf",
-                    {"path": str(path), "size": size, "seed": seed, "filename": name},
+                    {"path": path, "size": size, "seed": seed, "filename": name},
                     reply=reply, destination=TOPIC, at=reply["timestamp"]))
         t += interval
         outputs.append(Send(message("end_run", t, state="beam", substate="not_ready",
                                     total_stf_files=sequence)))
+        self.schedules[execution_id] = _Schedule(run_id, [
+            (item["timestamp"], item["msg_type"], item["msg_id"])
+            for item in (output.message if isinstance(output, Send) else output.reply
+                         for output in outputs)])
         return outputs

@@ -2,7 +2,10 @@
 failed slices (up to ``MAX_RETRIES`` times) and says when a run is fully processed.
 
 State is per run and keyed by facts (sample name, slice id, attempt), so a redelivered message
-changes nothing and a sample that arrives after ``end_run`` is still sliced.
+changes nothing and a sample that arrives after ``end_run`` is still sliced. ``run_processed``
+waits for several inputs (the samples, every slice's final result, ``sampling_complete``), so
+it is ``decided``: its id is the run's, its time the latest of those inputs' (agents/base.py).
+A run the DAQ ended early (``end_run`` with a ``reason``: ``swf stop``) is ``terminated``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from agents.base import Agent, Output, Send
+from agents.base import Agent, Output, Send, latest
 from agents.config import param
 from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, TOPIC, Event
 
@@ -55,6 +58,9 @@ class _Run:
     completed: int = 0
     failed: int = 0
     done: bool = False
+    stopped: bool = False  # the DAQ ended the run early (end_run with a reason)
+    execution_id: str | None = None
+    inputs_at: str | None = None  # the latest time of the inputs that advanced the run
 
 
 @dataclass
@@ -73,23 +79,37 @@ class FastProcessingAgent(Agent):
         elif kind == "slice_result":
             return self._on_result(event, data)
         elif kind == "end_run":
-            self._run(event).ended = True
+            run = self._advanced(event)
+            run.ended = True
+            run.stopped = run.stopped or bool(data.get("reason"))
             return self._maybe_done(event)
         elif kind == "sampling_complete":
-            run = self._run(event)
+            run = self._advanced(event)
             run.ended = True  # sampling completes only after end_run
             run.expected_samples = data["sample_count"]
             return self._maybe_done(event)
         return []
 
     def _run(self, event: Event) -> _Run:
-        return self.runs.setdefault(event.run_id, _Run())
+        run = self.runs.get(event.run_id)
+        if run is None:
+            run = self.runs[event.run_id] = _Run()
+        if run.execution_id is None:
+            run.execution_id = event.execution_id
+        return run
+
+    def _advanced(self, event: Event) -> _Run:
+        """The event's run, noting the event as an input of its completion."""
+        run = self._run(event)
+        run.inputs_at = latest(run.inputs_at, event.time)
+        return run
 
     def _slice_sample(self, event: Event, data: dict[str, Any]) -> list[Output]:
         run = self._run(event)
         name = data["tf_filename"]
         if name in run.samples:
             return []
+        self._advanced(event)
         run.samples.add(name)
         parts = int(param(run.params, "fast_processing.slices_per_sample"))
         outputs: list[Output] = []
@@ -119,6 +139,7 @@ class FastProcessingAgent(Agent):
         if status == "processing":
             state.status = "processing"
             return []
+        self._advanced(event)
         if status == "completed":
             state.status = "completed"
             run.completed += 1
@@ -142,9 +163,11 @@ class FastProcessingAgent(Agent):
                 or run.completed + run.failed < len(run.slices)):
             return []
         run.done = True
-        return [Send(self.message(
-            "run_processed", event, status="failed" if run.failed else "completed",
-            slices_completed=run.completed, slices_failed=run.failed))]
+        status = "failed" if run.failed else "terminated" if run.stopped else "completed"
+        return [Send(self.decided(
+            "run_processed", execution_id=run.execution_id, run_id=event.run_id,
+            time=run.inputs_at or event.time, status=status, slices_completed=run.completed,
+            slices_failed=run.failed))]
 
 
 _ENVELOPE = ("msg_type", "msg_id", "namespace", "execution_id", "run_id", "sender", "timestamp")

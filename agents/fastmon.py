@@ -1,7 +1,9 @@
 """The FastMon agent: samples STFs into TF files and says when a run's sampling is complete.
 
 The sampling decision and TF range of an STF come from a generator seeded by (seed, STF
-filename), so they do not depend on the order messages arrive in.
+filename), so they do not depend on the order messages arrive in. ``sampling_complete`` waits for
+``end_run`` and every STF of the run, so it is ``decided`` (agents/base.py): its id is the run's,
+its time the latest of those inputs'.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
-from agents.base import Agent, Output, Send, derive_id
+from agents.base import Agent, Output, Send, derive_id, latest
 from agents.config import param
 from eventstore.envelope import Event
 
@@ -57,6 +59,8 @@ class _Run:
     samples: int = 0
     total: int | None = None  # from end_run
     complete: bool = False
+    execution_id: str | None = None
+    inputs_at: str | None = None  # the latest time of end_run and the STFs handled
 
 
 @dataclass
@@ -76,13 +80,20 @@ class FastMonAgent(Agent):
             return self._on_stf_ready(event, data)
         if kind == "end_run":
             run = self._run(event)
+            if not run.complete:
+                run.inputs_at = latest(run.inputs_at, event.time)
             total = data.get("total_stf_files")
             run.total = total if total is not None else len(run.stfs)
             return self._maybe_complete(event, run)
         return []
 
     def _run(self, event: Event) -> _Run:
-        return self.runs.setdefault(event.run_id, _Run())
+        run = self.runs.get(event.run_id)
+        if run is None:
+            run = self.runs[event.run_id] = _Run()
+        if run.execution_id is None:
+            run.execution_id = event.execution_id
+        return run
 
     def _on_stf_ready(self, event: Event, data: dict[str, Any]) -> list[Output]:
         run = self._run(event)
@@ -90,6 +101,7 @@ class FastMonAgent(Agent):
         if filename in run.stfs:
             return []  # redelivered
         run.stfs.add(filename)
+        run.inputs_at = latest(run.inputs_at, event.time)
         outputs: list[Output] = []
         if data.get("error") or not data.get("checksum"):
             log.warning("STF %s of run %s is not readable (%s): not sampled", filename,
@@ -109,5 +121,6 @@ class FastMonAgent(Agent):
         if run.complete or run.total is None or len(run.stfs) < run.total:
             return []
         run.complete = True
-        return [Send(self.message("sampling_complete", event, stf_count=len(run.stfs),
-                                  sample_count=run.samples))]
+        return [Send(self.decided("sampling_complete", execution_id=run.execution_id,
+                                  run_id=event.run_id, time=run.inputs_at or event.time,
+                                  stf_count=len(run.stfs), sample_count=run.samples))]

@@ -1,4 +1,9 @@
-"""The "files" adapter: writes simulated STF files and reads their size and adler32."""
+"""The "files" adapter: writes simulated STF files and reads their size and adler32.
+
+Paths and URLs in commands are relative to the adapter's data directory (``100001/x.stf``), as
+the messages name them (agents/dataroot.py); an absolute ``file://`` URL (an upstream sender's)
+is read where it points.
+"""
 
 from __future__ import annotations
 
@@ -33,30 +38,42 @@ def adler32_of(path: Path) -> tuple[int, str]:
     return size, f"{value & 0xFFFFFFFF:08x}"
 
 
-def path_of(url: str) -> Path:
+def path_of(url: str, root: Path | None = None) -> Path:
+    """The file a URL names: a ``file://`` URL or an absolute path as it is, a relative one
+    under ``root`` (ValueError without a root, or for another scheme)."""
     parsed = urlparse(url)
     if parsed.scheme not in ("", "file"):
         raise ValueError(f"not a file URL: {url}")
-    return Path(unquote(parsed.path))
+    path = Path(unquote(parsed.path))
+    if path.is_absolute():
+        return path
+    if root is None:
+        raise ValueError(f"{url} is relative and no data directory was given")
+    return root / path
 
 
 class FilesAdapter(Adapter):
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
     def execute(self, command: Command) -> dict[str, Any]:
         reply = dict(command.reply)
         params = command.params
         if command.action == "write_stf":
-            path = Path(params["path"])
             try:
+                path = path_of(str(params["path"]), self.root)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(stf_content(params.get("seed", 0), params["filename"],
                                              int(params.get("size", 0))))
-            except OSError as problem:
-                reply["error"] = f"cannot write {path}: {problem.strerror or problem}"
+            except (OSError, ValueError) as problem:
+                reply["error"] = f"cannot write {params['path']}: " \
+                    f"{getattr(problem, 'strerror', None) or problem}"
                 log.warning("%s", reply["error"])
             return reply
         if command.action == "stat":
             try:
-                reply["size_bytes"], reply["checksum"] = adler32_of(path_of(params["url"]))
+                reply["size_bytes"], reply["checksum"] = adler32_of(path_of(params["url"],
+                                                                            self.root))
             except (OSError, ValueError) as problem:
                 reply["size_bytes"] = reply["checksum"] = None
                 reply["error"] = f"cannot read {params['url']}: " \

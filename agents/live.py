@@ -24,8 +24,12 @@ loop does there:
   recorded): they are sent now, or scheduled when they lie in the future (a DAQ restarted
   mid-run sends the rest of its schedule). Then the durable subscriptions deliver what arrived
   meanwhile.
+- **Withdrawn outputs.** A Send or Command scheduled for later is published only if the agent
+  still wants it when its time comes (``Agent.still_due``: a stopped DAQ's schedule is not).
 - **Heartbeats** every ``heartbeat_interval`` seconds with the real pid and hostname, READY at
-  start, EXITED at a clean stop; WARNING+ log records become ``agent_log`` messages.
+  start, EXITED at a clean stop, and one as soon as the agent handles the first message of an
+  execution (so ``swf run --broker`` sees at once that the DAQ took its run); WARNING+ log
+  records become ``agent_log`` messages.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -51,7 +55,7 @@ from agents.base import Adapter, Agent, Command, Output, Send, derive_id
 from agents.config import WorkflowConfig
 from agents.daq import DaqSimulator
 from agents.heartbeat import LogContext, heartbeat
-from agents.runtime import Allocation, allocate, default_user
+from agents.runtime import DEFAULT_USER, Allocation, allocate
 from agents.transport import Delivery, SendRefused, Transport, TransportClosed
 from eventstore.envelope import TOPIC, Event, parse_time, utc_now
 from eventstore.identity import RunExecutions, as_stored
@@ -83,17 +87,13 @@ class LiveDaq(DaqSimulator):
     --broker`` sends it) starts that run's schedule, which ``DaqSimulator.start`` computes from
     the run_imminent's own fields, so the schedule is the embedded run's."""
 
-    _started: set[tuple[str | None, int | None]] = field(default_factory=set, init=False,
-                                                          repr=False)
-
     def handle(self, event: Event) -> list[Output]:
         if event.msg_type != "run_imminent" or event.sender != self.name:
-            return []
-        key = (event.execution_id, event.run_id)
+            return super().handle(event)
         data = event.data or {}
-        if key in self._started or event.execution_id is None or event.run_id is None:
+        if event.execution_id in self.schedules or event.execution_id is None \
+                or event.run_id is None:
             return []
-        self._started.add(key)
         schedule = self.start(execution_id=event.execution_id, run_id=event.run_id,
                               workflow=str(data.get("workflow") or "fast_processing"),
                               params=data.get("workflow_params") or {}, start_time=event.time)
@@ -209,6 +209,7 @@ class LiveHost:
         self._running_commands = 0
         self._resume: list[Output] = []
         self._runs = RunExecutions()  # run -> execution, for messages that name only a run
+        self._joined = RecentIds(10_000)  # executions whose first message this host handled
         self._execution: str | None = None  # latest seen, for heartbeats
         self._run: int | None = None
         self._relay = LogRelay(agent, self.pid, self.hostname)
@@ -266,13 +267,16 @@ class LiveHost:
                 if not self._relevant(event) or not self.agent.accepts(event):
                     continue
                 self._track(event)
+                if event.execution_id is not None:
+                    self._joined.add(event.execution_id)
                 try:
                     pending.extend(self.agent.handle(event))
                 except Exception:  # noqa: BLE001 - a replay failure is counted, not fatal
                     self.stats.errors += 1
                 self.stats.replayed += 1
         present = self.store.stored_ids({_output_id(output) for output in pending})
-        self._resume = [output for output in pending if _output_id(output) not in present]
+        self._resume = [output for output in pending if _output_id(output) not in present
+                        and self.agent.still_due(_message(output))]
         self.stats.resent = len(self._resume)
         if self.stats.replayed:
             log.info("%s: replayed %d stored events; %d outputs to send", self.agent.name,
@@ -387,6 +391,10 @@ class LiveHost:
             self._track(event)
             sent = self._dispatch(self._decide(event))
             work.extend(self._own(sent))
+            if event.execution_id is not None and event.execution_id not in self._joined \
+                    and event.msg_type not in _RUNLESS:
+                self._joined.add(event.execution_id)
+                self._beat("PROCESSING")  # "I am in this execution", at once
 
     def _decide(self, event: Event) -> list[Output]:
         agent = self.agent
@@ -430,7 +438,9 @@ class LiveHost:
         now = time.time()
         due: list[Output] = []
         while self._timers and self._timers[0][0] <= now:
-            due.append(heapq.heappop(self._timers)[2])
+            output = heapq.heappop(self._timers)[2]
+            if self.agent.still_due(_message(output)):
+                due.append(output)
         if due:
             self._after_send(self._dispatch(due))
 
@@ -578,7 +588,7 @@ class LiveHost:
             self._runs.note(event.namespace, event.run_id, event.execution_id)
 
 
-_RUNLESS = frozenset({"agent_heartbeat", "agent_log"})
+_RUNLESS = frozenset({"agent_heartbeat", "agent_log", "stop_workflow"})
 
 
 def daq_name(user: str) -> str:
@@ -592,7 +602,7 @@ def request_run(transport: Transport, store: Any, config: WorkflowConfig, *, see
     """Start one execution on live agents: allocate its id and run number from the store (as
     ``swf run`` does), then send the run_imminent that the DAQ agent ``daq`` turns into the run's
     schedule. The start time is the wall clock (the edge of the system), unless given."""
-    user = user or default_user()
+    user = user or DEFAULT_USER
     allocation = allocate(store, config.workflow, user, start_time or utc_now())
     simulator = DaqSimulator(daq or daq_name(user), str(config.get("testbed.namespace")))
     first = simulator.start(execution_id=allocation.execution_id, run_id=allocation.run_id,
@@ -603,9 +613,13 @@ def request_run(transport: Transport, store: Any, config: WorkflowConfig, *, see
     return allocation
 
 
+def _message(output: Output) -> dict[str, Any]:
+    """A Send's message, or the reply a Command will publish."""
+    return output.message if isinstance(output, Send) else output.reply
+
+
 def _output_id(output: Output) -> str:
-    message = output.message if isinstance(output, Send) else output.reply
-    return str(message.get("msg_id") or "")
+    return str(_message(output).get("msg_id") or "")
 
 
 def _epoch(text: Any, default: float) -> float:

@@ -5,9 +5,15 @@ Per run: ``run_imminent`` opens the dataset ``swf.{run}.run`` (command ``ddm add
 (each has an outcome: ok, error or duplicate), or ``close_timeout`` seconds after ``end_run`` by
 the time of any later event, the dataset is closed (``ddm close``); a closed dataset is submitted
 as one prun-style task (``batch submit_task``) whose status is polled (``batch status``) until it
-is terminal; then ``run_processed`` says how the run ended. Every adapter outcome comes back as
-an event (the command's reply) and is matched to its command by ``msg_id``, so the agent's own
-messages and redelivered or repeated events never advance a run twice.
+is terminal; then ``run_processed`` says how the run ended (``terminated`` when the DAQ ended
+it early: ``end_run`` with a ``reason``). Every adapter outcome comes back as an event (the
+command's reply) and is matched to its command by ``msg_id``, so the agent's own messages and
+redelivered or repeated events never advance a run twice.
+
+Decisions are functions of the log, not of arrival order: every message of a run is ``decided``
+(agents/base.py), its id from the run's book and the decision's key, its time the latest of the
+inputs it waited for (a file's attach: its announcement and the dataset's opening; the close:
+end_run, the opening and each counted file's outcome; a timeout: the deadline itself).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from agents import batch, ddm
-from agents.base import Agent, Command, Output, Send, shift
+from agents.base import Agent, Command, Output, Send, latest, shift
 from agents.config import SCHEMA, param
 from eventstore.envelope import Event, parse_time
 
@@ -44,6 +50,7 @@ class FileEntry:
     reply_id: str | None = None  # msg_id of the attach command's reply, once sent
     outcome: str | None = None  # ok / error / duplicate, once known
     error: str | None = None
+    settled_at: str | None = None  # time of the event that gave it its outcome
 
 
 @dataclass(slots=True)
@@ -56,12 +63,14 @@ class RunBook:
     scope: str
     dataset: str
     open_reply: str | None = None
+    opened_at: str | None = None  # time of the dataset_opened reply
     dataset_state: str = "opening"  # opening -> open | failed
     dataset_error: str | None = None
     reused: bool = False  # the dataset existed already (a retried run)
     files: dict[str, FileEntry] = field(default_factory=dict)
     waiting: list[str] = field(default_factory=list)  # announced before the dataset was open
     end_time: str | None = None
+    stopped: bool = False  # the DAQ ended the run early (end_run with a reason)
     expected: int | None = None
     close_reply: str | None = None
     close_reason: str | None = None
@@ -83,8 +92,8 @@ class RunBook:
     settled_sequences: set[int] = field(default_factory=set)
     settled_unnumbered: int = 0
 
-    def settle(self, entry: FileEntry, outcome: str, error: str | None) -> None:
-        entry.outcome, entry.error = outcome, error
+    def settle(self, entry: FileEntry, outcome: str, error: str | None, time: str) -> None:
+        entry.outcome, entry.error, entry.settled_at = outcome, error, time
         self.accounted += 1
         self.files_failed += outcome == "error"
         if entry.sequence is None:
@@ -98,6 +107,16 @@ class RunBook:
         injected by hand) can never close the dataset before the DAQ's own last file."""
         in_range = sum(1 for sequence in self.settled_sequences if 1 <= sequence <= expected)
         return in_range + self.settled_unnumbered
+
+    def close_inputs_at(self) -> str:
+        """The latest time of what the close waited for: end_run, the dataset's opening and the
+        outcomes of the files that count (see ``settled_of``)."""
+        expected = self.expected
+        times = [entry.settled_at for entry in self.files.values()
+                 if entry.settled_at is not None and (
+                     expected is None or entry.sequence is None
+                     or 1 <= entry.sequence <= expected)]
+        return latest(self.end_time, self.opened_at, *times)
 
 
 class ProcessingAgent(Agent):
@@ -200,19 +219,24 @@ class ProcessingAgent(Agent):
         if differs:
             reason += f" (this announcement differs in {', '.join(differs)})"
         log.warning("run %s: %s", book.run, reason)
-        message = self._reply("file_attached", event, book, f"dup/{first.name}",
+        message = self._reply("file_attached", event, book,
+                              f"dup/{first.name}/{event.event_id}",
                               scope=book.scope, dataset=book.dataset, name=first.name,
                               size_bytes=data.get("size_bytes"), checksum=data.get("checksum"),
                               outcome="duplicate", error=None, reason=reason)
         return Send(message)
 
     def _attach(self, event: Event, book: RunBook, entry: FileEntry) -> list[Output]:
+        """Attach a file to the dataset: decided on its announcement and the dataset's
+        opening, whichever came last."""
         if book.dataset_state == "failed":
             return [self._file_outcome(event, book, entry, "error",
                                        f"dataset {book.dataset_did} is not open: "
-                                       f"{book.dataset_error}")]
+                                       f"{book.dataset_error}",
+                                       time=latest(entry.announced_at, book.opened_at))]
         reply = self._reply("file_attached", event, book, f"attach/{entry.name}",
-                            scope=book.scope, dataset=book.dataset, name=entry.name,
+                            time=latest(entry.announced_at, book.opened_at), scope=book.scope,
+                            dataset=book.dataset, name=entry.name,
                             size_bytes=entry.size_bytes, checksum=entry.checksum,
                             outcome=None, error=None)
         entry.reply_id = reply["msg_id"]
@@ -224,11 +248,12 @@ class ProcessingAgent(Agent):
         return [Command("ddm", "attach", params, reply=reply)]
 
     def _file_outcome(self, event: Event, book: RunBook, entry: FileEntry, outcome: str,
-                      error: str) -> Send:
-        book.settle(entry, outcome, error)
+                      error: str, time: str | None = None) -> Send:
+        when = time or event.time
+        book.settle(entry, outcome, error, when)
         log.warning("run %s: file %s %s: %s", book.run, entry.name, outcome, error)
         return Send(self._reply("file_attached", event, book, f"attach/{entry.name}",
-                                scope=book.scope, dataset=book.dataset, name=entry.name,
+                                time=when, scope=book.scope, dataset=book.dataset, name=entry.name,
                                 size_bytes=entry.size_bytes, checksum=entry.checksum,
                                 outcome=outcome, error=error))
 
@@ -240,6 +265,7 @@ class ProcessingAgent(Agent):
             log.info("run %s: end_run again; already ending", book.run)
             return []
         book.end_time = event.time
+        book.stopped = bool((event.data or {}).get("reason"))
         book.expected = (event.data or {}).get("total_stf_files")
         outputs = self._maybe_close(event, book)
         if not outputs:
@@ -254,6 +280,7 @@ class ProcessingAgent(Agent):
             return []
         data = event.data or {}
         outcome = data.get("outcome")
+        book.opened_at = event.time
         if outcome in ("ok", "exists"):
             book.dataset_state = "open"
             book.reused = outcome == "exists"
@@ -279,7 +306,7 @@ class ProcessingAgent(Agent):
         entry = book.files.get(data["name"])
         if entry is None or entry.outcome is not None or event.event_id != entry.reply_id:
             return []
-        book.settle(entry, data.get("outcome") or "error", data.get("error"))
+        book.settle(entry, data.get("outcome") or "error", data.get("error"), event.time)
         if entry.outcome == "error":
             log.warning("run %s: file %s not attached: %s", book.run, entry.name, entry.error)
         return self._maybe_close(event, book)
@@ -324,10 +351,13 @@ class ProcessingAgent(Agent):
                      ) -> list[Output]:
         if book.end_time is None or book.close_reply is not None or book.done:
             return []
+        # A timeout is decided at the deadline, whichever later event noticed it.
+        deadline = shift(book.end_time, book.settings["close_timeout"])
         if book.dataset_state == "failed":
             return [self._finish(event, book, "failed",
                                  f"dataset {book.dataset_did} could not be opened: "
-                                 f"{book.dataset_error}")]
+                                 f"{book.dataset_error}",
+                                 time=latest(book.end_time, book.opened_at))]
         expected = book.expected if book.expected is not None else len(book.files)
         accounted = book.settled_of(expected) if book.expected is not None else book.accounted
         if book.dataset_state == "opening":
@@ -335,12 +365,15 @@ class ProcessingAgent(Agent):
                 return []
             return [self._finish(event, book, "failed",
                                  f"timeout: dataset {book.dataset_did} was never confirmed "
-                                 f"open ({accounted} of {expected} files accounted for)")]
+                                 f"open ({accounted} of {expected} files accounted for)",
+                                 time=deadline)]
         if accounted < expected and not timed_out:
             return []
         reason = (f"{'timeout' if accounted < expected else 'complete'}: {accounted} of "
                   f"{expected} files accounted for")
-        reply = self._reply("dataset_closed", event, book, "close", scope=book.scope,
+        reply = self._reply("dataset_closed", event, book, "close",
+                            time=deadline if accounted < expected else book.close_inputs_at(),
+                            scope=book.scope,
                             dataset=book.dataset, outcome=None, error=None, file_count=None,
                             size_bytes=None, reason=reason)
         book.close_reply, book.close_reason = reply["msg_id"], reason
@@ -409,11 +442,15 @@ class ProcessingAgent(Agent):
         book.poll_reply = reply["msg_id"]
         return [Command("batch", "status", {"task_id": book.task_id}, reply=reply, at=at)]
 
-    def _finish(self, event: Event, book: RunBook, status: str, error: str | None) -> Send:
+    def _finish(self, event: Event, book: RunBook, status: str, error: str | None,
+                time: str | None = None) -> Send:
         book.done = True
+        if status == "completed" and book.stopped:
+            status = "terminated"
         (log.info if status == "completed" else log.error)(
             "run %s: processing %s%s", book.run, status, f": {error}" if error else "")
-        return Send(self._reply("run_processed", event, book, "processed", status=status,
+        return Send(self._reply("run_processed", event, book, "processed", time=time,
+                                status=status,
                                 task_id=book.task_id, error=error, dataset=book.dataset_did,
                                 file_count=book.file_count, files_failed=book.files_failed))
 
@@ -436,10 +473,10 @@ class ProcessingAgent(Agent):
 
     def _reply(self, msg_type: str, cause: Event, book: RunBook, key: str, *,
                time: str | None = None, **payload: Any) -> dict[str, Any]:
-        # The key names the run and execution too: one event (a heartbeat) may close two runs.
-        return self.message(msg_type, cause, time=time,
-                            key=f"{book.execution_id}/{book.run}/{key}",
-                            execution_id=book.execution_id, run_id=book.run, **payload)
+        """A message of the run, decided: its id from the run's book and ``key`` (unique per
+        decision), its time ``time`` (default: the cause's, for a single-input decision)."""
+        return self.decided(msg_type, execution_id=book.execution_id, run_id=book.run,
+                            time=time or cause.time, key=key, **payload)
 
     _handlers: ClassVar[dict[str, Any]] = {
         "run_imminent": _on_run_imminent,

@@ -52,7 +52,7 @@ NO_SETTINGS = AdapterSettings()
 
 def _files(data_dir: Path, params: Params, settings: AdapterSettings) -> Adapter:
     from agents.files import FilesAdapter
-    return FilesAdapter()
+    return FilesAdapter(data_dir)
 
 
 def _payload(data_dir: Path, params: Params, settings: AdapterSettings) -> Adapter:
@@ -69,7 +69,8 @@ def _ddm(data_dir: Path, params: Params, settings: AdapterSettings) -> Adapter:
         return LocalCatalog(data_dir / "ddm")
     if backend == "rucio":
         from agents.ddm.rucio import RucioCatalog, RucioSettings
-        return RucioCatalog((settings.rucio or RucioSettings()).for_workflow(section))
+        return RucioCatalog((settings.rucio or RucioSettings()).for_workflow(section),
+                            data_root=data_dir)
     return Misconfigured(f"[ddm] backend = {backend!r} is not one of 'local', 'rucio'")
 
 

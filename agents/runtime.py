@@ -12,6 +12,10 @@ consumer (round robin); and every agent also receives its own messages, which is
 learns the outcome of a command it issued (the worker pool frees a worker on its own
 ``slice_result``).
 
+An agent may withdraw what it scheduled (``Agent.still_due``: a stopped DAQ's schedule); the
+loop asks it when the item comes due. A ``--realtime`` run (``controls``) also looks in the
+store, while it waits, for stops another process appended (``swf stop``) and delivers them.
+
 Programmatic use::
 
     runtime = prepare(store, load_workflow("fast_processing"), seed=1, data_dir=tmp)
@@ -32,8 +36,7 @@ import time as wallclock
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -41,14 +44,17 @@ import orjson
 from agents.base import Adapter, Agent, Command, Output, Send
 from agents.config import WorkflowConfig, param
 from agents.daq import DaqSimulator
+from agents.dataroot import resolve_data_root
 from agents.heartbeat import LogCapture, LogContext, heartbeat
 from agents.registry import AdapterSettings, create_adapter, create_agent, workflow_agents
 from eventstore.envelope import TOPIC, Event, Incoming, format_time, parse_time
+from eventstore.reservations import EMPTY_STORE_START
 
 log = logging.getLogger("swf.runtime")
 
-EMPTY_STORE_START = "2026-01-01T00:00:00.000000Z"
-FIRST_RUN_NUMBER = 100001
+CONTROL_TYPES = ("stop_workflow",)  # what a realtime run takes from the store while it runs
+CONTROL_POLL = 0.1  # wall seconds between a realtime run's looks for them
+DEFAULT_USER = "swf"  # who an execution is recorded as unless told (`[agent] user`)
 _SEND, _COMMAND, _TICK = 0, 1, 2
 _FINAL_SLICE = frozenset(("completed", "failed"))
 
@@ -85,7 +91,7 @@ class EmbeddedRuntime:
                  heartbeat_interval: float | None = 60.0, realtime: bool = False,
                  speed: float = 1.0, strict: bool = False,
                  progress: Callable[[Progress], None] | None = None,
-                 progress_interval: float = 0.1) -> None:
+                 progress_interval: float = 0.1, controls: bool = False) -> None:
         self.store = store
         self.agents = list(agents)
         self.start_time = _normal(start_time)
@@ -93,6 +99,7 @@ class EmbeddedRuntime:
         self.execution_id, self.run_id, self.workflow = execution_id, run_id, workflow
         self.heartbeat_interval = heartbeat_interval
         self.realtime, self.speed, self.strict = realtime, speed, strict
+        self.controls = controls and realtime  # look for stops in the store while waiting
         self.progress, self.progress_interval = progress, progress_interval
         self._adapters: dict[str, Adapter] = dict(adapters) if isinstance(adapters, Mapping) \
             else {}
@@ -101,6 +108,9 @@ class EmbeddedRuntime:
         self._seq = itertools.count()
         self._work = 0  # non-tick items on the heap: the execution is active while > 0
         self._by_name = {agent.name: agent for agent in self.agents}
+        # Agents that may withdraw what they scheduled (``Agent.still_due``): asked when due.
+        self._withdrawing = {agent.name for agent in self.agents
+                             if type(agent).still_due is not Agent.still_due}
         self._topic_subscribers: dict[str, list[Agent]] = {}
         self._queue_consumers: dict[str, itertools.cycle[Agent]] = {}
         for agent in self.agents:
@@ -114,6 +124,8 @@ class EmbeddedRuntime:
         self.slices_done = 0
         self.events = self.duplicates = self.errors = 0
         self._started = False
+        self._control_mark: int | None = None  # store position of the last look for stops
+        self._controls_seen: set[str] = set()
         self.params: dict[str, Any] = {}  # the execution's workflow_params (set by ``prepare``)
         # Called with each stored event after its delivery: tests inject messages mid-run from
         # here (``publish``), e.g. a late, duplicated or malformed message right after a fact.
@@ -186,8 +198,8 @@ class EmbeddedRuntime:
         heap = self._heap
         while heap:
             before, now = self.now, heap[0][0]
-            if self.realtime:
-                self._wait_until(now, wall_start)
+            if self.realtime and self._wait_until(now, wall_start):
+                continue  # a stop came in meanwhile: what is due next may have changed
             self.now = now
             batch: list[tuple[dict[str, Any], str]] = []
             tick = None
@@ -195,9 +207,12 @@ class EmbeddedRuntime:
                 _, _, kind, item, destination, issuer = heapq.heappop(heap)
                 if kind == _SEND:
                     self._work -= 1
-                    batch.append((item, destination))
+                    if self._due(issuer, item):
+                        batch.append((item, destination))
                 elif kind == _COMMAND:
                     self._work -= 1
+                    if not self._due(issuer, item.reply):
+                        continue
                     reply = self._execute(item, issuer)
                     if reply is not None:
                         batch.append((reply, item.destination))
@@ -218,6 +233,10 @@ class EmbeddedRuntime:
                     self.now = before
             self._report()
 
+    def _due(self, issuer: Agent | None, message: dict[str, Any]) -> bool:
+        return issuer is None or issuer.name not in self._withdrawing \
+            or issuer.still_due(message)
+
     def _append_and_deliver(self, batch: list[tuple[dict[str, Any], str]]) -> None:
         dumps = orjson.dumps
         result = self.store.append([Incoming(destination, dumps(message))
@@ -227,6 +246,8 @@ class EmbeddedRuntime:
         observe = self.observe
         for event in result.events:
             self._count(event)
+            if event.msg_type in CONTROL_TYPES:
+                self._controls_seen.add(event.event_id)
             self._deliver(event)
             if observe is not None:
                 observe(event)
@@ -313,11 +334,40 @@ class EmbeddedRuntime:
         return format_time(parse_time(self.start_time)
                            + timedelta(seconds=number * self.heartbeat_interval))
 
-    def _wait_until(self, when: str, wall_start: float) -> None:
+    def _wait_until(self, when: str, wall_start: float) -> bool:
+        """Sleep until ``when`` on the wall clock, looking for stops meanwhile; True when one
+        was delivered (and the wait cut short)."""
         due = (parse_time(when) - parse_time(self.start_time)).total_seconds() / self.speed
-        delay = due - (wallclock.perf_counter() - wall_start)
-        if delay > 0:
-            wallclock.sleep(delay)
+        while True:
+            if self.controls and self._take_controls():
+                return True
+            delay = due - (wallclock.perf_counter() - wall_start)
+            if delay <= 0:
+                return False
+            if not self.controls:
+                wallclock.sleep(delay)
+                return False
+            wallclock.sleep(min(delay, CONTROL_POLL))
+
+    def _take_controls(self) -> bool:
+        """Deliver the stops another process (``swf stop``) appended to the store for this
+        namespace since the last look: a realtime run is long enough to be stopped."""
+        if not self.agents:
+            return False
+        if self._control_mark is None:
+            self._control_mark = self.store.head()
+            return False
+        delivered = False
+        for event in self.store.read(after=self._control_mark, msg_types=CONTROL_TYPES,
+                          namespace=self.agents[0].namespace):
+            self._control_mark = event.position
+            if event.event_id in self._controls_seen:
+                continue  # stored by this runtime: delivered already
+            self._controls_seen.add(event.event_id)
+            self._count(event)
+            self._deliver(event)
+            delivered = True
+        return delivered
 
     def _count(self, event: Event) -> None:
         kind = event.msg_type or "(rejected)"
@@ -347,24 +397,11 @@ class Allocation:
 
 
 def allocate(store: Any, workflow: str, user: str, start_time: str | None = None) -> Allocation:
-    """Execution id, run number and start time, all from the store's contents (not the clock):
-    the same store contents give the same ids and times."""
-    prefix = f"{workflow}-{user}-"
-    facts = store.allocation_facts(prefix)
-    if start_time is None:
-        start_time = (EMPTY_STORE_START if facts.latest_time is None
-                      else _next_minute(facts.latest_time))
-    return Allocation(execution_id=f"{prefix}{facts.executions + 1:04d}",
-                      run_id=FIRST_RUN_NUMBER if facts.top_run is None else facts.top_run + 1,
-                      start_time=_normal(start_time))
-
-
-def default_user() -> str:
-    return os.environ.get("USER") or os.environ.get("LOGNAME") or "swf"
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("SWF_DATA") or "swf-data")
+    """Execution id, run number and start time, reserved in the store (atomically: concurrent
+    runs on one store never share them) and derived from its contents, not the clock: the same
+    store contents give the same ids and times."""
+    reservation = store.reserve_execution(workflow, user, start_time)
+    return Allocation(reservation.execution_id, reservation.run_number, reservation.start_time)
 
 
 def prepare(store: Any, config: WorkflowConfig, *, seed: int = 0,
@@ -376,9 +413,13 @@ def prepare(store: Any, config: WorkflowConfig, *, seed: int = 0,
             adapter_settings: AdapterSettings | None = None) -> EmbeddedRuntime:
     """A runtime loaded with one execution of ``config``: ids allocated from the store, agents
     created (``agent_types``: a chosen subset, default: the workflow's), the DAQ's schedule on
-    the heap (when the DAQ is among the agents). Call ``.run()`` on it."""
-    user = user or default_user()
-    data_path = Path(data_dir if data_dir is not None else default_data_dir()).absolute()
+    the heap (when the DAQ is among the agents). Call ``.run()`` on it.
+
+    ``user`` names the agents and the execution (default ``DEFAULT_USER``: never the login
+    name, so runs do not depend on who starts them); ``data_dir`` is the store's data directory
+    (default: beside its SQLite file; agents/dataroot.py). Raises DataRootError."""
+    user = user or DEFAULT_USER
+    data_path = resolve_data_root(data_dir, store)
     allocation = allocate(store, config.workflow, user, start_time)
     namespace = str(config.get("testbed.namespace"))
     types = list(agent_types) if agent_types is not None else workflow_agents(config.enabled)
@@ -396,11 +437,10 @@ def prepare(store: Any, config: WorkflowConfig, *, seed: int = 0,
         execution_id=allocation.execution_id, run_id=allocation.run_id,
         workflow=config.workflow,
         heartbeat_interval=float(param(config.params, "runtime.heartbeat_interval")),
-        realtime=realtime, speed=speed, strict=strict, progress=progress)
+        realtime=realtime, speed=speed, strict=strict, progress=progress, controls=realtime)
     runtime.params = {**config.params, "seed": seed}
     for agent in agents:
         if isinstance(agent, DaqSimulator):
-            agent.data_dir = str(data_path)
             runtime.submit(agent.start(execution_id=allocation.execution_id,
                                        run_id=allocation.run_id, workflow=config.workflow,
                                        params=runtime.params, start_time=allocation.start_time),
@@ -420,13 +460,6 @@ def _normal(text: str) -> str:
 def _key(text: str) -> str:
     """A heap key: times compare as strings only in the one format (fast path: already in it)."""
     return text if len(text) == 27 and text[19] == "." and text[-1] == "Z" else _normal(text)
-
-
-def _next_minute(latest: str) -> str:
-    moment = parse_time(latest)
-    floor = moment.replace(second=0, microsecond=0)
-    ceiling = floor if floor == moment else floor + timedelta(minutes=1)
-    return format_time((ceiling + timedelta(minutes=1)).astimezone(UTC))
 
 
 __all__ = ["EmbeddedRuntime", "ExecutionResult", "Progress", "allocate", "prepare",

@@ -93,7 +93,8 @@ CATALOG: dict[str, dict[str, Field]] = {
                 "size_bytes": _up(BIGINT), "start": _up(STR), "end": _up(STR)},
     "pause_run": {**_RUN_STATE, "reason": _opt(STR), **_RUNNER},
     "resume_run": {**_RUN_STATE, **_RUNNER},
-    "end_run": {**_RUN_STATE, "total_stf_files": _opt(INT), **_RUNNER},
+    "end_run": {**_RUN_STATE, "total_stf_files": _opt(INT), "reason": _opt(STR),
+                **_RUNNER},
     # -- files: stf_ready per file, or (no filename) upstream's per-run "data ready"
     "stf_ready": {"filename": _opt(STR), "file_url": _opt(STR), "checksum": _opt(STR),
                   "size_bytes": _opt(BIGINT), "sequence": _opt(INT), **_RUN_STATE, **_RUNNER,
@@ -196,7 +197,7 @@ LIFECYCLE = frozenset({"run_imminent", "start_run", "pause_run", "resume_run", "
                        "stf_gen"})
 CONTROL_TYPES = ("run_workflow", "stop_workflow", "status_request")
 SLICE_STATUSES = frozenset({"processing", "completed", "failed"})
-RUN_OUTCOMES = frozenset({"completed", "failed"})
+RUN_OUTCOMES = frozenset({"completed", "failed", "terminated"})
 ENVELOPE_STRINGS = ("msg_id", "namespace", "execution_id", "sender")
 _UPSTREAM_RESULT_STATES = {"done": "completed", "finished": "completed", "completed": "completed",
                            "failed": "failed", "error": "failed", "processing": "processing",
@@ -782,8 +783,8 @@ def _finish_slice_result(data: dict[str, Any]) -> None:
 
 def _finish_run_processed(data: dict[str, Any]) -> None:
     if data["status"] not in RUN_OUTCOMES:
-        raise Rejected(f"run_processed status {_short(data['status'])!r} is not completed or "
-                       f"failed")
+        raise Rejected(f"run_processed status {_short(data['status'])!r} is not completed, "
+                       f"failed or terminated")
 
 
 # Type-specific normalization after the generic field checks.

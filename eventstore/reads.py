@@ -49,15 +49,6 @@ class Limit:
     time: str | None = None  # ISO-8601 UTC in the store's format
 
 
-@dataclass(frozen=True, slots=True)
-class AllocationFacts:
-    """What allocating an execution id, run number and start time is derived from."""
-
-    latest_time: str | None  # the latest sender time, else the latest store time
-    top_run: int | None  # the highest run number stored
-    executions: int  # distinct execution ids with the asked prefix
-
-
 class Rejection(NamedTuple):
     position: int
     msg_type: str | None
@@ -127,18 +118,14 @@ class Reads:
         with self._connection() as conn:
             return [row[0] for row in conn.execute(query)]
 
-    def allocation_facts(self, prefix: str) -> AllocationFacts:
-        """What a new execution's id, run number and start time are allocated from: the latest
-        event time, the highest run, how many execution ids start with ``prefix``."""
+    def latest_from(self, sender: str, msg_type: str) -> tuple[str, str | None] | None:
+        """(recorded_at, sent_at) of the latest event of this type from this sender."""
         with self._connection() as conn:
-            latest = conn.execute(sa.select(sa.func.max(events.c.sent_at))).scalar() \
-                or conn.execute(sa.select(sa.func.max(events.c.recorded_at))).scalar()
-            top_run = conn.execute(sa.select(sa.func.max(events.c.run_id))).scalar()
-            executions = conn.execute(
-                sa.select(sa.func.count(sa.distinct(events.c.execution_id)))
-                .where(sa.func.substr(events.c.execution_id, 1, len(prefix)) == prefix)
-            ).scalar() or 0
-        return AllocationFacts(latest, None if top_run is None else int(top_run), executions)
+            row = conn.exec_driver_sql(
+                f"SELECT recorded_at, sent_at FROM events WHERE msg_type = {self._m} "
+                f"AND sender = {self._m} ORDER BY position DESC LIMIT 1",
+                (msg_type, sender)).first()
+        return None if row is None else (row[0], row[1])
 
     # -- the fold ------------------------------------------------------------------------------
 

@@ -49,6 +49,31 @@ events = sa.Table(
              sqlite_where=sa.text("reject_reason IS NOT NULL")),
 )
 
+# Execution ids and run numbers handed out by ``EventStore.reserve_execution``: one row per
+# reservation, written under the store's write lock, so two concurrent runs never get the same
+# id or run number (the events table alone cannot say what was handed out but not yet used).
+reservations = sa.Table(
+    "reservations",
+    metadata,
+    sa.Column("execution_id", _key(), primary_key=True),
+    sa.Column("prefix", _key(), nullable=False),  # "{workflow}-{user}-"
+    sa.Column("sequence", sa.Integer(), nullable=False),  # the id's number after the prefix
+    sa.Column("run_number", sa.BigInteger(), nullable=False),
+    sa.Column("start_time", sa.String(), nullable=False),
+    sa.Column("reserved_at", sa.String(), nullable=False),  # store clock
+    sa.UniqueConstraint("run_number", name="uq_reservations_run_number"),
+    sa.Index("ix_reservations_prefix", "prefix", "sequence"),
+)
+
+# Facts about the store itself (``store_id``: a random name given once, so files kept for a
+# store elsewhere, e.g. its data directory, can tell which store they belong to).
+store_info = sa.Table(
+    "store_info",
+    metadata,
+    sa.Column("name", _key(), primary_key=True),
+    sa.Column("value", sa.String(), nullable=False),
+)
+
 # Column order used by the append paths (everything but the position).
 EVENT_COLUMNS = ("event_id", "recorded_at", "destination", "headers", "body", "namespace",
                  "execution_id", "run_id", "msg_type", "sender", "sent_at", "schema_version",

@@ -22,8 +22,12 @@ Public API (other packages rely on exactly this):
                                         one read transaction; ``view.connection`` reads other
                                         tables at the same moment. The store has them too, each
                                         on a connection of its own (stored_ids, open_executions,
-                                        allocation_facts, count_after, fold_rows, ...).
+                                        count_after, fold_rows, ...).
     store.restore(rows)                 insert rows exactly as stored (fixtures)
+    store.reserve_execution(workflow, user, start_time=None) -> Reservation
+                                        the next execution id, run number and start time,
+                                        reserved atomically (see ``reservations``)
+    store.store_id() -> str | None      the store's own random name (None: read-only and unnamed)
     store.close()
 
 Details:
@@ -54,6 +58,7 @@ Details:
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -64,14 +69,13 @@ import orjson
 import sqlalchemy as sa
 
 from .catalog import resolve_zone
-from .engine import DEFAULT_URL, create_engine
+from .engine import DEFAULT_URL, create_engine, lock_key
 from .envelope import Event, Incoming, utc_now
 from .errors import ReadOnlyStore
 from .identity import RunExecutions, as_stored
 from .migrate import check_store, upgrade_store
 from .postgres import PostgresRecorder
 from .reads import (
-    AllocationFacts,
     FoldRow,
     Limit,
     Reads,
@@ -82,15 +86,16 @@ from .reads import (
     filtered,
     latest_execution,
 )
-from .schema import STORED_COLUMNS, events
+from .reservations import Reservation, reserve
+from .schema import STORED_COLUMNS, events, store_info
 from .sqlite import SqliteRecorder
 
 READ_CHUNK = 5000
 _RUN_CACHE_MAX = 100_000
 _EMPTY_HEADERS = b"{}"
 
-__all__ = ["DEFAULT_URL", "STORED_COLUMNS", "AllocationFacts", "AppendResult", "EventStore",
-           "FoldRow", "Limit", "Rejection", "Snapshot", "StepRow"]
+__all__ = ["DEFAULT_URL", "STORED_COLUMNS", "AppendResult", "EventStore", "FoldRow", "Limit",
+           "Rejection", "Reservation", "Snapshot", "StepRow"]
 
 
 @dataclass(slots=True)
@@ -179,6 +184,46 @@ class EventStore(Reads):
         times included), e.g. a fixture's; on PostgreSQL the position sequence moves past
         them. Raises the database's IntegrityError when a position or event_id is taken."""
         self._writable().restore(rows)
+
+    # -- reservations and the store's own facts -------------------------------------------------
+
+    def reserve_execution(self, workflow: str, user: str, start_time: str | None = None
+                          ) -> Reservation:
+        """Reserve the next execution id, run number and start time in one write transaction
+        under the store's write lock: concurrent callers (threads or processes) never get the
+        same id or run number (rules: ``eventstore.reservations``)."""
+        self._writable()
+        with self._locked("reserve") as conn:
+            return reserve(conn, workflow, user, start_time, utc_now())
+
+    def store_id(self) -> str | None:
+        """The store's own random name, given on first asking (None: a read-only store that
+        was never asked while writable)."""
+        query = sa.select(store_info.c.value).where(store_info.c.name == "store_id")
+        with self.engine.connect() as conn:
+            found = conn.execute(query).scalar()
+        if found is not None or self.read_only:
+            return found
+        with self._locked("store_info") as conn:
+            found = conn.execute(query).scalar()
+            if found is None:
+                found = str(uuid.uuid4())
+                conn.execute(store_info.insert().values(name="store_id", value=found))
+            return found
+
+    @contextmanager
+    def _locked(self, purpose: str) -> Iterator[sa.Connection]:
+        """A write transaction that holds the store's lock for ``purpose``: SQLite's write lock
+        from its first statement (BEGIN IMMEDIATE), on PostgreSQL an advisory lock per schema."""
+        with self.engine.connect() as base:
+            conn = base.execution_options(swf_sqlite_begin="IMMEDIATE") \
+                if self.backend == "sqlite" else base
+            with conn.begin():
+                if self.backend == "postgresql":
+                    schema = conn.exec_driver_sql("SELECT current_schema()").scalar()
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": lock_key(f"{purpose}:{schema}")})
+                yield conn
 
     def _writable(self) -> SqliteRecorder | PostgresRecorder:
         if self._recorder is None:

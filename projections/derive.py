@@ -214,11 +214,12 @@ def execution_status(e: ExecRec, runs: list[RunRec],
 
     A run is over when run_processed says how it went, or - a run our DAQ did not announce, so
     nobody will send run_processed (upstream's) - when it ended (end_run): completed then, as
-    upstream's runner marks it; its end is its last fact. An execution that is not over is
-    terminated by a stop_workflow naming it, or naming none in its namespace after it started
-    (upstream's runner stops the execution it is running); an upstream one is failed once its
-    runner started another (it runs one workflow at a time: this one ended without end_run,
-    as when the runner's workflow raised); else it is running.
+    upstream's runner marks it; its end is its last fact. An execution of our own DAQ is over
+    only by run_processed (a stop ends its run early: its outcome says terminated). An upstream
+    execution that is not over is terminated by a stop_workflow naming it, or naming none in its
+    namespace after it started (upstream's runner stops the execution it is running); it is
+    failed once its runner started another (it runs one workflow at a time: this one ended
+    without end_run, as when the runner's workflow raised); else it is running.
     """
     ends: list[tuple[str, str]] = []
     for run in runs:
@@ -229,9 +230,13 @@ def execution_status(e: ExecRec, runs: list[RunRec],
         else:
             break
     else:
-        if runs:
-            status = "completed" if all(o == "completed" for o, _at in ends) else "failed"
+        if runs:  # failed over terminated (ended early by a stop), over completed
+            outcomes = {o for o, _at in ends}
+            status = "failed" if "failed" in outcomes else \
+                "terminated" if "terminated" in outcomes else "completed"
             return status, max(at for _o, at in ends)
+    if any(run.expects_outcome for run in runs):
+        return "running", None  # our own agents say how it ended (run_processed), a stop too
     stopped_at = left_at = None
     if stops:
         start = min((run.created_at for run in runs if run.created_at is not None), default=None)

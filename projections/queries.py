@@ -194,6 +194,12 @@ def agents(store: EventStore, *, namespace: str | None = None, status: str | Non
     return rows[:limit] if limit is not None else rows
 
 
+def alive(row: dict[str, Any]) -> bool:
+    """Whether an ``agents`` row (as ``agents`` gives it) is of a live agent: heard of within
+    the stale window, and its last word was not EXITED."""
+    return row["status"] != "EXITED" and row["operational_state"] != "EXITED"
+
+
 # -- the execution summary -----------------------------------------------------------------
 
 SUMMARY_COUNTERS = ("stf_count", "stf_samples_received", "slices_created", "slices_queued",

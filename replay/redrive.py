@@ -21,9 +21,14 @@ What is compared: each message an agent emits is matched to the recorded one by 
   placeholder ``"unknown"``; those fields are taken from the recorded reply, every other field
   must be equal. Blind spot: a field the current code newly leaves open (or drops) is taken from
   the log, so that change is not seen.
-- A recorded message of a re-driven agent that the current code does not emit is a divergence
-  when it is recorded (all its possible causes came before it), and so is an emitted message
-  that was never recorded.
+- A recorded message of a re-driven agent that the current code does not emit is a divergence,
+  and so is an emitted message that was never recorded. A live log may hold a message before
+  one of its causes (the recorder takes the topic and each queue copy on subscriptions of
+  their own, whose backlogs interleave freely after a restart), so a recorded message not
+  emitted yet is awaited: a divergence only if nothing emits it by the end of the log. An
+  emitted message due later than its cause (a schedule, a timer) that was never recorded is
+  judged at the end too: a divergence if the agent still wants it (``Agent.still_due``: a
+  stopped DAQ withdraws the rest of its schedule) and the log reaches its time.
 - ``agent_heartbeat`` and ``agent_log`` messages that the agents' decisions did not emit are the
   runtime's (periodic heartbeats, captured log records) and are not compared; a heartbeat an
   agent emits as a decision (the processing agent's close-deadline wake-up) is.
@@ -46,7 +51,6 @@ import orjson
 
 from agents.base import Agent, Command, Output, Send
 from agents.daq import DaqSimulator
-from agents.files import path_of
 from agents.registry import AGENT_TYPES, create_agent
 from eventstore.catalog import examine
 from eventstore.envelope import (
@@ -167,10 +171,7 @@ class Redrive:
         self.types = {name: agent_type for name, (agent_type, _ns) in known.items()}
         self.agents: list[Agent] = []
         for name, (agent_type, namespace) in sorted(known.items(), key=_order):
-            agent = create_agent(agent_type, name, namespace)
-            if isinstance(agent, DaqSimulator):
-                agent.data_dir = _data_dir(events, name) or agent.data_dir
-            self.agents.append(agent)
+            self.agents.append(create_agent(agent_type, name, namespace))
         self.report.agents = {agent.name: self.types[agent.name] for agent in self.agents}
         inputs = Counter(event.sender or "(no sender)" for event in events
                          if event.sender not in self.types)
@@ -178,7 +179,11 @@ class Redrive:
         self.bus = _Bus(self.agents)
         self.recorded = {event.event_id: event for event in events}
         self.emitted: dict[str, _Emission] = {}
+        # Emitted, due later than their cause, not recorded: judged at the end (see above).
+        self.pending: dict[str, tuple[Agent, Event, Output, str]] = {}
         self.last_input: dict[str, Event] = {}
+        # Recorded, not emitted yet (see above): event_id -> (the event, its likely cause).
+        self.awaited: dict[str, tuple[Event, Event | None]] = {}
         self.started: set[tuple[str, str | None, int | None]] = set()
 
     def run(self, progress: Callable[[int], None] | None = None) -> Report:
@@ -188,6 +193,8 @@ class Redrive:
                     self._step(event)
                     if progress is not None:
                         progress(1)
+                self._judge_pending()
+                self._judge_awaited()
             except _Stop:
                 pass
         self.report.not_compared = dict(sorted(self.report.not_compared.items()))
@@ -233,9 +240,15 @@ class Redrive:
             counts = self.report.not_compared
             counts[event.msg_type] = counts.get(event.msg_type, 0) + 1
             return
-        name = event.sender or ""
-        self._diverge(Divergence("not_emitted", name, self.types[name], self._cause_of(event),
-                                 event, None, None))
+        self.awaited[event.event_id] = (event, self._cause_of(event))
+
+    def _judge_awaited(self) -> None:
+        """Recorded messages nothing emitted by the end of the log: the first is a divergence."""
+        if self.awaited:
+            event, cause = min(self.awaited.values(), key=lambda item: item[0].position)
+            name = event.sender or ""
+            self._diverge(Divergence("not_emitted", name, self.types[name], cause, event, None,
+                                     None))
 
     def _cause_of(self, event: Event) -> Event | None:
         """The most likely cause of a recorded message nobody emitted: the cause of the latest
@@ -251,7 +264,8 @@ class Redrive:
                 best = emission.cause
         return best or self.last_input.get(event.sender or "")
 
-    def _check_emitted(self, agent: Agent, cause: Event, output: Output) -> None:
+    def _check_emitted(self, agent: Agent, cause: Event, output: Output,
+                       judged: bool = False) -> None:
         if isinstance(output, Send):
             message, command = output.message, None
         elif isinstance(output, Command):
@@ -262,11 +276,17 @@ class Redrive:
         msg_id = str(message.get("msg_id") or "")
         if msg_id in self.emitted:  # emitted again (a redelivery): the store keeps one
             return
+        self.awaited.pop(msg_id, None)
         agent_type = self.types[agent.name]
         recorded = self.recorded.get(msg_id)
         destination = output.destination
         described = f"{command.adapter} {command.action}" if command is not None else None
         if recorded is None:
+            due = str((command.at if command is not None else None)
+                      or message.get("timestamp") or "")
+            if due > cause.time and not judged:
+                self.pending[msg_id] = (agent, cause, output, due)
+                return
             self._diverge(Divergence("not_recorded", agent.name, agent_type, cause, None,
                                      message, destination,
                                      candidate=self._candidate(agent, message, cause),
@@ -285,6 +305,16 @@ class Redrive:
                                      destination, fields, command=described, filled=filled))
         self.emitted[msg_id] = _Emission(cause, str(message.get("msg_type")))
         self.report.compared += 1
+
+    def _judge_pending(self) -> None:
+        """Messages due later than their cause that were never recorded: a divergence when the
+        agent still wants them and the log reaches their time."""
+        end = max((event.time for event in self.events), default="")
+        for agent, cause, output, due in sorted(self.pending.values(), key=lambda item: item[3]):
+            message = output.message if isinstance(output, Send) else output.reply
+            if due <= end and agent.still_due(message):
+                self.pending.clear()
+                self._check_emitted(agent, cause, output, judged=True)
 
     def _candidate(self, agent: Agent, message: dict[str, Any], cause: Event) -> Event | None:
         """For an emitted message with no recorded twin: the first recorded message of the same
@@ -339,20 +369,6 @@ def differences(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, t
     return {name: (expected.get(name), actual.get(name))
             for name in sorted(expected.keys() | actual.keys())
             if name not in expected or name not in actual or expected[name] != actual[name]}
-
-
-def _data_dir(events: list[Event], daq: str) -> str | None:
-    """Where the DAQ wrote its files: a recorded input of its schedule (file_url =
-    data_dir/run/name), not a field of run_imminent."""
-    for event in events:
-        if event.sender == daq and event.msg_type == "stf_gen" and event.data:
-            url = event.data.get("file_url")
-            if url:
-                try:
-                    return str(path_of(url).parent.parent)
-                except ValueError:
-                    return None
-    return None
 
 
 @contextmanager

@@ -5,8 +5,7 @@ Recording is reproducible to the byte, so ``swf-replay --fixture F --update`` (o
 ``python fixtures/make_fixtures.py``) changes a fixture only when behaviour changed:
 
 - the store clock (``recorded_at``) is the runtime's simulated clock while recording;
-- file URLs point into a fixed virtual data root (``/swf-data``) that a wrapping files adapter
-  maps onto a temporary directory, so no machine's temp path ends up in a message;
+- file URLs are relative to the data directory (a temporary one), as in every run;
 - agent names use a fixed user (``swf``), the store is fresh, the seed fixed.
 
 Messages of other systems (injected error cases) are written here by hand and published into
@@ -19,15 +18,15 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import eventstore.store as store_module
-from agents.base import Adapter, Command, shift
+from agents.base import Adapter, shift
 from agents.config import load_workflow
-from agents.files import FilesAdapter, path_of
+from agents.files import FilesAdapter
 from agents.payload import PayloadAdapter
 from agents.runtime import EmbeddedRuntime, prepare
 from eventstore.envelope import Incoming, format_time
@@ -38,7 +37,6 @@ from . import fixture, rebuild, upstream
 from .fixture import Fixture
 from .source import Limit, Scope
 
-DATA_ROOT = "/swf-data"  # the data directory as messages name it
 USER = "swf"
 GIB = 1 << 30
 
@@ -51,32 +49,11 @@ class Scenario:
     whole_store: bool = False  # the fixture keeps every recorded event, not just the execution's
 
 
-class RootedFiles(Adapter):
-    """The files adapter with the virtual data root mapped onto a real directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.inner = FilesAdapter()
-
-    def _real(self, path: str) -> str:
-        if path == DATA_ROOT or path.startswith(DATA_ROOT + "/"):
-            return str(self.root) + path[len(DATA_ROOT):]
-        return path
-
-    def execute(self, command: Command) -> dict[str, Any]:
-        params = dict(command.params)
-        if "path" in params:
-            params["path"] = self._real(str(params["path"]))
-        if "url" in params:
-            params["url"] = Path(self._real(str(path_of(str(params["url"]))))).as_uri()
-        return self.inner.execute(replace(command, params=params))
-
-
 def local_adapters(workdir: Path) -> dict[str, Adapter]:
     from agents.batch.local import LocalExecutor
     from agents.ddm.local import LocalCatalog
 
-    return {"files": RootedFiles(workdir / "data"), "payload": PayloadAdapter(),
+    return {"files": FilesAdapter(workdir / "data"), "payload": PayloadAdapter(),
             "ddm": LocalCatalog(workdir / "ddm"), "batch": LocalExecutor(workdir / "batch")}
 
 
@@ -101,7 +78,7 @@ def _workflow(workflow: str, overrides: tuple[str, ...], seed: int,
               ) -> Callable[[EventStore, Path], str]:
     def record(store: EventStore, workdir: Path) -> str:
         runtime = prepare(store, load_workflow(workflow, overrides), seed=seed,
-                          data_dir=DATA_ROOT, user=USER, strict=True,
+                          data_dir=workdir / "data", user=USER, strict=True,
                           adapters=local_adapters(workdir))
         if inject is not None:
             inject(runtime)
@@ -125,7 +102,7 @@ def _prompt_errors(runtime: EmbeddedRuntime) -> None:
             "msg_type": "stf_ready", "msg_id": f"injected-{run}-{seconds:g}",
             "namespace": namespace, "execution_id": runtime.execution_id, "run_id": run,
             "sender": "data-injector", "timestamp": shift(t0, seconds), "filename": name,
-            "file_url": f"file://{DATA_ROOT}/{run}/{name}", "sequence": sequence,
+            "file_url": f"{run}/{name}", "sequence": sequence,
             "size_bytes": 4096, "checksum": "0a1b2c3d", **fields})
 
     ready(2.5, 101, checksum="")

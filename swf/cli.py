@@ -10,6 +10,7 @@ from eventstore.errors import SchemaTooNew, StoreUnavailable
 from replay.cli import main as replay_main
 from swf.commands import (  # noqa: F401 - each module adds its commands to the group
     live_commands,
+    ops_commands,
     projection_commands,
     query_commands,
     run_commands,

@@ -44,7 +44,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -56,6 +56,7 @@ from pydantic import (
     PositiveInt,
     PrivateAttr,
     SecretStr,
+    StringConstraints,
     ValidationError,
 )
 from pydantic.fields import FieldInfo
@@ -65,6 +66,7 @@ from agents.batch.panda import PandaSettings
 from agents.ddm.rucio import RucioSettings, read_client_section
 from agents.recorder import BATCH_SIZE, BATCH_WAIT, DEFAULT_NAME, PREFETCH
 from agents.registry import AdapterSettings
+from agents.runtime import DEFAULT_USER
 from agents.transport.broker import BrokerConfig, BrokerConfigError
 from eventstore.store import DEFAULT_URL
 
@@ -104,9 +106,14 @@ class BrokerSettings(_Section):
 
 
 class AgentSettings(_Section):
-    name: str | None = None  # default TYPE-agent-$USER
+    # Who executions and agents are recorded as ({workflow}-{user}-0001, TYPE-agent-{user}):
+    # a setting, never the login name, so a run does not depend on who starts it.
+    user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.]+$")] = DEFAULT_USER
+    name: str | None = None  # default TYPE-agent-{user}
     namespace: str | None = None  # default: the default workflow's
-    data_dir: Path = Path("swf-data")  # STF files, local DDM and batch state (also `swf run`)
+    # The store's STF files, local DDM and batch state (also `swf run`'s); default: beside the
+    # store's SQLite file (agents/dataroot.py), required for any other store.
+    data_dir: Path | None = None
     heartbeat_interval: PositiveFloat = 60.0
     payload_threads: PositiveInt = 32
     sent_log: Path | None = None
@@ -158,6 +165,7 @@ ENVIRONMENT: dict[tuple[str, str], tuple[str, ...]] = {
     ("broker", "verify"): ("SWF_STOMP_VERIFY",),
     ("broker", "vhost"): ("SWF_STOMP_VHOST",),
     ("agent", "data_dir"): ("SWF_DATA",),
+    ("agent", "user"): ("SWF_USER",),
     ("rucio", "config"): ("RUCIO_CONFIG",),
     ("rucio", "host"): ("RUCIO_HOST",),
     ("rucio", "auth_host"): ("RUCIO_AUTH_HOST",),

@@ -139,20 +139,23 @@ def stored_ids(engine: sa.Engine, **where: Any) -> list[str]:
 
 @dataclass
 class Cluster:
-    """``swf record`` and ``swf agent`` processes sharing one broker, store and data dir."""
+    """``swf record`` and ``swf agent`` processes sharing one broker, store and data dir (the
+    store: a SQLite file in ``root`` unless ``db_url`` names another)."""
 
     broker: Broker
     root: Path
     user: str = "tester"
     heartbeat: float = 1.0
+    db_url: str = ""
+    recorder_name: str | None = None  # `swf record --name` (default: the settings')
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.db_url = f"sqlite:///{self.root / 'swf.db'}"
+        self.db_url = self.db_url or f"sqlite:///{self.root / 'swf.db'}"
         self.data_dir = self.root / "data"
         self.env = {**os.environ, "SWF_BROKER": self.broker.url, "SWF_DB": self.db_url,
-                    "SWF_DATA": str(self.data_dir), "USER": self.user, "LOGNAME": self.user,
+                    "SWF_DATA": str(self.data_dir), "SWF_USER": self.user,
                     "PYTHONUNBUFFERED": "1"}
         self.env.pop("SWF_CONFIG", None)
         from eventstore.store import EventStore
@@ -175,8 +178,14 @@ class Cluster:
         self.procs[key] = proc
         return proc
 
+    def swf(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """A ``swf`` command in the cluster's environment, to completion."""
+        return subprocess.run([*SWF, *args], env=self.env, cwd=self.root, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+
     def start_recorder(self) -> subprocess.Popen:
-        proc = self.spawn("recorder", "-v", "record")
+        named = ("--name", self.recorder_name) if self.recorder_name else ()
+        proc = self.spawn("recorder", "-v", "record", *named)
         self.wait_recorder()
         return proc
 
@@ -279,9 +288,7 @@ class Cluster:
 PROJECTIONS = ("executions", "runs", "stf_files", "tf_samples", "slices", "unmatched_results",
                "datasets", "tasks", "logs")
 NOT_DECISIONS = frozenset({"agent_heartbeat", "agent_log"})  # carry the wall clock, pid, host
-# A 9 s run whose worker assignment is the embedded one: an STF's 15 slices reach the worker
-# well within the payload time (so none frees a worker early), and all finish well before the
-# next STF's slices come (so the next ones get workers 1-15 again).
+# A 9 s run (every decision is a function of the log, so the pace changes nothing decided).
 FAST = ("daq.stf_interval=0.8", "daq.imminent_delay=0.2",
         "fast_processing.slice_processing_time=0.4")
 
@@ -325,27 +332,53 @@ def allocation_of(store: Any, execution_id: str) -> Any:
     return Allocation(execution_id, imminent.run_id, imminent.sent_at)
 
 
-def embedded_twin(path: Path, allocation: Any, *options: str, seed: int, data_dir: Path,
-                  user: str) -> Any:
-    """The same execution (ids, start time, config, seed) run embedded into a fresh store."""
+def embedded_twin(path: Path, allocation: Any, *options: str, seed: int, user: str,
+                  workflow: str = "fast_processing", inputs: tuple[bytes, ...] = ()) -> Any:
+    """The same execution (ids, start time, config, seed) run embedded into a fresh store (with
+    its own data directory, beside it: the bodies do not depend on it); ``inputs``: recorded
+    messages of other senders (a stop) published into it at their times."""
     from unittest import mock
 
     from agents.config import load_workflow
-    from agents.runtime import run_workflow
+    from agents.runtime import prepare
     from eventstore.store import EventStore
 
     store = EventStore(f"sqlite:///{path}")
     with mock.patch("agents.runtime.allocate", return_value=allocation):
-        run_workflow(store, load_workflow("fast_processing", options), seed=seed,
-                     data_dir=data_dir, user=user, strict=True)
+        runtime = prepare(store, load_workflow(workflow, options), seed=seed, user=user,
+                          strict=True)
+    for body in inputs:
+        runtime.publish(orjson.loads(body))
+    runtime.run()
     return store
+
+
+def recorded(store: Any, execution_id: str, msg_type: str) -> list[Any]:
+    """The execution's stored events of one type."""
+    return list(store.read(execution_id=execution_id, msg_types=[msg_type]))
+
+
+def assert_redrives_clean(store: Any, execution_id: str) -> dict[str, Any]:
+    """``swf-replay ID --agents`` on the store: today's agents, handed the recorded inputs in
+    the log's order, emit exactly the recorded messages (every decision a function of the log,
+    whatever order the live streams interleaved in)."""
+    from click.testing import CliRunner
+
+    from replay.cli import main
+
+    url = store.engine.url.render_as_string(hide_password=False)
+    result = CliRunner().invoke(main, [execution_id, "--db", url, "--agents", "--json"],
+                                catch_exceptions=False)
+    report = orjson.loads(result.stdout_bytes)
+    assert result.exit_code == 0 and report["divergence"] is None, result.stdout
+    assert report["compared"] > 0 and "daq_simulator" in report["agents"].values()
+    return report
 
 
 def outline(store: Any, execution_id: str
             ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
-    """What must not depend on delivery order: the projections without the worker each slice
-    ran on, and how many messages of each type decisions made. (Exact msg_ids do depend on
-    order where a decision is caused by the last of several events, e.g. run_processed.)"""
+    """The projections without the worker each slice ran on, and how many messages of each type
+    decisions made: for runs whose pace decides something (how many polls a task takes)."""
     from collections import Counter
 
     from eventstore.schema import events

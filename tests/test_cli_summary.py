@@ -11,7 +11,7 @@ def test_run_and_query_execution_print_the_same_summary(tmp_path) -> None:
     runner = CliRunner()
     db = f"sqlite:///{tmp_path / 'swf.db'}"
     ran = runner.invoke(main, ["run", "prompt_processing", "--db", db,
-                               "--data-dir", str(tmp_path / "data")], env={"USER": "tester"})
+                               "--data-dir", str(tmp_path / "data")], env={"SWF_USER": "tester"})
     assert ran.exit_code == 0, ran.output
     assert "datasets              group.daq:swf.100001.run closed (5 files" in ran.stdout
     queried = runner.invoke(main, ["query", "execution", "prompt_processing-tester-0001",

@@ -27,12 +27,13 @@ from eventstore.store import EventStore
 SEED = 7
 
 
-def run(tmp_path: Path, *overrides: str, seed: int = SEED, name: str = "swf.db",
-        data: str = "data") -> tuple[EventStore, ExecutionResult, list[dict[str, Any]]]:
+def run(tmp_path: Path, *overrides: str, seed: int = SEED, name: str = "swf.db"
+        ) -> tuple[EventStore, ExecutionResult, list[dict[str, Any]]]:
+    """One run into the store ``name`` under ``tmp_path``; its data directory is the store's
+    default one beside it (swf.db -> swf-data)."""
     store = EventStore(f"sqlite:///{tmp_path / name}")
     config = load_workflow("fast_processing", overrides)
-    result = run_workflow(store, config, seed=seed, data_dir=tmp_path / data, user="tester",
-                          strict=True)
+    result = run_workflow(store, config, seed=seed, user="tester", strict=True)
     messages = [event.data for event in store.read(execution_id=result.execution_id)]
     assert all(message is not None for message in messages)  # nothing was rejected
     return store, result, messages
@@ -91,8 +92,9 @@ def test_stf_files_are_real_and_registered_with_their_adler32(tmp_path) -> None:
     store, _, messages = run(tmp_path, "daq.stf_size_bytes=10000")
     ready = {m["filename"]: m for m in of(messages, "stf_ready")}
     for generated in of(messages, "stf_gen"):
-        path = tmp_path / "data" / "100001" / generated["filename"]
-        assert generated["file_url"] == path.absolute().as_uri()
+        # named relative to the store's data directory, which sits beside its file
+        assert generated["file_url"] == f"100001/{generated['filename']}"
+        path = tmp_path / "swf-data" / generated["file_url"]
         content = path.read_bytes()
         assert len(content) == 10000
         registered = ready[generated["filename"]]
@@ -395,7 +397,7 @@ def test_missing_stf_file_is_registered_with_an_error(tmp_path) -> None:
     agent = DataAgent("data", NS)
     (command,) = agent.handle(event("stf_gen", 1, filename="swf.5.000001.stf", sequence=1,
                                     file_url=(tmp_path / "gone.stf").as_uri()))
-    reply = FilesAdapter().execute(command)
+    reply = FilesAdapter(tmp_path).execute(command)
     assert (reply["checksum"], reply["size_bytes"]) == (None, None) and "gone.stf" in \
         reply["error"]
     assert agent.handle(event("stf_gen", 1, filename="swf.5.000001.stf", sequence=1)) == []
@@ -422,7 +424,7 @@ def cli():
     from swf.cli import main
 
     runner = CliRunner()
-    return lambda *args: runner.invoke(main, list(args), env={"USER": "tester"})
+    return lambda *args: runner.invoke(main, list(args), env={"SWF_USER": "tester"})
 
 
 def test_swf_run_prints_the_execution_summary(cli, tmp_path) -> None:

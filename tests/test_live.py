@@ -1,6 +1,8 @@
 """The live agent host on the in-process bus (no broker): real time, own messages, redelivery,
 ack after recording, resume from the store after a restart, logs and heartbeats. The hosts and
-the bus are the ones `swf agent` uses; only the transport differs."""
+the bus are the ones `swf agent` uses; only the transport differs. The runs are checked against
+the same execution run embedded, and re-driven (`swf-replay ID --agents`), on SQLite and on
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from eventstore.store import EventStore
 pytest.register_assert_rewrite("broker")
 from broker import (  # noqa: E402
     allocation_of,
+    assert_redrives_clean,
     decisions,
     embedded_twin,
     outline,
@@ -35,8 +38,7 @@ from broker import (  # noqa: E402
 
 USER = "tester"
 SEED = 7
-# A 4 s run; each STF's slices all reach the worker well within their payload time, and finish
-# well before the next STF's, so the worker assignment is the embedded one (see broker.FAST).
+# A 4 s run.
 FAST = ("daq.stf_interval=0.35", "daq.imminent_delay=0.1",
         "fast_processing.slice_processing_time=0.15")
 NS = "torre2"
@@ -56,7 +58,7 @@ class Bus:
     def start(self, agent_type: str) -> LiveHost:
         name = f"{agent_type}-agent-{USER}"
         if agent_type == "daq_simulator":
-            agent: Agent = LiveDaq(name, NS, data_dir=str(self.data_dir))
+            agent: Agent = LiveDaq(name, NS)
         else:
             agent = create_agent(agent_type, name, NS)
         host = LiveHost(agent, self.broker.transport(f"swf.{name}"), self.store,
@@ -90,8 +92,8 @@ class Bus:
 
 
 @pytest.fixture
-def bus(tmp_path):
-    store = EventStore(f"sqlite:///{tmp_path / 'live.db'}")
+def bus(db_url, tmp_path):
+    store = EventStore(db_url)
     bus = Bus(store, tmp_path / "data")
     yield bus
     bus.close()
@@ -110,11 +112,12 @@ def test_live_hosts_match_the_embedded_run_in_real_time(bus, tmp_path) -> None:
     summary = bus.finished(allocation.execution_id)
     assert summary["status"] == "completed" and summary["slices_completed"] == 150
     twin = embedded_twin(tmp_path / "twin.db", allocation_of(bus.store, allocation.execution_id),
-                         *FAST, seed=SEED, data_dir=bus.data_dir, user=USER)
+                         *FAST, seed=SEED, user=USER)
     assert projected(bus.store, allocation.execution_id) == \
         projected(twin, allocation.execution_id)
     assert decisions(bus.store, allocation.execution_id) == \
         decisions(twin, allocation.execution_id)
+    assert_redrives_clean(bus.store, allocation.execution_id)
     # Real time: nothing was published before its time (the bus records at publication).
     early = [event for event in bus.store.read(execution_id=allocation.execution_id)
              if event.sent_at and event.recorded_at < event.sent_at]
@@ -135,8 +138,11 @@ def test_a_restarted_fast_processing_agent_resumes_its_run(bus, tmp_path) -> Non
     assert host.stats.replayed > 0
     assert bus.finished(execution)["status"] == "completed"
     twin = embedded_twin(tmp_path / "twin.db", allocation_of(bus.store, execution), *FAST,
-                         seed=SEED, data_dir=bus.data_dir, user=USER)
-    assert outline(bus.store, execution) == outline(twin, execution)
+                         seed=SEED, user=USER)
+    # the restart changes nothing decided: same messages, same rows (workers included)
+    assert decisions(bus.store, execution) == decisions(twin, execution)
+    assert projected(bus.store, execution) == projected(twin, execution)
+    assert_redrives_clean(bus.store, execution)
     twin.close()
 
 
@@ -153,8 +159,41 @@ def test_a_restarted_daq_sends_the_rest_of_its_schedule(bus, tmp_path) -> None:
     assert bus.finished(execution)["status"] == "completed"
     assert count(bus.store, "stf_gen", execution) == 10
     twin = embedded_twin(tmp_path / "twin.db", allocation_of(bus.store, execution), *FAST,
-                         seed=SEED, data_dir=bus.data_dir, user=USER)
-    assert outline(bus.store, execution) == outline(twin, execution)
+                         seed=SEED, user=USER)
+    assert decisions(bus.store, execution) == decisions(twin, execution)
+    assert projected(bus.store, execution) == projected(twin, execution)
+    assert_redrives_clean(bus.store, execution)
+    twin.close()
+
+
+@pytest.mark.slow
+def test_a_stop_ends_the_live_run_early_and_a_restarted_daq_keeps_to_it(bus, tmp_path) -> None:
+    """``swf stop``'s message on the bus: the DAQ ends the run at the stop's time and withdraws
+    the rest of its schedule, also after a restart (rebuilt from the store); the execution is
+    terminated, and exactly what the same stop does to the embedded run."""
+    options = (*FAST, "fast_processing.stf_count=30")  # 11 s unless stopped: time to stop it
+    config = load_workflow("fast_processing", options)
+    bus.start_all(config)
+    allocation = request_run(bus.client, bus.store, config, seed=SEED, user=USER)
+    execution = allocation.execution_id
+    wait_for(lambda: count(bus.store, "stf_gen", execution) >= 2, "two STFs")
+    stop = orjson.dumps({"msg_type": "stop_workflow", "msg_id": f"stop-{execution}",
+                         "namespace": NS, "execution_id": execution, "sender": "swf-stop",
+                         "timestamp": shift(utc_now(), 2.0), "source": "swf stop"})
+    bus.client.send([(TOPIC, stop, None)])
+    wait_for(lambda: count(bus.store, "stop_workflow", execution), "the stop to be stored")
+    bus.stop("daq_simulator")  # the stop is its decision state now: kept across a restart
+    bus.start("daq_simulator")
+    summary = bus.finished(execution)
+    assert summary["status"] == "terminated", summary["errors"]
+    assert 2 <= summary["stf_count"] < 30
+    (end,) = bus.store.read(execution_id=execution, msg_types=["end_run"])
+    assert end.data["reason"] and end.data["total_stf_files"] == summary["stf_count"]
+    twin = embedded_twin(tmp_path / "twin.db", allocation_of(bus.store, execution), *options,
+                         seed=SEED, user=USER, inputs=(stop,))
+    assert decisions(bus.store, execution) == decisions(twin, execution)
+    assert projected(bus.store, execution) == projected(twin, execution)
+    assert_redrives_clean(bus.store, execution)
     twin.close()
 
 
@@ -291,6 +330,7 @@ def test_open_executions_are_those_without_run_processed(bus) -> None:
     bus.finished(allocation.execution_id)
     assert bus.store.open_executions(NS) == []
     assert stored_ids(bus.store.engine, msg_type="run_processed")
+    assert_redrives_clean(bus.store, allocation.execution_id)
 
 
 @pytest.mark.slow
@@ -302,6 +342,7 @@ def test_a_host_started_after_the_run_replays_nothing(bus) -> None:
     bus.stop("fast_processing")
     host = bus.start("fast_processing")  # the execution is finished: nothing to resume
     assert (host.stats.replayed, host.stats.resent) == (0, 0)
+    assert_redrives_clean(bus.store, allocation.execution_id)
 
 
 @pytest.mark.slow
@@ -314,15 +355,9 @@ def test_prompt_processing_runs_live_with_timed_polls(bus, tmp_path) -> None:
     assert summary["status"] == "completed", summary["errors"]
     assert [(d["state"], d["file_count"]) for d in summary["datasets"]] == [("closed", 5)]
     assert [task["status"] for task in summary["tasks"]] == ["finished"]
-    from unittest import mock
-
-    from agents.runtime import run_workflow
-
-    twin = EventStore(f"sqlite:///{tmp_path / 'twin.db'}")
-    with mock.patch("agents.runtime.allocate",
-                    return_value=allocation_of(bus.store, allocation.execution_id)):
-        run_workflow(twin, config, seed=SEED, data_dir=tmp_path / "twin-data", user=USER,
-                     strict=True)
+    twin = embedded_twin(tmp_path / "twin.db", allocation_of(bus.store, allocation.execution_id),
+                         *options, seed=SEED, user=USER, workflow="prompt_processing")
+    assert_redrives_clean(bus.store, allocation.execution_id)
     live_kinds = outline(bus.store, allocation.execution_id)[1]
     twin_kinds = outline(twin, allocation.execution_id)[1]
     polls = "panda_task_status"  # how many polls it takes depends on the executor's pace

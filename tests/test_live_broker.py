@@ -1,21 +1,26 @@
 """Live mode on a real ActiveMQ broker: `swf record` and every agent in its own process, runs
 started with `swf run --broker`, and the failures the live mode must survive.
 
-One broker and one set of processes serve the module; each test runs one execution on them and
-checks it against the same execution run embedded (same ids, start time, config and seed), and
-every message the agents' processes say the broker confirmed against the store: none lost, none
-stored twice. Waits are on real conditions (the store, the processes' audit files), bounded.
+One broker serves the module, and one set of processes per store (SQLite, then PostgreSQL);
+each test runs one execution on them and checks it against the same execution run embedded
+(same ids, start time, config and seed), re-drives it (`swf-replay ID --agents`: no
+divergence), and holds every message the agents' processes say the broker confirmed against the
+store: none lost, none stored twice. Waits are on real conditions (the store, the processes'
+audit files), bounded.
 """
 
 from __future__ import annotations
 
 import signal
+import time
 import uuid
+from contextlib import ExitStack
 from typing import Any
 
 import orjson
 import pytest
 import sqlalchemy as sa
+from conftest import fresh_pg_schema
 
 from eventstore.envelope import SLICE_QUEUE, TOPIC
 from eventstore.schema import events
@@ -25,9 +30,9 @@ from broker import (  # noqa: E402
     FAST,
     Cluster,
     allocation_of,
+    assert_redrives_clean,
     decisions,
     embedded_twin,
-    outline,
     projected,
     publish,
     stored_ids,
@@ -41,15 +46,20 @@ AGENTS = ("daq", "data", "fastmon", "fast_processing", "worker")
 SEED = 7
 
 
-@pytest.fixture(scope="module")
-def cluster(broker, tmp_path_factory):
-    cluster = Cluster(broker, tmp_path_factory.mktemp("live"))
-    try:
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres",
+                                                              marks=pytest.mark.postgres)])
+def cluster(request, broker, tmp_path_factory):
+    with ExitStack() as stack:
+        db_url = stack.enter_context(fresh_pg_schema()) if request.param == "postgres" else ""
+        # Names of their own per store: the broker keeps each durable subscription's
+        # backlog, which must not reach the other store's processes.
+        user = "tester" if not db_url else "tester_pg"
+        cluster = Cluster(broker, tmp_path_factory.mktemp(f"live-{request.param}"),
+                          db_url=db_url, user=user, recorder_name=f"swf-recorder-{user}")
+        stack.callback(cluster.stop_all)
         cluster.start_recorder()
         cluster.start_agents(AGENTS)
         yield cluster
-    finally:
-        cluster.stop_all()
 
 
 def settings(options: tuple[str, ...]) -> list[str]:
@@ -77,7 +87,7 @@ def count(cluster: Cluster, execution_id: str, msg_type: str) -> int:
 def twin_of(cluster: Cluster, execution_id: str, options: tuple[str, ...], tmp_path) -> Any:
     return embedded_twin(tmp_path / f"twin-{uuid.uuid4().hex[:6]}.db",
                          allocation_of(cluster.store, execution_id), *options, seed=SEED,
-                         data_dir=cluster.data_dir, user=cluster.user)
+                         user=cluster.user)
 
 
 def assert_sent_stored_once(cluster: Cluster) -> None:
@@ -116,13 +126,15 @@ def test_every_agent_in_its_own_process_matches_the_embedded_run(cluster, tmp_pa
     twin = twin_of(cluster, execution, FAST, tmp_path)
     assert projected(cluster.store, execution) == projected(twin, execution)
     assert decisions(cluster.store, execution) == decisions(twin, execution)
+    assert_redrives_clean(cluster.store, execution)
     assert_sent_stored_once(cluster)
     from projections import queries
 
     agents = {row["name"]: row for row in queries.agents(cluster.store,
                                                          namespace="torre2")}
     pids = {cluster.procs[name].pid for name in AGENTS}
-    assert {row["pid"] for row in agents.values() if row["name"].endswith("-tester")} == pids
+    mine = f"-agent-{cluster.user}"
+    assert {row["pid"] for row in agents.values() if row["name"].endswith(mine)} == pids
     twin.close()
 
 
@@ -142,6 +154,7 @@ def test_a_recorder_killed_again_and_again_loses_nothing(cluster, tmp_path) -> N
     # The recorder's deaths change nothing the agents decide, nor their order.
     assert decisions(cluster.store, execution) == decisions(twin, execution)
     assert projected(cluster.store, execution) == projected(twin, execution)
+    assert_redrives_clean(cluster.store, execution)
     assert_sent_stored_once(cluster)
     twin.close()
 
@@ -154,7 +167,9 @@ def test_a_broker_restart_mid_run_is_survived(cluster, broker, tmp_path) -> None
     assert summary["status"] == "completed", cluster.log_text()
     assert_all_alive(cluster)
     twin = twin_of(cluster, execution, FAST, tmp_path)
-    assert outline(cluster.store, execution) == outline(twin, execution)
+    assert decisions(cluster.store, execution) == decisions(twin, execution)
+    assert projected(cluster.store, execution) == projected(twin, execution)
+    assert_redrives_clean(cluster.store, execution)
     assert_sent_stored_once(cluster)
     twin.close()
 
@@ -203,6 +218,7 @@ def test_malformed_and_foreign_messages_change_nothing(cluster, broker, tmp_path
     twin = twin_of(cluster, execution, FAST, tmp_path)
     assert projected(cluster.store, execution, "torre2") == projected(twin, execution)
     assert decisions(cluster.store, execution) == decisions(twin, execution)
+    assert_redrives_clean(cluster.store, execution)
     # The foreign messages made rows of their own namespace, and only there.
     foreign = projected(cluster.store, execution, "elsewhere")
     assert [row["phase"] for row in foreign["runs"]] == ["completed"]
@@ -221,6 +237,51 @@ def test_an_agent_killed_mid_run_resumes_from_the_store(cluster, tmp_path) -> No
     summary = cluster.finish(proc)
     assert summary["status"] == "completed", cluster.log_text()
     twin = twin_of(cluster, execution, FAST, tmp_path)
-    assert outline(cluster.store, execution) == outline(twin, execution)
+    assert decisions(cluster.store, execution) == decisions(twin, execution)
+    assert projected(cluster.store, execution) == projected(twin, execution)
+    assert_redrives_clean(cluster.store, execution)
     assert_sent_stored_once(cluster)
     twin.close()
+
+
+def test_swf_stop_ends_a_live_run_and_swf_status_sees_it_running(cluster, tmp_path) -> None:
+    long = (*FAST, "fast_processing.stf_count=40")  # 33 s unless stopped: time to stop it
+    proc, execution = start_run(cluster, long)
+    wait_for(lambda: count(cluster, execution, "stf_gen") >= 2, "two STFs")
+    status = cluster.swf("status", "--json")
+    assert status.returncode == 0, status.stderr
+    report = orjson.loads(status.stdout)
+    ours = {row["name"]: row for row in report["agents"]
+            if row["name"].endswith(f"-agent-{cluster.user}")}
+    assert len(ours) == len(AGENTS) and {row["state"] for row in ours.values()} == {"alive"}
+    assert execution in {row["execution_id"] for row in report["open_executions"]}
+    recording = report["recording"]
+    assert recording["sampled"] > 0 and 0 <= recording["lag_max_s"] < 5  # broker -> store
+    stopped = cluster.swf("stop", execution)
+    assert stopped.returncode == 0 and "sent to the broker" in stopped.stderr, stopped.stderr
+    summary = cluster.finish(proc)
+    assert summary["status"] == "terminated", cluster.log_text()
+    assert 2 <= summary["stf_count"] < 40
+    (stop,) = [event.body for event in cluster.store.read(execution_id=execution,
+                                                          msg_types=["stop_workflow"])]
+    twin = embedded_twin(tmp_path / f"twin-{uuid.uuid4().hex[:6]}.db",
+                         allocation_of(cluster.store, execution), *long, seed=SEED,
+                         user=cluster.user, inputs=(stop,))
+    assert decisions(cluster.store, execution) == decisions(twin, execution)
+    assert projected(cluster.store, execution) == projected(twin, execution)
+    assert_redrives_clean(cluster.store, execution)
+    assert_sent_stored_once(cluster)
+    twin.close()
+
+
+def test_a_run_no_daq_agent_takes_fails_naming_it(cluster) -> None:
+    began = time.monotonic()
+    done = cluster.swf("run", "--broker", cluster.broker.url, "--user", "nobody",
+                       "--start-timeout", "4", *settings(FAST))
+    assert time.monotonic() - began < 30
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert "warning: no live daq_simulator-agent-nobody in namespace torre2 (never heard " \
+           "of): start `swf agent daq`" in lines
+    assert lines[-1].startswith("Error: no daq agent took fast_processing-nobody-0001 within "
+                                "4 s: daq_simulator-agent-nobody is not running on ")

@@ -184,7 +184,7 @@ def test_a_table_edited_behind_the_store_is_reported_as_drift(sqlite_url) -> Non
     assert "\nrun_state                1       1  1 changed\n" in out
     assert (f'  ~ run_number=100001 namespace="torre2" tf_filename="{tf}" slice_id=3\n'
             f'      status: "failed" -> "completed"\n'
-            f'      worker: null -> "worker-19"\n') in out
+            f'      worker: null -> "worker-14"\n') in out
     assert '      phase: "physics" -> "completed"' in out
     assert '  - missing from the table: {"created_at"' in out and '"slice_id":4' in out
     assert out.splitlines()[-1] == "DRIFT in run_state, tf_slices"
@@ -194,7 +194,7 @@ def test_a_table_edited_behind_the_store_is_reported_as_drift(sqlite_url) -> Non
     assert slices["changed"] == [{
         "key": {"run_number": 100001, "namespace": "torre2", "tf_filename": tf, "slice_id": 3},
         "columns": {"status": {"stored": "failed", "rebuilt": "completed"},
-                    "worker": {"stored": None, "rebuilt": "worker-19"}}}]
+                    "worker": {"stored": None, "rebuilt": "worker-14"}}}]
     assert [row["slice_id"] for row in slices["missing"]] == [4]
     assert slices["missing"][0]["final"] is False and slices["extra"] == []
 
@@ -363,7 +363,7 @@ def test_mermaid_draws_participants_and_collapses_repeats() -> None:
     assert "    DS->>DA: run_imminent" in lines
     assert "        FP->>W: slice x15" in lines  # 15 slices of one sample: one arrow
     assert any(line.startswith("    loop ") for line in lines)
-    assert lines[-1] == "    %% not drawn: 20 agent_heartbeat"
+    assert lines[-1] == "    %% not drawn: 25 agent_heartbeat"
     assert len(lines) < 80  # 505 events
     upstream = replay("--fixture", FIXTURES / "upstream_formats.jsonl", "--mermaid").stdout
     assert "participant X1 as daq_simulator-agent-wenauseic-484" in upstream

@@ -156,3 +156,33 @@ def test_only_known_agent_types_are_re_driven(name: str) -> None:
                                    "processing-agent-swf"}
     assert body["inputs"] == {"data-injector": 4}
     assert body["compared"] > 0 and body["divergence"] is None
+
+
+def test_a_message_stored_before_one_of_its_causes_is_awaited_not_a_divergence() -> None:
+    """A live recorder takes the topic and each queue copy on subscriptions of their own, so
+    after a restart run_processed may be stored before the last slice_result it waited for:
+    the re-drive awaits it instead of calling it a divergence."""
+    from dataclasses import replace
+
+    from replay import fixture as fixtures
+    from replay.redrive import redrive as run_redrive
+
+    loaded = fixtures.load(DEFAULT)
+    store = fixtures.scratch_store(loaded.rows)
+    try:
+        events = list(store.execution_events(loaded.execution_id))
+    finally:
+        store.close()
+    done = next(i for i, e in enumerate(events) if e.msg_type == "run_processed")
+    last = max(i for i, e in enumerate(events) if e.msg_type == "slice_result" and i < done)
+    assert events[last].data["status"] == "completed"
+    moved = events[:last] + [replace(events[done], position=events[last].position),
+                             replace(events[last], position=events[last].position + 1)] \
+        + events[last + 1:done] + events[done + 1:]
+    assert [e.msg_type for e in moved[last:last + 2]] == ["run_processed", "slice_result"]
+    report = run_redrive(loaded.execution_id, moved)
+    assert report.divergence is None and report.compared > 400
+    # Without that result the log is short of what the worker must have sent: a divergence.
+    report = run_redrive(loaded.execution_id, moved[:last + 1] + moved[last + 2:])
+    assert report.divergence is not None and report.divergence.kind == "not_recorded"
+    assert report.divergence.actual["msg_type"] == "slice_result"

@@ -31,7 +31,9 @@ LAYERS = [
     ("broker", "url", "SWF_BROKER", "stomp://flag:1", "stomp://env:2", "stomp://file:3", None),
     ("broker", "user", "SWF_STOMP_USER", "flag-user", "env-user", "file-user", None),
     ("broker", "verify", "SWF_STOMP_VERIFY", True, False, True, True),
-    ("agent", "data_dir", "SWF_DATA", Path("flag"), Path("env"), Path("file"), Path("swf-data")),
+    # default None: the data directory beside the store's file (agents/dataroot.py)
+    ("agent", "data_dir", "SWF_DATA", Path("flag"), Path("env"), Path("file"), None),
+    ("agent", "user", "SWF_USER", "flag_user", "env_user", "file_user", "swf"),
     ("agent", "heartbeat_interval", None, 1.5, None, 2.5, 60.0),
     ("recorder", "name", None, "flag-rec", None, "file-rec", "swf-recorder"),
     ("recorder", "batch_size", None, 7, None, 8, 500),

@@ -42,6 +42,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -143,8 +144,11 @@ class RucioCatalog(Adapter):
     """Adapter ``ddm`` backed by a Rucio server through rucio-clients."""
 
     def __init__(self, settings: RucioSettings, *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 data_root: Path | None = None) -> None:
         self.settings = settings
+        # Messages name files relative to the data directory; Rucio gets absolute URLs.
+        self.data_root = data_root
         self._sleep = sleep
         self._client: Any = None
         self._deterministic: dict[str, bool] = {}
@@ -269,7 +273,7 @@ class RucioCatalog(Adapter):
                 ) -> dict[str, Any]:
         scope, dataset = _did_of(params, named=False)
         rse = params.get("rse") or self.settings.rse
-        replicas = _unique(_replica(file) for file in params["files"])
+        replicas = _unique(_replica(file, self.data_root) for file in params["files"])
         if params.get("ignore_duplicate") and state.before is None:
             # Files already there are skipped without asking Rucio, so ask whether the dataset
             # still takes files: closed is a refusal (as Rucio's own), not "all duplicates".
@@ -460,17 +464,22 @@ def _check_did(scope: Any, name: Any) -> None:
         raise DdmError("InvalidObject", problem)
 
 
-def _replica(file: Any) -> dict[str, Any]:
+def _replica(file: Any, root: Path | None = None) -> dict[str, Any]:
     """Our file shape (name, size_bytes, checksum, file_url) or Rucio's (bytes, adler32, pfn),
     checked for what Rucio handles badly: a missing size is an HTTP 500 there and a missing
     checksum is accepted, while both are refusals here (as in the local catalog). A checksum's
-    format is left to the server, whose ``InvalidObject`` is reported as such."""
+    format is left to the server, whose ``InvalidObject`` is reported as such. A relative URL
+    (ours: relative to the data directory) becomes an absolute one under ``root``."""
     if not isinstance(file, Mapping):
         raise DdmError("InvalidObject", f"a file must be an object, got {file!r}")
+    pfn = file.get("pfn", file.get("file_url"))
+    if root is not None and isinstance(pfn, str) and pfn and ":" not in pfn \
+            and not pfn.startswith("/"):
+        pfn = (root / pfn).absolute().as_uri()
     replica = {"name": file.get("name"),
                "bytes": file.get("bytes", file.get("size_bytes")),
                "adler32": file.get("adler32", file.get("checksum")),
-               "pfn": file.get("pfn", file.get("file_url"))}
+               "pfn": pfn}
     checksum = replica["adler32"]
     probe = {**replica, "adler32": "00000000"} if isinstance(checksum, str) and checksum \
         else replica

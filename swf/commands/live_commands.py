@@ -9,9 +9,10 @@ of them (``--config PATH.toml`` or $SWF_CONFIG)::
     [store]
     url = "sqlite:///swf.db"
     [agent]                    # defaults for `swf agent`
+    user = "swf"
     namespace = "torre2"
     heartbeat_interval = 60
-    data_dir = "swf-data"
+    data_dir = "/data/swf"     # needed by daq, data and processing unless the store is a file
     [recorder]
     name = "swf-recorder"
 """
@@ -38,7 +39,11 @@ from swf.settings import Settings
 AGENT_NAMES = {"daq": "daq_simulator", "data": "data", "fastmon": "fastmon",
                "fast_processing": "fast_processing", "processing": "processing",
                "worker": "worker"}
+# Agents whose adapters keep files in the store's data directory (STF files, local DDM/batch).
+FILE_AGENTS = frozenset({"daq_simulator", "data", "processing"})
 POLL = 0.25  # seconds between looks at the store while `swf run --broker` waits
+START_TIMEOUT = 20.0  # seconds the DAQ agent has to show it took a run (all told: < 30 s)
+AGENT_COMMANDS = {agent_type: name for name, agent_type in AGENT_NAMES.items()}
 
 
 def broker_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -94,13 +99,16 @@ def record_command(broker_url: str | None, config_path: Path | None, db_url: str
 @broker_options
 @db_flag
 @click.option("--name", "instance", help="Instance name, the sender of its messages "
-                                         "(default: [agent] name, else TYPE-agent-$USER, as in "
+                                         "(default: [agent] name, else TYPE-agent-USER, as in "
                                          "`swf run`).")
+@click.option("--user", help="The USER of the default name (default: $SWF_USER, else [agent] "
+                             "user, else swf).")
 @click.option("--namespace", help="Namespace to work in (default: [agent] namespace, else the "
                                   "default workflow's).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="STF files, local DDM and batch state (default: $SWF_DATA, else [agent] "
-                   "data_dir, else ./swf-data).")
+              help="The store's data directory: STF files, local DDM and batch state (daq, "
+                   "data, processing; default: $SWF_DATA, else [agent] data_dir, else beside "
+                   "the SQLite store file).")
 @click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True),
               help="Seconds between heartbeats (default: [agent] heartbeat_interval, else 60).")
 @click.option("--payload-threads", type=click.IntRange(min=1),
@@ -110,7 +118,8 @@ def record_command(broker_url: str | None, config_path: Path | None, db_url: str
               help="Append 'msg_id destination' for every message the broker confirmed "
                    "(an audit trail to hold against the store; default: [agent] sent_log).")
 def agent_command(agent: str, broker_url: str | None, config_path: Path | None,
-                  db_url: str | None, instance: str | None, namespace: str | None,
+                  db_url: str | None, instance: str | None, user: str | None,
+                  namespace: str | None,
                   data_dir: Path | None, heartbeat_interval: float | None,
                   payload_threads: int | None, sent_log: Path | None) -> None:
     """Run one agent (daq, data, fastmon, fast_processing, processing, worker) as this process,
@@ -118,35 +127,41 @@ def agent_command(agent: str, broker_url: str | None, config_path: Path | None,
     open are replayed through it first. The daq agent starts a run when `swf run --broker`
     asks."""
     from agents.base import Agent
+    from agents.dataroot import DataRootError, resolve_data_root
     from agents.live import LiveDaq, LiveHost
     from agents.registry import create_adapter, create_agent
-    from agents.runtime import default_user
     from agents.transport.stomp import StompTransport
     from eventstore.store import EventStore
 
     settings = load(config_path, store={"url": db_url}, broker={"url": broker_url},
-                    agent={"name": instance, "namespace": namespace, "data_dir": data_dir,
+                    agent={"name": instance, "user": user, "namespace": namespace,
+                           "data_dir": data_dir,
                            "heartbeat_interval": heartbeat_interval,
                            "payload_threads": payload_threads, "sent_log": sent_log})
     config = _broker(settings)
     options = settings.agent
     agent_type = AGENT_NAMES[agent]
-    name = options.name or f"{agent_type}-agent-{default_user()}"
+    name = options.name or f"{agent_type}-agent-{options.user}"
     namespace = options.namespace or str(load_workflow("fast_processing").get("testbed.namespace"))
-    data_path = options.data_dir.absolute()
     adapter_settings = settings.adapter_settings()
     actor: Agent
     if agent_type == "daq_simulator":
-        actor = LiveDaq(name, namespace, data_dir=str(data_path))
+        actor = LiveDaq(name, namespace)
     else:
         actor = create_agent(agent_type, name, namespace)
     _quiet_stomp()
     stop = _stop_on_signals()
     with EventStore(settings.store.url) as store:
+        data_path = options.data_dir  # only the agents whose adapters keep files need one
+        if agent_type in FILE_AGENTS:
+            try:
+                data_path = resolve_data_root(options.data_dir, store)
+            except DataRootError as problem:
+                raise SettingsProblem(str(problem)) from None
         transport = StompTransport(config, client_id=f"swf.{name}", name=name)
         host = LiveHost(actor, transport, store,
-                        lambda adapter, params: create_adapter(adapter, data_path, params,
-                                                               adapter_settings),
+                        lambda adapter, params: create_adapter(adapter, data_path or Path(),
+                                                               params, adapter_settings),
                         heartbeat_interval=options.heartbeat_interval,
                         adapter_threads={"payload": options.payload_threads},
                         sent_log=options.sent_log)
@@ -162,11 +177,17 @@ def agent_command(agent: str, broker_url: str | None, config_path: Path | None,
 
 
 def run_live(config: WorkflowConfig, *, settings: Settings, seed: int, start_time: str | None,
-             timeout: float, progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
+             timeout: float, start_timeout: float = START_TIMEOUT,
+             progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """``swf run --broker``: start one execution on the live agents and wait until the store
     (which the recorder fills) says it completed or failed, or ``timeout`` seconds passed.
-    Returns the execution summary (as `swf query execution ID`)."""
-    from agents.live import request_run
+    Returns the execution summary (as `swf query execution ID`).
+
+    Before: a warning for each agent of the workflow that is not alive (no heartbeat within the
+    stale window, or its last one said EXITED). After sending: unless the DAQ agent the run is
+    addressed to shows it took the run (any message of it in the execution besides the request)
+    within ``start_timeout`` seconds, a ClickException naming what is missing."""
+    from agents.live import daq_name, request_run
     from agents.runtime import Progress
     from agents.transport.stomp import StompTransport
     from eventstore.envelope import utc_now
@@ -177,22 +198,32 @@ def run_live(config: WorkflowConfig, *, settings: Settings, seed: int, start_tim
     broker = _broker(settings)
     _quiet_stomp()
     namespace = str(config.get("testbed.namespace"))
+    user = settings.agent.user
+    daq = daq_name(user)
     with EventStore(settings.store.url) as store:
+        projector = Projector(store)
+        projector.catch_up()
+        for warning in not_alive(store, config, namespace, daq):
+            click.echo(f"warning: {warning}", err=True)
         transport = StompTransport(broker, name="swf-run")
         transport.start()
         try:
-            allocation = request_run(transport, store, config, seed=seed, start_time=start_time)
+            allocation = request_run(transport, store, config, seed=seed, user=user,
+                                     start_time=start_time)
         finally:
             transport.close()
-        projector = Projector(store)
+        execution = allocation.execution_id
         if hasattr(progress, "start"):  # the progress line counts from the run's start
             progress.start = allocation.start_time  # type: ignore[union-attr]
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = began + timeout
+        taken = False
         summary: dict[str, Any] | None = None
         while True:
+            if not taken:
+                taken = _taken(store, execution, daq, began, start_timeout, broker.address)
             projector.catch_up()
-            summary = execution_summary(store, allocation.execution_id,
-                                        namespace=namespace)
+            summary = execution_summary(store, execution, namespace=namespace)
             if summary is not None and progress is not None:
                 progress(Progress(utc_now(), store.head(), summary["stf_count"],
                                   summary["slices_completed"] + summary["slices_failed"],
@@ -203,11 +234,56 @@ def run_live(config: WorkflowConfig, *, settings: Settings, seed: int, start_tim
                 break
             time.sleep(POLL)
     if summary is None:
-        summary = {"execution_id": allocation.execution_id, "run_id": allocation.run_id,
+        summary = {"execution_id": execution, "run_id": allocation.run_id,
                    "status": "unknown", "start_time": allocation.start_time}
     summary["error"] = (f"not finished after {timeout:g} s: are the agents and `swf record` "
                         f"running on {broker.address}?")
     return summary
+
+
+def not_alive(store: Any, config: WorkflowConfig, namespace: str, daq: str) -> list[str]:
+    """One line per agent the workflow needs that no live agent of the namespace stands for
+    (the DAQ: by the name the run is addressed to)."""
+    from agents.registry import workflow_agents
+    from projections.queries import agents, alive
+
+    rows = agents(store, namespace=namespace)
+    problems = []
+    for agent_type in workflow_agents(config.enabled):
+        mine = [row for row in rows if row["agent_type"] == agent_type
+                and (agent_type != "daq_simulator" or row["name"] == daq)]
+        if any(alive(row) for row in mine):
+            continue
+        command = f"swf agent {AGENT_COMMANDS[agent_type]}"
+        last = max((row["last_heartbeat"] for row in mine if row["last_heartbeat"]),
+                   default=None)
+        who = daq if agent_type == "daq_simulator" else f"{agent_type} agent"
+        problems.append(f"no live {who} in namespace {namespace} "
+                        f"({f'last heard of at {last}' if last else 'never heard of'}): "
+                        f"start `{command}`")
+    return problems
+
+
+def _taken(store: Any, execution: str, daq: str, began: float, wait: float, address: str
+           ) -> bool:
+    """Whether the DAQ took the run (a message of it in the execution besides the request);
+    ``wait`` seconds after ``began`` without that, a ClickException saying what is missing."""
+    requested = False
+    for event in store.read(execution_id=execution):
+        if event.sender == daq and event.msg_type != "run_imminent":
+            return True
+        requested = requested or event.msg_type == "run_imminent"
+    if time.monotonic() < began + wait:
+        return False
+    waited = f"{wait:g} s"
+    if not requested:
+        raise click.ClickException(
+            f"the request for {execution} was not recorded within {waited}: is `swf record` "
+            f"running on {address} with this store?")
+    raise click.ClickException(
+        f"no daq agent took {execution} within {waited}: {daq} is not running on {address} "
+        f"(start `swf agent daq` with [agent] user = {daq.rpartition('-agent-')[2]}); the "
+        f"request stays recorded")
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -15,12 +15,13 @@ from agents.config import (
     load_workflow,
     shipped_workflows,
 )
+from agents.dataroot import DataRootError
 from agents.registry import workflow_agents
 from agents.runtime import ExecutionResult, Progress, prepare
 from projections.projector import Projector
 from projections.queries import execution_summary as query_summary
 from swf.commands import live_commands
-from swf.commands.group import config_option, db_flag, load, main
+from swf.commands.group import SettingsProblem, config_option, db_flag, load, main
 from swf.commands.options import iso_time
 from swf.output import echo_rows, echo_summary
 
@@ -39,8 +40,11 @@ from swf.output import echo_rows, echo_summary
 @click.option("--start-time", callback=iso_time,
               help="Simulated start time (default: from the store's latest event).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where STF files and local DDM/batch state go (default: $SWF_DATA, else "
-                   "[agent] data_dir, else ./swf-data).")
+              help="The store's data directory: STF files, local DDM and batch state "
+                   "(default: $SWF_DATA, else [agent] data_dir, else beside the SQLite store "
+                   "file: swf.db -> swf-data).")
+@click.option("--user", help="Who the execution is recorded as: its id and agent names "
+                             "(default: $SWF_USER, else [agent] user, else swf).")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress line on stderr (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -50,12 +54,18 @@ from swf.output import echo_rows, echo_summary
                    "Credentials and TLS files as for `swf agent`.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=3600.0,
               show_default=True, help="With --broker: seconds to wait for the result.")
+@click.option("--start-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=live_commands.START_TIMEOUT,
+              show_default=True, help="With --broker: seconds the daq agent has to take the run "
+                                      "before `swf run` gives up, naming it.")
 @db_flag
 @config_option
 def run_command(workflow: str, overrides: tuple[str, ...], seed: int, realtime: bool,
                 speed: float, start_time: str | None, data_dir: Path | None,
-                progress: bool | None, as_json: bool, broker_url: str | None, timeout: float,
-                db_url: str | None, config_path: Path | None) -> None:
+                user: str | None, progress: bool | None, as_json: bool,
+                broker_url: str | None, timeout: float, start_timeout: float,
+                db_url: str | None,
+                config_path: Path | None) -> None:
     """Run one execution of a workflow (default: fast_processing) to completion, embedded:
     all agents in this process, every message appended to the store before delivery. Then
     print the execution summary (as `swf query execution ID` does). Exit status 1 when the
@@ -64,20 +74,27 @@ def run_command(workflow: str, overrides: tuple[str, ...], seed: int, realtime: 
 
     config = _load(workflow, overrides)
     settings = load(config_path, store={"url": db_url}, broker={"url": broker_url},
-                    agent={"data_dir": data_dir})
+                    agent={"data_dir": data_dir, "user": user})
     show = progress if progress is not None else sys.stderr.isatty()
     line = _ProgressLine() if show else None
     if broker_url:
-        summary = live_commands.run_live(config, settings=settings, seed=seed,
-                                         start_time=start_time, timeout=timeout, progress=line)
-        if line is not None:
-            line.close()
+        try:
+            summary = live_commands.run_live(config, settings=settings, seed=seed,
+                                             start_time=start_time, timeout=timeout,
+                                             start_timeout=start_timeout, progress=line)
+        finally:
+            if line is not None:
+                line.close()
         echo_summary(summary, as_json)
         sys.exit(0 if summary.get("status") == "completed" else 1)
     with EventStore(settings.store.url) as store:
-        runtime = prepare(store, config, seed=seed, data_dir=settings.agent.data_dir,
-                          start_time=start_time, realtime=realtime, speed=speed, progress=line,
-                          adapter_settings=settings.adapter_settings())
+        try:
+            runtime = prepare(store, config, seed=seed, data_dir=settings.agent.data_dir,
+                              user=settings.agent.user, start_time=start_time,
+                              realtime=realtime, speed=speed, progress=line,
+                              adapter_settings=settings.adapter_settings())
+        except DataRootError as problem:
+            raise SettingsProblem(str(problem)) from None
         if line is not None:
             line.start = runtime.start_time
         try:
