@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from . import rest
 from .envelope import format_time
 
 SCHEMA_VERSION = 1
@@ -187,11 +188,17 @@ for _ops_type in OPS_TYPES:
 # status, test, ...): recognized by its source, recorded as sent.
 MCP_SOURCE = "mcp_send_message"
 
+# Upstream's REST calls on its monitor (rest.py): one msg_type per endpoint and method, read
+# from ``rest:`` destinations only; the fields are those of the normalized data.
+for _route in rest.ROUTES:
+    CATALOG[_route.msg_type] = {name: _up(kind) for name, kind in _route.fields.items()}
+
 # Messages that belong to no run; every other type needs a run_id.
-RUNLESS = frozenset({"agent_heartbeat", "agent_log", "heartbeat", "transformer_heartbeat",
-                     "run_workflow", "stop_workflow", "status_request", "processing_complete",
-                     "fastmon_status", "workflow_completed", "workflow_failed",
-                     "workflow_status_response", "pong", "agent_control", *OPS_TYPES})
+RUNLESS = frozenset({*rest.RUNLESS_TYPES, "agent_heartbeat", "agent_log", "heartbeat",
+                     "transformer_heartbeat", "run_workflow", "stop_workflow", "status_request",
+                     "processing_complete", "fastmon_status", "workflow_completed",
+                     "workflow_failed", "workflow_status_response", "pong", "agent_control",
+                     *OPS_TYPES})
 # Run-lifecycle messages: with a `content` of the same type they are forwarded copies.
 LIFECYCLE = frozenset({"run_imminent", "start_run", "pause_run", "resume_run", "end_run",
                        "stf_gen"})
@@ -279,6 +286,8 @@ def examine(body: bytes, destination: str = "", expected_namespace: str | None =
             ) -> Verdict:
     """Validate and normalize one raw message (with its STOMP ``headers``, if any). Naive local
     times are read in ``sender_zone`` (default UTC). Never raises."""
+    if destination.startswith(rest.PREFIX):
+        return _examine_rest(body, destination, expected_namespace, headers, sender_zone)
     verdict = Verdict()
     try:
         message = _decode(body)
@@ -293,6 +302,55 @@ def examine(body: bytes, destination: str = "", expected_namespace: str | None =
         verdict.data = None
     except Exception as problem:  # noqa: BLE001 - the contract: a verdict, never an exception
         verdict.reason = f"unreadable message: {type(problem).__name__}: {_short(problem)}"
+        verdict.data = None
+    return verdict
+
+
+def _examine_rest(body: bytes, destination: str, expected_namespace: str | None,
+                  headers: dict[str, str] | None, sender_zone: tzinfo | None) -> Verdict:
+    """A call on upstream's monitor REST API (``rest.py``): the endpoint gives the msg_type,
+    the payload the fields, the server's headers the receive time and what it resolved."""
+    verdict = Verdict(schema_version=rest.SCHEMA_VERSION)
+    headers = headers or {}
+    zone = sender_zone or UTC
+    try:
+        if len(body) > MAX_BODY_BYTES:
+            raise Rejected(f"body is {len(body)} bytes, over the {MAX_BODY_BYTES}-byte limit")
+        route, params = rest.match(destination)
+        verdict.msg_type = route.msg_type
+        payload = rest.payload_of(route, body, orjson.loads)
+        if (len(body) > 2 * MAX_DEPTH and body.count(b"{") + body.count(b"[") > MAX_DEPTH
+                and _depth(payload) > MAX_DEPTH):
+            raise Rejected(f"nested deeper than {MAX_DEPTH} levels")
+        reading = rest.read(route, params, payload, headers, body)
+        verdict.msg_id = reading.msg_id
+        verdict.namespace = reading.namespace or _header(headers, "namespace")
+        verdict.execution_id = reading.execution_id or _header(headers, "execution_id")
+        verdict.run_id = _run_number(reading.run if reading.run is not None
+                                     else _header(headers, "run_id"))
+        verdict.sender = reading.sender
+        verdict.sent_at = _sent_at({} if reading.stamp is None else {"timestamp": reading.stamp},
+                                   None, headers, zone)
+        if reading.needs_run and verdict.run_id is None:
+            raise Rejected(f"{route.msg_type} needs a run: the call names none the server "
+                           f"could resolve")
+        data = reading.data
+        broker = _broker_time(headers)
+        for name in reading.times:
+            if data.get(name) is not None:
+                data[name] = _time(data[name], zone, broker)
+        data.update(msg_type=route.msg_type, msg_id=verdict.msg_id,
+                    namespace=verdict.namespace, execution_id=verdict.execution_id,
+                    run_id=verdict.run_id, sender=verdict.sender, timestamp=verdict.sent_at)
+        if expected_namespace is not None and verdict.namespace != expected_namespace:
+            raise Rejected(
+                f"namespace {verdict.namespace!r} is not this store's {expected_namespace!r}")
+        verdict.data = data
+    except (rest.Refused, Rejected) as problem:
+        verdict.reason = str(problem)
+        verdict.data = None
+    except Exception as problem:  # noqa: BLE001 - the contract: a verdict, never an exception
+        verdict.reason = f"unreadable call: {type(problem).__name__}: {_short(problem)}"
         verdict.data = None
     return verdict
 
@@ -449,6 +507,9 @@ def _read_envelope(message: dict[str, Any], verdict: Verdict, headers: dict[str,
         raise Rejected(f"msg_type must be a string, got {_describe(msg_type)}")
     if msg_type not in CATALOG and get("source") != MCP_SOURCE:
         raise Rejected(f"unknown msg_type {_short(msg_type)!r}")
+    if msg_type in rest.REST_TYPES:
+        raise Rejected(f"{msg_type} is a call on the monitor's REST API: it is recorded from "
+                       f"the {rest.PREFIX} destination of its endpoint only")
     # A failed worker result may name no run (the transformer consumed a non-slice message);
     # it is kept, and shown as an error without a run.
     if (verdict.run_id is None and msg_type not in RUNLESS and msg_type in CATALOG

@@ -20,9 +20,9 @@ from typing import Any, NamedTuple, cast
 import orjson
 import sqlalchemy as sa
 
-from .catalog import complete, examine, needs_normalization
+from .catalog import SCHEMA_VERSION, complete, examine, needs_normalization
 from .envelope import Event, format_time, parse_time
-from .schema import STORED_COLUMNS, events
+from .schema import STORED_COLUMNS, events, reservations
 
 FOLD_CHUNK = 5000  # rows per query of a streaming fold: small enough to stay in the CPU caches
 _IN_CHUNK = 500  # values per IN (...) list
@@ -126,6 +126,60 @@ class Reads:
                 f"AND sender = {self._m} ORDER BY position DESC LIMIT 1",
                 (msg_type, sender)).first()
         return None if row is None else (row[0], row[1])
+
+    # -- what a REST call names (the console's monitor endpoints) ---------------------------
+
+    def with_id_prefix(self, prefix: str, limit: int = 20) -> list[Event]:
+        """Valid events whose event_id starts with ``prefix``, oldest first: one range of the
+        unique event_id index (ids compare bytewise on both backends)."""
+        if not prefix:
+            return []
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        with self._connection() as conn:
+            rows = conn.exec_driver_sql(
+                f"SELECT {_STORED} FROM events WHERE event_id >= {self._m} AND event_id < "
+                f"{self._m} AND reject_reason IS NULL ORDER BY position LIMIT {self._m}",
+                (prefix, upper, limit)).cursor.fetchall()
+        return list(stored_events(rows))
+
+    def latest_namespace(self, *, execution_id: str | None = None,
+                         run_id: int | None = None) -> str | None:
+        """The namespace of the latest valid event of the execution (else of the run) that
+        carries one (the execution and run indexes, read backwards)."""
+        column, value = ("execution_id", execution_id) if execution_id is not None else (
+            "run_id", run_id)
+        if value is None:
+            return None
+        with self._connection() as conn:
+            return conn.exec_driver_sql(
+                f"SELECT namespace FROM events WHERE {column} = {self._m} AND namespace IS NOT "
+                f"NULL AND reject_reason IS NULL ORDER BY position DESC LIMIT 1",
+                (value,)).scalar()
+
+    def top_run_id(self) -> int | None:
+        """The highest run number stored or reserved (``reserve_execution``): a run number
+        handed out from it never meets a run an embedded or live execution reserved."""
+        with self._connection() as conn:
+            found = [conn.execute(sa.select(sa.func.max(column))).scalar()
+                     for column in (events.c.run_id, reservations.c.run_number)]
+        return max((int(value) for value in found if value is not None), default=None)
+
+    def executions_with_prefix(self, prefix: str) -> int:
+        """How many distinct execution ids start with ``prefix`` (a range of their index)."""
+        if not prefix:
+            return 0
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        with self._connection() as conn:
+            return conn.exec_driver_sql(
+                f"SELECT count(DISTINCT execution_id) FROM events WHERE execution_id >= "
+                f"{self._m} AND execution_id < {self._m}", (prefix, upper)).scalar_one()
+
+    def count_of_type(self, msg_type: str) -> int:
+        """How many events of this msg_type are stored (the msg_type index)."""
+        with self._connection() as conn:
+            return conn.exec_driver_sql(
+                f"SELECT count(*) FROM events WHERE msg_type = {self._m}",
+                (msg_type,)).scalar_one()
 
     # -- the fold ------------------------------------------------------------------------------
 
@@ -477,8 +531,10 @@ def decoded(rows: Sequence[Any], normalize: bool) -> Iterator[Event]:
         headers = {} if headers == _EMPTY_HEADERS else loads(headers)
         data = None
         if normalize and reason is None:
-            data = loads(body)
-            if needs_normalization(data, schema_version):
+            # A body of another schema (a REST call's payload, maybe empty) is read with its
+            # destination, never parsed as a bus message.
+            data = loads(body) if schema_version == SCHEMA_VERSION else None
+            if data is None or needs_normalization(data, schema_version):
                 verdict = examine(body, destination, headers=headers)
                 data = verdict.data
                 if data is None:

@@ -22,7 +22,9 @@ Public API (other packages rely on exactly this):
                                         one read transaction; ``view.connection`` reads other
                                         tables at the same moment. The store has them too, each
                                         on a connection of its own (stored_ids, open_executions,
-                                        count_after, fold_rows, ...).
+                                        count_after, fold_rows, and for the monitor's REST
+                                        calls with_id_prefix, latest_namespace, top_run_id,
+                                        executions_with_prefix, count_of_type).
     store.restore(rows)                 insert rows exactly as stored (fixtures)
     store.reserve_execution(workflow, user, start_time=None) -> Reservation
                                         the next execution id, run number and start time,

@@ -14,7 +14,7 @@ import orjson
 import sqlalchemy as sa
 
 from . import tables as t
-from .fold import Fold
+from .fold import FINAL_STATUSES, Fold
 from .records import MAX_RETRIES, ExecRec, RunRec, SampleRec, SliceRec, StfRec
 
 Rows = list[tuple[Any, ...]]
@@ -73,6 +73,7 @@ def everything(fold: Fold) -> None:
                                                                    *value)
     fold.d_requests.update(fold.requests)
     fold.d_commands.update(fold.commands)
+    fold.d_definitions.update(fold.definitions)
 
 
 def settle(fold: Fold, fresh: bool = False
@@ -195,6 +196,8 @@ def render(fold: Fold, names: Collection[str], fresh: bool = False) -> Changes:
         up[t.worker_requests] = [fold.requests[key] for key in fold.d_requests]
     if "commands" in names:
         up[t.workflow_commands] = [fold.commands[key] for key in fold.d_commands]
+    if "workflow_definitions" in names:
+        up[t.workflow_definitions] = [fold.definitions[key] for key in fold.d_definitions]
     return changes
 
 
@@ -219,8 +222,12 @@ def execution_status(e: ExecRec, runs: list[RunRec],
     execution that is not over is terminated by a stop_workflow naming it, or naming none in its
     namespace after it started (upstream's runner stops the execution it is running); it is
     failed once its runner started another (it runs one workflow at a time: this one ended
-    without end_run, as when the runner's workflow raised); else it is running.
+    without end_run, as when the runner's workflow raised); else it is running. What upstream's
+    runner declared over REST (completed, terminated or failed, when its workflow returned, was
+    stopped or raised) is its own word on that and outranks all of this.
     """
+    if e.declared_status in FINAL_STATUSES:
+        return e.declared_status, e.declared_end or e.declared_at
     ends: list[tuple[str, str]] = []
     for run in runs:
         if run.outcome is not None:
@@ -264,6 +271,8 @@ def _exec_row(e: ExecRec, stops: dict[int, tuple[str, str | None]] | None,
             totals[i] += value
     status, end_time = execution_status(e, runs, stops, runner_starts)
     starts = [run.created_at for run in runs if run.created_at is not None]
+    if e.declared_start is not None:
+        starts.append(e.declared_start)
     updates = [run.updated_at for run in runs if run.updated_at is not None]
     parameters = (None if e.parameters is None
                   else orjson.dumps(e.parameters, option=orjson.OPT_SORT_KEYS).decode())
@@ -272,7 +281,8 @@ def _exec_row(e: ExecRec, stops: dict[int, tuple[str, str | None]] | None,
             min(starts) if starts else None, end_time,
             orjson.dumps([run.run for run in runs]).decode(), len(runs), stf_count, samples,
             created, completed, failed, max(updates) if updates else None, e.daq_sender,
-            e.started_at)
+            e.started_at, e.declared_status, e.declared_at, e.declared_start, e.declared_end,
+            e.executed_by, e.definition_id)
 
 
 def _run_number(run: RunRec) -> int:

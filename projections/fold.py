@@ -56,7 +56,12 @@ Row = tuple[Any, ...]
 
 OPEN_OUTCOMES = frozenset({"ok", "exists"})  # 'exists': a retried run reuses its dataset
 CONTROL = frozenset({"run_workflow", "stop_workflow", "status_request"})
-HEARTBEATS = frozenset({"agent_heartbeat", "heartbeat", "transformer_heartbeat"})
+HEARTBEATS = frozenset({"agent_heartbeat", "heartbeat", "transformer_heartbeat",
+                        "rest_heartbeat"})
+LOGS = frozenset({"agent_log", "rest_log"})
+# Upstream's runner on its execution over REST (POST and PATCH /api/workflow-executions/).
+EXECUTION_FACTS = frozenset({"rest_execution", "rest_execution_update"})
+FINAL_STATUSES = frozenset({"completed", "terminated", "failed"})
 # An upstream execution id names its workflow: {workflow}-{user}-{seq:04d}
 # (swf-testbed workflows/workflow_runner.py:369-401).
 _UPSTREAM_EXECUTION = re.compile(r"([a-z][a-z0-9_]*)-.+-[0-9]{4,}\Z")
@@ -83,6 +88,8 @@ class Fold:
         # Rows that are facts of one message each (kept so every row can be rendered again).
         self.requests: dict[tuple[str, int, str, str], Row] = {}  # worker requests
         self.commands: dict[int, Row] = {}  # workflow control, by position
+        # Upstream's workflow definitions: (name, version) -> row
+        self.definitions: dict[tuple[str, str], Row] = {}
         # stop_workflow facts per namespace: position -> (time, execution_id or None)
         self.stops: dict[str, dict[int, tuple[str, str | None]]] = {}
         # Upstream executions per (namespace, runner): execution_id -> its start
@@ -118,6 +125,16 @@ class Fold:
             "close_workflow_task": self._task_closing,
             "closed_workflow_task": self._task_closed,
             "stop_transformer": self._transformers_stopped,
+            # upstream's calls on its monitor's REST API: the same facts as their bus twins
+            # (an STF file, a TF sample, a slice, a result counts once whichever channel or
+            # both brought it); the run-state and run records only make the run known
+            "rest_run_state": self._rest_run_state,
+            "rest_run_state_update": self._rest_run_state_update,
+            "rest_run": self._touch, "rest_run_update": self._touch,
+            "rest_state_event": self._touch, "rest_stf_file": self._rest_stf_file,
+            "rest_stf_file_update": self._rest_stf_touched,
+            "rest_tf_file": self._tf_registered, "rest_slice": self._slice,
+            "rest_slice_update": self._rest_slice_result,
         }
 
     def clear_dirty(self) -> None:
@@ -133,6 +150,7 @@ class Fold:
         self.d_wtasks: set[WorkflowTaskRec] = set()
         self.d_requests: set[tuple[str, int, str, str]] = set()
         self.d_commands: set[int] = set()
+        self.d_definitions: set[tuple[str, str]] = set()
         self.new_failures: dict[tuple[str, int, str, str], Row] = {}
         self.new_logs: dict[int, LogRow] = {}
         self._current: RunRec | None = None  # the last run touched (it is in d_runs)
@@ -170,12 +188,16 @@ class Fold:
         message type that belongs to a run)."""
         if msg_type in HEARTBEATS:
             self._heartbeat(ns, sender, time, data)
-        elif msg_type == "agent_log":
+        elif msg_type in LOGS:
             self.new_logs[position] = (position, time, data.get("level"), sender,
                                        data.get("module"), data.get("message"), ns,
                                        execution_id, run)
         elif msg_type in CONTROL:
             self._command(position, msg_type, ns, execution_id, sender, time, data)
+        elif msg_type in EXECUTION_FACTS and execution_id is not None:
+            self._declared(msg_type, ns, execution_id, time, data)
+        elif msg_type == "rest_workflow_definition":
+            self._definition(time, data)
         elif msg_type == "slice_result" and run is None:  # a failure naming no run either
             self.new_logs[position] = (
                 position, time, "ERROR", sender, "slice_result",
@@ -313,8 +335,8 @@ class Fold:
         run = self._run(ns, number, execution_id, time)
         if data.get("total_stf_files") is not None:
             run.total_stf_files = data["total_stf_files"]
-        if run.phase == "completed":
-            return
+        if run.phase == "completed" and time >= run.state_changed_at:  # type: ignore[operator]
+            return  # (an earlier end - a REST record of it - yields to the DAQ's own)
         run.phase = "completed"
         run.state_changed_at = time
         state, substate = data.get("state"), data.get("substate")
@@ -387,8 +409,51 @@ class Fold:
         sample.tf_first = first = data["tf_first"]
         sample.tf_last = last = data["tf_last"]
         count = data.get("tf_count")
-        sample.tf_count = count if count is not None else last - first + 1
+        if count is None and first is not None and last is not None:  # (a REST sample may
+            count = last - first + 1  # name no range)
+        sample.tf_count = count
         self.d_samples.add(sample)
+
+    def _rest_stf_file(self, ns: str, execution_id: str | None, number: int, time: str,
+                       data: dict[str, Any]) -> None:
+        """POST /api/stf-files/: the data agent registers the file (as its stf_ready says)."""
+        run = self._run(ns, number, execution_id, time)
+        stf = self._stf(run, data["filename"], time)
+        for name in ("sequence", "checksum", "size_bytes"):
+            value = data.get(name)
+            if value is not None:
+                setattr(stf, name, value)
+
+    def _rest_stf_touched(self, ns: str, execution_id: str | None, number: int, time: str,
+                          data: dict[str, Any]) -> None:
+        """PATCH /api/stf-files/{id}/: the agent's status word; the file's status is derived
+        from its samples and slices, as for every file."""
+        self._stf(self._run(ns, number, execution_id, time), data["filename"], time)
+
+    def _rest_run_state(self, ns: str, execution_id: str | None, number: int, time: str,
+                        _data: dict[str, Any]) -> None:
+        """POST /api/run-states/: upstream's runner creates the run's record before announcing
+        it, naming its execution. Phase and state then follow the DAQ's messages (the fast
+        processing agent's run-state PATCHes mirror those: not folded a second time)."""
+        run = self._run(ns, number, None, time)
+        if execution_id is not None and run.execution_id != execution_id:
+            self.attach(run, execution_id)
+        if run.phase is None:
+            run.phase = "imminent"
+            run.state_changed_at = time
+        elif run.phase == "imminent" and time < run.state_changed_at:  # type: ignore[operator]
+            run.state_changed_at = time  # the earliest announcement, in any order
+
+    def _rest_run_state_update(self, ns: str, execution_id: str | None, number: int,
+                               time: str, data: dict[str, Any]) -> None:
+        """PATCH /api/run-states/{run}/: the fast processing agent mirrors the DAQ's messages
+        into the run's record. Only its end counts (the earliest end wins, in any order):
+        the phase and state otherwise follow the DAQ's own messages."""
+        run = self._run(ns, number, execution_id, time)
+        if data.get("phase") == "completed" and (
+                run.phase != "completed" or time < run.state_changed_at):  # type: ignore[operator]
+            run.phase = "completed"
+            run.state_changed_at = time
 
     # -- slices --------------------------------------------------------------------------------
 
@@ -452,6 +517,15 @@ class Fold:
             piece.retries = retry
             piece.worker = data.get("worker")
             piece.error = data.get("error")
+
+    def _rest_slice_result(self, ns: str, execution_id: str | None, number: int, time: str,
+                           data: dict[str, Any]) -> None:
+        """PATCH /api/tf-slices/{id}/: the agent's copy of a worker's result, for the slice the
+        result names: the same fact as the slice_result (ranks make a repeat change nothing)."""
+        if data.get("status") is None:  # a status word that is no slice status
+            self._run(ns, number, execution_id, time)
+            return
+        self._slice_result(ns, execution_id, number, time, data)
 
     def _unmatched_failure(self, run: RunRec, time: str, data: dict[str, Any]) -> None:
         self._run(run.ns, run.run, None, time)  # its times (the slice path leaves them)
@@ -665,6 +739,41 @@ class Fold:
             self.stops.setdefault(ns, {})[position] = (time, execution_id)
             # Which execution it stops is derived at flush (derive.execution_status).
             self.d_execs.update(e for e in self.execs.values() if e.ns == ns)
+
+    # -- upstream's runner over REST -------------------------------------------------------------
+
+    def _declared(self, msg_type: str, ns: str, execution_id: str, time: str,
+                  data: dict[str, Any]) -> None:
+        """What the runner says of its execution: created (with its parameters, definition,
+        start) and how it ended. The latest word by time is its status."""
+        execution = self.execution(ns, execution_id)
+        if msg_type == "rest_execution":
+            if data.get("workflow") is not None:
+                execution.workflow = data["workflow"]
+            execution.parameters = data.get("parameters")
+            execution.executed_by = data.get("executed_by")
+            execution.definition_id = data.get("workflow_definition")
+            start = data.get("start_time")
+            if start is not None and (execution.declared_start is None
+                                      or start < execution.declared_start):
+                execution.declared_start = start
+        status = data.get("status")
+        if status is not None and (execution.declared_at is None
+                                   or time >= execution.declared_at):
+            execution.declared_status = status
+            execution.declared_at = time
+            if status in FINAL_STATUSES:
+                execution.declared_end = data.get("end_time") or time
+        self.d_execs.add(execution)
+
+    def _definition(self, time: str, data: dict[str, Any]) -> None:
+        key = (data["workflow_name"], data["version"])
+        self.definitions[key] = (
+            key[0], key[1], data["definition_id"], data.get("workflow_type"),
+            data.get("definition"),
+            orjson.dumps(data.get("parameter_values"), option=orjson.OPT_SORT_KEYS).decode(),
+            data.get("created_by"), time)
+        self.d_definitions.add(key)
 
     # -- agents --------------------------------------------------------------------------------
 

@@ -14,8 +14,10 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from eventstore import rest
+
 from . import tables as t
-from .fold import CONTROL, HEARTBEATS, Fold, Item
+from .fold import CONTROL, EXECUTION_FACTS, HEARTBEATS, LOGS, Fold, Item
 from .records import (
     ATTEMPT,
     RANK,
@@ -36,7 +38,7 @@ KEYS_PER_QUERY = 400  # (run_number, namespace) pairs per IN: 800 bound paramete
 # "failed" also comes from run_processed: loaded then too, and derived as before.
 UNFINISHED = ("running", "terminated", "failed")
 # Folded without their run (fold.Fold.runless) even when they name one.
-RUNLESS_FOLDED = HEARTBEATS | CONTROL | {"agent_log"}
+RUNLESS_FOLDED = HEARTBEATS | CONTROL | LOGS | rest.RUNLESS_TYPES
 
 
 def preload(conn: sa.Connection, fold: Fold, items: Sequence[Item]) -> None:
@@ -62,6 +64,8 @@ def preload(conn: sa.Connection, fold: Fold, items: Sequence[Item]) -> None:
             stopping.add(ns)
             if execution_id is not None:
                 execs.add((ns, execution_id))
+        elif msg_type in EXECUTION_FACTS and execution_id is not None:
+            execs.add((ns, execution_id))
     if not fold.checked_stops:
         load_stops(conn, fold)
         fold.checked_stops = True
@@ -241,6 +245,10 @@ def load_execs(conn: sa.Connection, fold: Fold, keys: set[tuple[str, str]]) -> N
             row.namespace, row.execution_id)
         execution.workflow = row.workflow
         execution.daq_sender, execution.started_at = row.daq_sender, row.started_at
+        (execution.declared_status, execution.declared_at, execution.declared_start,
+         execution.declared_end, execution.executed_by, execution.definition_id) = (
+            row.declared_status, row.declared_at, row.declared_start, row.declared_end,
+            row.executed_by, row.definition_id)
         execution.parameters = None if row.parameters is None else orjson.loads(row.parameters)
     for row in _select(conn, t.run_state, ("namespace", "execution_id"), keys):
         run = fold.runs.get((row.namespace, row.run_number))

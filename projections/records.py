@@ -62,7 +62,8 @@ class RunRec:
 
 class ExecRec:
     __slots__ = ("ns", "execution_id", "workflow", "parameters", "runs", "daq_sender",
-                 "started_at")
+                 "started_at", "declared_status", "declared_at", "declared_start",
+                 "declared_end", "executed_by", "definition_id")
 
     def __init__(self, ns: str, execution_id: str) -> None:
         self.ns = ns
@@ -74,6 +75,14 @@ class ExecRec:
         # run_imminent). The runner runs one workflow at a time.
         self.daq_sender: str | None = None
         self.started_at: str | None = None
+        # What upstream's runner said of it over REST (POST/PATCH /api/workflow-executions/):
+        # its latest status and when, its start and end times, who ran it, its definition.
+        self.declared_status: str | None = None
+        self.declared_at: str | None = None
+        self.declared_start: str | None = None
+        self.declared_end: str | None = None
+        self.executed_by: str | None = None
+        self.definition_id: int | None = None
 
 
 class StfRec:

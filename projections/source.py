@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from eventstore.catalog import examine, needs_normalization
+from eventstore.catalog import SCHEMA_VERSION, examine, needs_normalization
 from eventstore.reads import FoldRow, Reads
 
 from .fold import Fold, Item
@@ -45,8 +45,8 @@ def _decoded(view: Reads, rows: list[Row]) -> Iterator[Item]:
     for position, run, version, time, execution_id, body in rows:
         if type(body) is not bytes:
             body = bytes(body)  # PostgreSQL may hand back a memoryview
-        data = loads(body)
-        if needs_normalization(data, version):
+        data = loads(body) if version == SCHEMA_VERSION else None  # else: a REST payload
+        if data is None or needs_normalization(data, version):
             found = _examined(view, position, body)
             if found is None:
                 continue

@@ -49,6 +49,14 @@ executions = sa.Table(
     # run_imminent; a runner runs one execution at a time (derive.execution_status).
     sa.Column("daq_sender", NAME),
     sa.Column("started_at", TIME),
+    # What upstream's runner declared over REST (its latest status, when, start and end), who
+    # ran it and its workflow definition: a declared end outranks the derived status.
+    sa.Column("declared_status", sa.String(50)),
+    sa.Column("declared_at", TIME),
+    sa.Column("declared_start", TIME),
+    sa.Column("declared_end", TIME),
+    sa.Column("executed_by", NAME),
+    sa.Column("definition_id", sa.BigInteger()),
     sa.Index("ix_executions_runner", "namespace", "daq_sender"),
     sqlite_with_rowid=False,
 )
@@ -262,6 +270,21 @@ workflow_commands = sa.Table(
     sa.Column("params", sa.Text()),  # orjson text
 )
 
+# Workflow definitions upstream's runner registers (POST /api/workflow-definitions/): one per
+# (name, version), immutable; its id is derived from the pair.
+workflow_definitions = sa.Table(
+    "workflow_definitions", metadata,
+    sa.Column("workflow_name", NAME, primary_key=True),
+    sa.Column("version", NAME, primary_key=True),
+    sa.Column("definition_id", sa.BigInteger(), nullable=False),
+    sa.Column("workflow_type", NAME),
+    sa.Column("definition", sa.Text()),
+    sa.Column("parameter_values", sa.Text()),  # orjson text
+    sa.Column("created_by", NAME),
+    sa.Column("created_at", TIME),
+    sqlite_with_rowid=False,
+)
+
 agents = sa.Table(
     "agents", metadata,
     sa.Column("namespace", NAME, primary_key=True),
@@ -308,6 +331,7 @@ PROJECTIONS: dict[str, tuple[sa.Table, ...]] = {
     "panda_tasks": (panda_tasks,),
     "workflow_tasks": (workflow_tasks, worker_requests),
     "commands": (workflow_commands,),
+    "workflow_definitions": (workflow_definitions,),
     "agents": (agents,),
     "logs": (logs,),
 }

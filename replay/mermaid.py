@@ -5,8 +5,9 @@ order of appearance); each message is an arrow from its sender to each agent it 
 by the runtime's rules (topic subscribers, the queue's consumer), except the sender itself and
 the DAQ simulator, which reacts to nothing. Consecutive messages of the same kind collapse into
 one arrow ("slice x15"), and a block of arrows repeated back to back into a ``loop`` (the
-seed's diagram, ``seeds/fast-processing-workflow.md``, is the model). Heartbeats, agent logs and
-rejected events are not drawn; a comment at the end counts them.
+seed's diagram, ``seeds/fast-processing-workflow.md``, is the model). A call on the monitor's
+REST API (upstream's agents) is an arrow to the monitor. Heartbeats, agent logs (by bus or
+REST) and rejected events are not drawn; a comment at the end counts them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from agents.registry import AGENT_TYPES, agent_class
 from eventstore.envelope import TOPIC, Event
+from eventstore.rest import PREFIX as REST
 
 from .redrive import RUNTIME_TYPES, identify, queue_of
 
@@ -27,6 +29,8 @@ NAMES = {"daq_simulator": ("DS", "DAQ Simulator"), "data": ("DA", "Data Agent"),
 PASSIVE = frozenset({"daq_simulator"})  # agents/daq.py: handle() reacts to nothing
 MAX_BLOCK = 8  # longest block of arrows looked for when folding repeats into loops
 _UNSAFE = re.compile(r"[^\w .:()/@+-]")
+NOT_DRAWN = RUNTIME_TYPES | {"rest_heartbeat", "rest_log"}
+MONITOR = ("MON", "Monitor (REST)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,21 +71,28 @@ def diagram(execution_id: str, events: Sequence[Event]) -> list[str]:
         if not event.valid or event.msg_type is None:
             skipped["rejected"] += 1
             continue
-        if event.msg_type in RUNTIME_TYPES:
+        if event.msg_type in NOT_DRAWN:
             skipped[event.msg_type] += 1
             continue
         sender = event.sender or "(no sender)"
         if sender not in aliases:
-            aliases[sender] = f"X{len(aliases) - len(known) + 1}"
+            aliases[sender] = f"X{sum(alias[0] == 'X' for alias in aliases.values()) + 1}"
             titles[sender] = ""
             order[sender] = len(order)
+        if event.destination.startswith(REST):
+            if MONITOR[0] not in titles:
+                aliases[MONITOR[0]], titles[MONITOR[0]] = MONITOR
+                order[MONITOR[0]] = len(order)
+            arrows.append(Arrow(aliases[sender], event.msg_type, (MONITOR[0],)))
+            continue
         targets = sorted((name for name in subscribers.get(queue_of(event.destination), ())
                           if name != sender), key=order.__getitem__)
         arrows.append(Arrow(aliases[sender], event.msg_type,
                             tuple(aliases[name] for name in targets)))
     lines = ["sequenceDiagram"]
     for name, alias in aliases.items():
-        title = f"{titles[name]} ({name})" if titles[name] else name
+        title = (titles[name] if name == MONITOR[0] else f"{titles[name]} ({name})"
+                 if titles[name] else name)
         lines.append(f"    participant {alias} as {_safe(title)}")
     if aliases:
         first, last = next(iter(aliases.values())), list(aliases.values())[-1]

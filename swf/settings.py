@@ -43,6 +43,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
@@ -51,6 +52,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
@@ -130,6 +132,9 @@ class ConsoleSettings(_Section):
     host: str = "127.0.0.1"  # any other address needs a token
     port: int = Field(default=8080, ge=0, le=65535)
     token: SecretStr | None = None  # required by every request when set
+    # Networks whose POST /api/logs/ needs no token: upstream's REST log handler sends none.
+    log_networks: tuple[IPvAnyNetwork, ...] = (IPv4Network("127.0.0.0/8"),
+                                               IPv6Network("::1/128"))
 
 
 class RucioSection(_Section):

@@ -310,7 +310,7 @@ def test_p0002_upgrades_a_p0001_database_with_rows(db_url: str) -> None:
                 conn.execute(sa.text("INSERT INTO projection_checkpoints VALUES (:n, 1)"),
                              {"n": name})
         projector = Projector(store)
-        assert _versions(store.engine, VERSION_TABLE) == ["p0002"]
+        assert _versions(store.engine, VERSION_TABLE) == ["p0003"]  # through p0002
         with store.engine.connect() as conn:
             row = conn.execute(sa.text("SELECT unmatched_failures, expects_outcome "
                                        "FROM run_state")).one()
@@ -318,3 +318,42 @@ def test_p0002_upgrades_a_p0001_database_with_rows(db_url: str) -> None:
         projector.catch_up()
         assert {entry["name"]: entry["position"] for entry in projector.status()} == {
             name: 1 for name in projector.checkpoints()}
+
+
+def test_p0003_upgrades_a_p0002_database_with_rows(db_url: str) -> None:
+    """An existing store: executions rows get the REST columns empty; workflow_definitions is
+    created and its projection is caught up to the others."""
+    from alembic import command
+    from alembic.config import Config
+
+    from projections.projector import NAMES, SCRIPTS, VERSION_TABLE, Projector
+
+    with EventStore(db_url) as store:
+        store.append([Incoming.of({"msg_type": "start_run", "msg_id": "m1", "run_id": 5,
+                                   "namespace": "ns", "execution_id": "e-1",
+                                   "timestamp": "2026-01-01T00:00:00.000000Z"})])
+        with store.engine.begin() as conn:
+            config = Config()
+            config.set_main_option("script_location", SCRIPTS)
+            config.attributes["connection"] = conn
+            config.attributes["version_table"] = VERSION_TABLE
+            command.upgrade(config, "p0002")
+            conn.execute(sa.text(
+                "INSERT INTO executions (namespace, execution_id, status, runs, run_count, "
+                "stf_count, stf_samples_received, slices_created, slices_completed, "
+                "slices_failed) VALUES ('ns', 'e-1', 'running', '[5]', 1, 0, 0, 0, 0, 0)"))
+            for name in NAMES:
+                if name != "workflow_definitions":
+                    conn.execute(sa.text("INSERT INTO projection_checkpoints VALUES (:n, 1)"),
+                                 {"n": name})
+        projector = Projector(store)
+        assert _versions(store.engine, VERSION_TABLE) == ["p0003"]
+        with store.engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT status, declared_status, definition_id "
+                                       "FROM executions")).one()
+            assert tuple(row) == ("running", None, None)
+            assert conn.execute(sa.text("SELECT count(*) FROM workflow_definitions")
+                                ).scalar_one() == 0
+        projector.catch_up()
+        assert {entry["name"]: entry["position"] for entry in projector.status()} == {
+            name: 1 for name in NAMES}

@@ -180,8 +180,8 @@ def test_a_table_edited_behind_the_store_is_reported_as_drift(sqlite_url) -> Non
     text = replay(execution, "--db", sqlite_url)
     assert text.exit_code == 1
     out = text.stdout
-    assert "\ntf_slices              150     149  1 missing, 1 changed\n" in out
-    assert "\nrun_state                1       1  1 changed\n" in out
+    assert "\ntf_slices                 150     149  1 missing, 1 changed\n" in out
+    assert "\nrun_state                   1       1  1 changed\n" in out
     assert (f'  ~ run_number=100001 namespace="torre2" tf_filename="{tf}" slice_id=3\n'
             f'      status: "failed" -> "completed"\n'
             f'      worker: null -> "worker-14"\n') in out

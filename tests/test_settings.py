@@ -165,6 +165,7 @@ def test_a_bad_broker_url_says_where_it_came_from(tmp_path: Path) -> None:
                                           "than 0"),
     ("[recorder]\nbatch_size = 'many'\n", "recorder.batch_size: Input should be a valid integer"),
     ("[store\n", "is not valid TOML"),
+    ('[console]\nlog_networks = ["10.0.0.0/33"]\n', "console.log_networks.0: "),
 ])
 def test_config_file_problems_are_one_line_errors(tmp_path: Path, text: str,
                                                   problem: str) -> None:
@@ -273,3 +274,13 @@ def test_the_broker_config_is_a_plain_value() -> None:
     config = BrokerConfig.from_url("stomp+ssl://u:p@h:1", user="other", verify=False)
     assert (config.host, config.port, config.tls, config.user, config.password,
             config.verify) == ("h", 1, True, "other", "p", False)
+
+
+def test_the_networks_upstream_log_records_come_from(tmp_path: Path) -> None:
+    """[console] log_networks: loopback by default, else the file's list."""
+    assert [str(net) for net in load_settings(environ={}).console.log_networks] == [
+        "127.0.0.0/8", "::1/128"]
+    config = tmp_path / "swf.toml"
+    config.write_text('[console]\nlog_networks = ["10.1.0.0/16", "fd00::/8"]\n')
+    assert [str(net) for net in load_settings(config, environ={}).console.log_networks] == [
+        "10.1.0.0/16", "fd00::/8"]

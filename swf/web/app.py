@@ -3,9 +3,8 @@
     app = create_app(Settings(db_url="sqlite:///swf.db"))   # opens the store now
     uvicorn.run(app, host="127.0.0.1", port=8080)
 
-Upstream's monitor endpoints (``/api/systemagents/heartbeat/``, ``/api/logs/``, ...) belong
-beside ``/api/v1/`` as routers of their own; ``security.Guard`` already makes every write need
-the token.
+Upstream's monitor endpoints (``/api/systemagents/heartbeat/``, ``/api/logs/``, ...) are
+``monitor_api``'s, beside ``/api/v1/``: their writes are appended to the store as events.
 """
 
 from __future__ import annotations
@@ -17,17 +16,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from . import api, assets, pages
+from . import api, assets, monitor_api, pages
 from .console import Console
 from .data import ConsoleData
 from .live import Hub
 from .security import MAX_BODY, Guard
 
 log = logging.getLogger(__name__)
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 API_DESCRIPTION = __doc__
 
@@ -38,6 +41,8 @@ class Settings:
     token: str | None = None
     max_body: int = MAX_BODY
     poll_interval: float = 0.05  # seconds between the live follower's looks at the store
+    # Where upstream's token-less log records are accepted from (security.Guard).
+    log_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -64,13 +69,26 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.token_configured = bool(settings.token)
     app.state.login_token = settings.token
     app.add_middleware(Guard, token=settings.token, max_body=settings.max_body,
-                       routes=lambda: app.router.routes)
+                       routes=lambda: app.router.routes, log_networks=settings.log_networks)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, problem: RequestValidationError) -> Response:
         return JSONResponse({"detail": _readable(problem)}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(request: Request, problem: StarletteHTTPException) -> Response:
+        """Starlette's answer, except that a 405's Allow names every method of the path (a
+        path of two routes, GET and POST, would name only one's)."""
+        if problem.status_code == 405:
+            allowed = [method for method in METHODS if any(
+                route.matches({**request.scope, "method": method})[0] is Match.FULL
+                for route in app.router.routes)]
+            if allowed:
+                problem.headers = {**(problem.headers or {}), "Allow": ", ".join(allowed)}
+        return await http_exception_handler(request, problem)
+
     app.include_router(api.router)
+    app.include_router(monitor_api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=assets.STATIC), name="static")
     app.mount("/assets/vendor", StaticFiles(directory=assets.VENDOR, check_dir=False),

@@ -1,10 +1,11 @@
 """Every call the console makes into the libraries (store, projections, replay), in one place.
 
 Routes and pages only call ``ConsoleData``; when a library's signature changes, this is the one
-file to adapt. The console never appends to the store and never migrates it itself: opening the
-store and the projector upgrades their schema as ``swf query`` does, and the projector's
-catch-up is the only writer (of projection tables). Replay views read one store snapshot each,
-as ``swf-replay`` does.
+file to adapt. The console appends to the store only what upstream's agents post to its
+monitor endpoints (``monitor_api``: each accepted call one event, ``record_call``), and never
+migrates it itself: opening the store and the projector upgrades their schema as ``swf query``
+does, and the projector's catch-up is the only writer of projection tables. Replay views read
+one store snapshot each, as ``swf-replay`` does.
 
 Two helpers here do what the libraries do not offer yet: paging with an offset (``queries``
 only has a limit: a page is cut from ``offset + limit + 1`` rows) and the timeline series (an
@@ -22,7 +23,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from eventstore.envelope import Event, format_time, parse_time
+from eventstore import rest
+from eventstore.catalog import Verdict, examine
+from eventstore.envelope import Event, Incoming, format_time, parse_time
+from eventstore.reservations import FIRST_RUN_NUMBER
 from eventstore.store import EventStore
 from projections import queries
 from projections import tables as t
@@ -49,6 +53,16 @@ STALE_AFTER = queries.STALE_AFTER
 
 class BadQuery(ValueError):
     """A filter value the libraries cannot use (an unreadable time, a moment...)."""
+
+
+class Refused(ValueError):
+    """A monitor call the store refuses (malformed): the reason, stored with it."""
+
+
+CLAIMS = 1000  # values tried before an id allocation gives up (each try: one taken value)
+MONITOR_TABLES = {"agents": t.agents, "executions": t.executions, "run_state": t.run_state,
+                  "stf_files": t.stf_files, "tf_samples": t.tf_samples, "tf_slices": t.tf_slices,
+                  "workflow_definitions": t.workflow_definitions}
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +244,98 @@ class ConsoleData:
         """Apply new events to the projections (one catch-up at a time in this process)."""
         with self._catch_up_lock:
             return self.projector.catch_up()
+
+    # -- upstream's monitor endpoints (monitor_api) ---------------------------------------------
+
+    def examine_call(self, call: Incoming) -> Verdict:
+        """How the store will read a monitor call (the catalog's verdict)."""
+        return examine(call.body, call.destination, headers=call.headers,
+                       sender_zone=self.store.sender_zone)
+
+    def record_call(self, call: Incoming) -> tuple[Verdict, bool]:
+        """Append one monitor call; returns the catalog's verdict and whether it was new (False:
+        a retry the store absorbed). A malformed call is stored rejected all the same."""
+        verdict = self.examine_call(call)
+        result = self.store.append([call])
+        return verdict, bool(result.events)
+
+    def reserve(self, kind: str, call: Incoming, *, workflow_name: str | None = None) -> int:
+        """The next agent id, run number or workflow execution sequence, reserved atomically and
+        derived from the log: the call is appended as the claim of one value (its event id names
+        the value, so a value is claimed once, whichever process or thread asks); a value taken
+        meanwhile makes it claim the next. Starting points: agent ids count the claims; run
+        numbers follow the highest run stored (every claim names its run); sequences follow
+        the claims and the executions of the workflow. (The one place to switch to the
+        store's own reservation.)"""
+        store = self.store
+        if kind == "agent_id":
+            value = store.count_of_type("rest_agent_id") + 1
+        elif kind == "run_number":
+            top = store.top_run_id()
+            value = FIRST_RUN_NUMBER if top is None else top + 1
+        else:
+            value = max(store.count_of_type("rest_execution_sequence"),
+                        store.executions_with_prefix(f"{workflow_name}-")
+                        if workflow_name else 0) + 1
+        for _ in range(CLAIMS):
+            claim = Incoming(call.destination, call.body, {**call.headers,
+                                                            "allocated": str(value)})
+            verdict = self.examine_call(claim)
+            if verdict.reason is not None:
+                self.store.append([claim])
+                raise Refused(verdict.reason)
+            if self.store.append([claim]).events:
+                return value
+            value += 1
+        raise RuntimeError(f"no free {kind} after {CLAIMS} tries")
+
+    def first_heartbeat(self, instance_name: str, event_id: str) -> bool:
+        """Whether this heartbeat is the agent's first (its id the only one of the agent's)."""
+        earlier = self.store.with_id_prefix(rest.heartbeat_prefix(instance_name), limit=2)
+        return all(event.event_id == event_id for event in earlier)
+
+    def created(self, kind: str, key: str) -> list[Event]:
+        """The stored creates of one natural key (``rest.created_prefix``), oldest first."""
+        return self.store.with_id_prefix(rest.created_prefix(kind, key))
+
+    def namespace_of(self, *, execution_id: str | None = None,
+                     run: int | None = None) -> str | None:
+        """The namespace the execution's (else the run's) latest events carry."""
+        found = None
+        if execution_id is not None:
+            found = self.store.latest_namespace(execution_id=execution_id)
+        if found is None and run is not None:
+            found = self.store.latest_namespace(run_id=run)
+        return found
+
+    def monitor_rows(self, table: str, *, where: dict[str, Any] | None = None,
+                     order: tuple[str, ...] = (), limit: int | None = None,
+                     offset: int = 0) -> list[dict[str, Any]]:
+        """Projection rows for an upstream GET, caught up first (a call just answered is in
+        them), filtered by equality. A catch-up that fails answers from the tables as they
+        are (the failure is logged; the next request tries again)."""
+        try:
+            self.catch_up()
+        except Exception:
+            log.exception("catching the projections up failed")
+        table_ = MONITOR_TABLES[table]
+        statement = sa.select(table_)
+        for name, value in (where or {}).items():
+            statement = statement.where(table_.c[name] == value)
+        statement = statement.order_by(*(table_.c[name] for name in order)).offset(offset)
+        if limit is not None:
+            statement = statement.limit(limit)
+        with self.store.engine.connect() as conn:
+            return [_plain(row) for row in conn.execute(statement)]
+
+    def monitor_count(self, table: str, *, where: dict[str, Any] | None = None) -> int:
+        """How many projection rows an upstream GET's filters select (after monitor_rows)."""
+        table_ = MONITOR_TABLES[table]
+        statement = sa.select(sa.func.count()).select_from(table_)
+        for name, value in (where or {}).items():
+            statement = statement.where(table_.c[name] == value)
+        with self.store.engine.connect() as conn:
+            return int(conn.execute(statement).scalar_one())
 
     # -- replay ----------------------------------------------------------------------------
 

@@ -6,6 +6,10 @@
   login form sets (an HMAC of the token, never the token itself).
 - Writes (any method but GET, HEAD, OPTIONS) to a route that takes them always need the token;
   without one configured they are refused. A method no route takes gets the router's 405.
+- One exception: ``POST /api/logs/`` from an address in ``log_networks`` (loopback by default,
+  ``[console] log_networks``) needs no token, because upstream's REST log handler sends none
+  (swf-common-lib rest_logging.py). The address is the connection's peer (no forwarded-for
+  header is believed): behind a proxy, list the proxy only if it admits only the agents.
 - Bodies are bounded (413); a NUL character or a repeated parameter is a 400 with the reason,
   before any route sees the request.
 """
@@ -28,6 +32,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Network = str | ipaddress.IPv4Network | ipaddress.IPv6Network
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY = 1 << 20  # bytes; the console's own forms post a few bytes
@@ -36,6 +41,7 @@ SESSION_COOKIE = "swf_session"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PREFIXES = ("/static/", "/assets/")
 LOGIN_PATH = "/login"
+LOGS_PATH = "/api/logs/"  # upstream's log records: no token from log_networks
 SECURITY_HEADERS = [
     # Everything from this server: no CDN, no inline script. Mermaid and plotly set inline
     # styles on what they draw.
@@ -91,9 +97,11 @@ class Guard:
     """ASGI middleware applying the rules in the module docstring."""
 
     def __init__(self, app: ASGIApp, token: str | None, max_body: int = MAX_BODY,
-                 routes: Callable[[], Iterable[BaseRoute]] = tuple) -> None:
+                 routes: Callable[[], Iterable[BaseRoute]] = tuple,
+                 log_networks: Iterable[Network] = ()) -> None:
         self.app = app
         self.routes = routes
+        self.log_networks = tuple(ipaddress.ip_network(network) for network in log_networks)
         self.token = token or None
         self.session = session_value(token) if token else None
         self.max_body = max_body
@@ -141,6 +149,8 @@ class Guard:
             return None
         if path == LOGIN_PATH:
             return None if self.token else (404, "no login: this console has no token")
+        if method == "POST" and path == LOGS_PATH and self._from_log_network(scope):
+            return None
         authorized = self._authorized(scope)
         if method not in READ_METHODS and self._routed(scope):
             if not self.token:
@@ -151,6 +161,18 @@ class Guard:
         if self.token and not authorized:
             return 401, "this console needs the API token (log in at /login)"
         return None
+
+    def _from_log_network(self, scope: Scope) -> bool:
+        client = scope.get("client")
+        if not client or not self.log_networks:
+            return False
+        try:
+            address = ipaddress.ip_address(str(client[0]).strip("[]"))
+        except ValueError:  # not an IP address (a test client's name): not a listed network
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.log_networks)
 
     def _routed(self, scope: Scope) -> bool:
         """Whether a route takes this method at this path (else the router answers 405)."""

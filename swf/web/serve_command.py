@@ -24,9 +24,11 @@ from swf.commands.group import config_option, db_flag, load, main
 @config_option
 def serve_command(host: str | None, port: int | None, db_url: str | None,
                   config_path: Path | None) -> None:
-    """Serve the console: pages that follow the store live, and the JSON API under /api/v1/
-    (described at /openapi.json). The token comes from $SWF_API_TOKEN, else [console] token
-    in the config file; with one, every request needs it (browsers log in once)."""
+    """Serve the console: pages that follow the store live, the JSON API under /api/v1/
+    (described at /openapi.json), and the monitor upstream's agents call under /api/ (each
+    accepted call stored as an event). The token comes from $SWF_API_TOKEN, else [console]
+    token in the config file; with one, every request needs it (browsers log in once; upstream's
+    log records need none from [console] log_networks)."""
     import uvicorn
 
     from . import assets  # the app and its libraries load only when serving
@@ -44,7 +46,8 @@ def serve_command(host: str | None, port: int | None, db_url: str | None,
     if absent:
         raise click.ClickException("the console's JavaScript is not installed: "
                                    + "; ".join(absent) + " (run deploy/install.sh)")
-    app = create_app(Settings(db_url=settings.store.url, token=token))
+    app = create_app(Settings(db_url=settings.store.url, token=token,
+                              log_networks=tuple(str(net) for net in console.log_networks)))
     store = app.state.console.data.url_text  # without its password
     logging.getLogger("swf.web").info("console for %s on %s:%d", store, console.host,
                                       console.port)
