@@ -157,13 +157,14 @@ class BrokerRecorder:
                  destinations: Sequence[str] = RECORDED_DESTINATIONS,
                  batch_size: int = BATCH_SIZE, batch_wait: float = BATCH_WAIT,
                  prefetch: int = PREFETCH, heartbeat: float = 10.0,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
         subscriptions = [Subscription(destination, subscription_name(name, destination),
                                       prefetch=prefetch) for destination in destinations]
         self.core = Recorder(store, self._ack, batch_size=batch_size, batch_wait=batch_wait)
         self.consumer = StompConsumer(config, subscriptions, self.core.add, client_id=name,
                                       on_idle=self.core.flush, heartbeat=heartbeat,
-                                      backoff=backoff, name=name)
+                                      backoff=backoff, name=name, on_fatal=on_fatal)
 
     @property
     def stats(self) -> RecorderStats:

@@ -265,3 +265,32 @@ def test_network_drops_lose_nothing_for_sender_or_recorder(broker, sqlite_url) -
         recorder.stop()
         proxy.close()
         store.close()
+
+
+def test_an_unexpected_error_in_the_consumer_is_reported_not_swallowed(broker) -> None:
+    """A consumer whose I/O thread dies tells its owner why, once, in one line, so `swf record`
+    can exit non-zero for a supervisor instead of going on as if alive."""
+    from agents.transport.consumer import StompConsumer, Subscription
+
+    told: list[str] = []
+    fatal = threading.Event()
+
+    def explode(_delivery) -> None:  # noqa: ANN001
+        raise RuntimeError("boom in on_message")
+
+    def on_fatal(reason: str) -> None:
+        told.append(reason)
+        fatal.set()
+
+    name = f"fatal-{uuid.uuid4().hex[:8]}"
+    consumer = StompConsumer(broker_config(broker.url), [Subscription(TOPIC, f"{name}.sub")],
+                             explode, client_id=name, name=name, on_fatal=on_fatal)
+    consumer.start()
+    try:
+        assert consumer.ready.wait(30)
+        publish(broker.url, [(TOPIC, heartbeat("fatal-1"))])
+        assert fatal.wait(30), "the consumer's death was not reported"
+        assert len(told) == 1 and "boom in on_message" in told[0] and "\n" not in told[0]
+        assert not consumer.ready.is_set()
+    finally:
+        consumer.close()

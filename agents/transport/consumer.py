@@ -131,8 +131,10 @@ class StompConsumer:
                  on_message: Callable[[Delivery], None], *, client_id: str | None = None,
                  on_idle: Callable[[], float | None] | None = None,
                  heartbeat: float = 10.0, connect_timeout: float = 10.0,
-                 backoff: Backoff | None = None, name: str = "consumer") -> None:
+                 backoff: Backoff | None = None, name: str = "consumer",
+                 on_fatal: Callable[[str], None] | None = None) -> None:
         self.config = config
+        self.on_fatal = on_fatal  # told once, with a one-line reason, when the consumer gives up
         self.subscriptions = list(subscriptions)
         self.on_message = on_message
         self.on_idle = on_idle  # -> seconds until it wants to run again (None: no hurry)
@@ -180,6 +182,16 @@ class StompConsumer:
     # -- connection ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._connect_loop()
+        except Exception as problem:  # noqa: BLE001 - a dead I/O thread must not look alive
+            reason = f"{self.name}: stopped by an unexpected error: {_reason(problem)}"
+            log.error("%s", reason, exc_info=True)
+            self.ready.clear()
+            if self.on_fatal is not None:
+                self.on_fatal(reason)
+
+    def _connect_loop(self) -> None:
         while not self._closing.is_set():
             try:
                 sock, rest, generation = self._open()

@@ -81,9 +81,16 @@ def record_command(broker_url: str | None, config_path: Path | None, db_url: str
     options = settings.recorder
     _quiet_stomp()
     stop = _stop_on_signals()
+    fatal: list[str] = []
+
+    def give_up(reason: str) -> None:
+        fatal.append(reason)
+        stop.set()
+
     with EventStore(settings.store.url) as store:
         recorder = BrokerRecorder(store, config, name=options.name, batch_size=options.batch_size,
-                                  batch_wait=options.batch_wait, prefetch=options.prefetch)
+                                  batch_wait=options.batch_wait, prefetch=options.prefetch,
+                                  on_fatal=give_up)
         recorder.start()
         logging.getLogger("swf.recorder").info("recording %s as %s", config.address,
                                                options.name)
@@ -92,6 +99,8 @@ def record_command(broker_url: str | None, config_path: Path | None, db_url: str
     stats = recorder.stats
     click.echo(f"recorded {stats.stored} events ({stats.duplicates} duplicates absorbed, "
                f"{stats.rejected} rejected)", err=True)
+    if fatal:  # a supervisor restarts a process that exits non-zero
+        raise click.ClickException(fatal[0])
 
 
 @main.command("agent")
