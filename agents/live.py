@@ -576,7 +576,9 @@ class LiveHost:
     def _event_of(self, destination: str, headers: dict[str, str], body: bytes) -> Event:
         """A received message as the store will hold it (same event_id, and the execution
         inferred from its run as far as this host has seen it), without a position."""
-        event = as_stored(destination, headers, body, utc_now())
+        # The store's sender zone: a naive sender time must read as the recorder stores it.
+        event = as_stored(destination, headers, body, utc_now(),
+                          sender_zone=self.store.sender_zone)
         self._runs.resolve(event)
         return event
 

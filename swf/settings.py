@@ -60,6 +60,7 @@ from pydantic import (
     SecretStr,
     StringConstraints,
     ValidationError,
+    field_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -70,6 +71,7 @@ from agents.recorder import BATCH_SIZE, BATCH_WAIT, DEFAULT_NAME, PREFETCH
 from agents.registry import AdapterSettings
 from agents.runtime import DEFAULT_USER
 from agents.transport.broker import BrokerConfig, BrokerConfigError
+from eventstore.catalog import resolve_zone
 from eventstore.store import DEFAULT_URL
 
 UPSTREAM_PORT = 61612  # ACTIVEMQ_PORT's default, as in upstream's BaseAgent
@@ -94,6 +96,15 @@ class _Section(BaseModel):
 
 class StoreSettings(_Section):
     url: str = DEFAULT_URL  # SQLAlchemy URL; PostgreSQL: postgresql://user@host:5432/db
+    # The IANA zone senders' naive local times are read in (by swf record, swf import, swf serve
+    # and the live agents alike, so that they all store and decide on the same times).
+    sender_zone: str = "UTC"
+
+    @field_validator("sender_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        resolve_zone(value)  # ValueError names the unknown zone
+        return value
 
 
 class BrokerSettings(_Section):
@@ -161,6 +172,7 @@ class PandaSection(_Section):
 # (section, key) -> environment variables, first set one wins (ours before upstream's)
 ENVIRONMENT: dict[tuple[str, str], tuple[str, ...]] = {
     ("store", "url"): ("SWF_DB",),
+    ("store", "sender_zone"): ("SWF_SENDER_ZONE",),
     ("broker", "url"): ("SWF_BROKER",),  # else ACTIVEMQ_HOST/ACTIVEMQ_PORT/ACTIVEMQ_USE_SSL
     ("broker", "user"): ("SWF_STOMP_USER", "ACTIVEMQ_USER"),
     ("broker", "password"): ("SWF_STOMP_PASSWORD", "ACTIVEMQ_PASSWORD"),

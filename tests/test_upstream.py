@@ -332,3 +332,22 @@ def test_an_execution_its_runner_left_is_failed(sqlite_url: str, tmp_path: Path)
     # the replay of the failed execution agrees with the tables
     result = CliRunner().invoke(replay_main, [first_id, "--db", sqlite_url])
     assert result.exit_code == 0 and result.stdout.splitlines()[-1] == "identical", result.output
+
+
+def test_the_sender_zone_setting_is_import_s_default(sqlite_url: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """$SWF_SENDER_ZONE (as [store] sender_zone) is what `swf import` reads naive times in when
+    --sender-zone is not given: the same setting swf record, swf serve and the agents read."""
+    path = tmp_path / "naive.jsonl"
+    path.write_bytes(orjson.dumps({"msg_type": "agent_heartbeat", "msg_id": "naive-1",
+                                   "agent_type": "t", "status": "OK",
+                                   "timestamp": "2026-01-01T00:00:00"}) + b"\n")
+    monkeypatch.setenv("SWF_SENDER_ZONE", "America/New_York")
+    assert CliRunner().invoke(main, ["import", str(path), "--db", sqlite_url]).exit_code == 0
+    result = CliRunner().invoke(main, ["query", "messages", "--db", sqlite_url, "--json"],
+                                catch_exceptions=False)
+    assert [r["sent_at"][:19] for r in orjson.loads(result.stdout_bytes)] == [
+        "2026-01-01T05:00:00"]
+    monkeypatch.setenv("SWF_SENDER_ZONE", "Mars/Olympus")
+    refused = CliRunner().invoke(main, ["import", str(path), "--db", sqlite_url])
+    assert refused.exit_code != 0 and "unknown time zone 'Mars/Olympus'" in refused.output

@@ -87,7 +87,7 @@ def record_command(broker_url: str | None, config_path: Path | None, db_url: str
         fatal.append(reason)
         stop.set()
 
-    with EventStore(settings.store.url) as store:
+    with EventStore(settings.store.url, sender_zone=settings.store.sender_zone) as store:
         recorder = BrokerRecorder(store, config, name=options.name, batch_size=options.batch_size,
                                   batch_wait=options.batch_wait, prefetch=options.prefetch,
                                   on_fatal=give_up)
@@ -160,7 +160,7 @@ def agent_command(agent: str, broker_url: str | None, config_path: Path | None,
         actor = create_agent(agent_type, name, namespace)
     _quiet_stomp()
     stop = _stop_on_signals()
-    with EventStore(settings.store.url) as store:
+    with EventStore(settings.store.url, sender_zone=settings.store.sender_zone) as store:
         data_path = options.data_dir  # only the agents whose adapters keep files need one
         if agent_type in FILE_AGENTS:
             try:
@@ -209,7 +209,7 @@ def run_live(config: WorkflowConfig, *, settings: Settings, seed: int, start_tim
     namespace = str(config.get("testbed.namespace"))
     user = settings.agent.user
     daq = daq_name(user)
-    with EventStore(settings.store.url) as store:
+    with EventStore(settings.store.url, sender_zone=settings.store.sender_zone) as store:
         projector = Projector(store)
         projector.catch_up()
         for warning in not_alive(store, config, namespace, daq):

@@ -14,7 +14,7 @@ from eventstore.catalog import resolve_zone
 from eventstore.envelope import TOPIC, Event, Incoming
 from eventstore.errors import StoreUnavailable
 from eventstore.store import EventStore
-from swf.commands.group import db_option, main
+from swf.commands.group import db_option, load, main
 from swf.commands.options import time_window_options
 from swf.commands.query_commands import query
 from swf.output import echo_json, echo_rows
@@ -52,12 +52,14 @@ def _upgrade_projections(store: EventStore) -> None:
 @main.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @db_option
-@click.option("--sender-zone", default="UTC", show_default=True,
+@click.option("--sender-zone", default=None,
               help="Time zone of the senders' naive local times (an IANA name such as "
-                   "America/New_York). A naive time off the broker's timestamp header by a "
-                   "whole zone offset is corrected whatever this says.")
+                   "America/New_York; default: [store] sender_zone or $SWF_SENDER_ZONE, else "
+                   "UTC). A naive time off the broker's timestamp header by a whole zone "
+                   "offset is corrected whatever this says.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
-def import_messages(path: Path, db_url: str | None, sender_zone: str, as_json: bool) -> None:
+def import_messages(path: Path, db_url: str | None, sender_zone: str | None,
+                    as_json: bool) -> None:
     """Append the messages of a JSON Lines file to the store.
 
     Each line is a message object, or {"destination": ..., "headers": {...}, "body": <object or
@@ -65,6 +67,8 @@ def import_messages(path: Path, db_url: str | None, sender_zone: str, as_json: b
     anything that is not a valid message), a duplicate of a stored one, or blank. Importing
     the same file again appends nothing.
     """
+    if sender_zone is None:
+        sender_zone = load().store.sender_zone
     try:
         zone = resolve_zone(sender_zone)
     except ValueError as problem:

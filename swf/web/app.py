@@ -38,6 +38,7 @@ API_DESCRIPTION = __doc__
 @dataclass(frozen=True, slots=True)
 class Settings:
     db_url: str | None = None
+    sender_zone: str = "UTC"  # naive times in the REST calls upstream's agents make
     token: str | None = None
     max_body: int = MAX_BODY
     poll_interval: float = 0.05  # seconds between the live follower's looks at the store
@@ -46,7 +47,7 @@ class Settings:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    data = ConsoleData(settings.db_url)
+    data = ConsoleData(settings.db_url, settings.sender_zone)
     hub = Hub(data, poll_interval=settings.poll_interval)
     console = Console(data, hub)
 

@@ -130,8 +130,8 @@ def now_text() -> str:
 class ConsoleData:
     """The store and its projector, opened once for the console's lifetime."""
 
-    def __init__(self, url: str | None) -> None:
-        self.store = EventStore(url)
+    def __init__(self, url: str | None, sender_zone: str = "UTC") -> None:
+        self.store = EventStore(url, sender_zone=sender_zone)
         try:
             self.projector = Projector(self.store)
         except BaseException:

@@ -46,7 +46,8 @@ def serve_command(host: str | None, port: int | None, db_url: str | None,
     if absent:
         raise click.ClickException("the console's JavaScript is not installed: "
                                    + "; ".join(absent) + " (run deploy/install.sh)")
-    app = create_app(Settings(db_url=settings.store.url, token=token,
+    app = create_app(Settings(db_url=settings.store.url, sender_zone=settings.store.sender_zone,
+                              token=token,
                               log_networks=tuple(str(net) for net in console.log_networks)))
     store = app.state.console.data.url_text  # without its password
     logging.getLogger("swf.web").info("console for %s on %s:%d", store, console.host,
