@@ -150,10 +150,11 @@ def _start(recorder: BrokerRecorder, config: BrokerConfig, subscriptions: int,
     if missing is None:
         return f"could not send the queue probes on {config.address} within {wait:.0f} s"
     if missing:
+        it, topic = ("it", "topic") if len(missing) == 1 else ("them", "topics")
         return (f"the broker at {config.address} does not copy {', '.join(missing)} to the "
-                f"topic swf records it from: a probe sent to each did not arrive there within "
-                f"{wait:.0f} s, so nothing sent to {'it' if len(missing) == 1 else 'them'} "
-                f"would be recorded. Add to the broker's configuration (then restart it):\n"
+                f"{topic} swf records {it} from: a probe sent to each did not arrive there "
+                f"within {wait:.0f} s, so nothing sent to {it} would be recorded. Add to the "
+                f"broker's configuration (then restart it):\n"
                 f"{copy_configuration(missing)}\n"
                 f"or start `swf record --topics-only` to record the topics alone.")
     click.echo(f"the broker copies {', '.join(queues)}: each probe arrived", err=True)
