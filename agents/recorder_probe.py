@@ -85,13 +85,15 @@ def unproven_queues(config: BrokerConfig, queues: Sequence[str], *, name: str,
     waiting = {probe["msg_id"]: queue for queue, probe in probes.items()}
     arrived = threading.Condition()
 
-    def received(delivery: Delivery) -> None:
-        try:
-            msg_id = orjson.loads(delivery.body).get("msg_id")
-        except (orjson.JSONDecodeError, AttributeError):
-            msg_id = None
+    def received(delivery: Delivery) -> None:  # the copy topics carry other traffic too
         transport.ack(delivery)
-        if msg_id in waiting and copy_topic(waiting[msg_id]) == delivery.destination:
+        try:
+            message = orjson.loads(delivery.body)
+        except orjson.JSONDecodeError:
+            return
+        msg_id = message.get("msg_id") if type(message) is dict else None
+        if type(msg_id) is str and msg_id in waiting \
+                and copy_topic(waiting[msg_id]) == delivery.destination:
             with arrived:
                 waiting.pop(msg_id)
                 arrived.notify_all()

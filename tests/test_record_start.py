@@ -144,10 +144,14 @@ def test_the_probes_pass_on_the_deployed_configuration_and_ready_follows(broker,
         assert text.index("established") < text.index("each probe arrived") < \
             text.index(f"ready: wrote {ready}")
         store = cluster.store
-        probes = [event for event in store.read(msg_types=["recorder_probe"])
-                  if event.sender == info["name"]]
-        assert sorted(event.destination for event in probes) == sorted(info["queues"])
-        assert all(event.valid and event.namespace == NAMESPACE for event in probes)
+
+        def probes() -> list[Any]:
+            return [event for event in store.read(msg_types=["recorder_probe"])
+                    if event.sender == info["name"]]
+
+        wait_for(lambda: len(probes()) == 3, "the probes' copies recorded")
+        assert sorted(event.destination for event in probes()) == sorted(info["queues"])
+        assert all(event.valid and event.namespace == NAMESPACE for event in probes())
         publish(broker.url, [(extra, orjson.dumps({  # a destination added with --destination
             "msg_type": "agent_log", "msg_id": f"extra-{uuid.uuid4()}", "namespace": "torre2",
             "sender": "x", "level": "INFO", "message": "hello"}))])
@@ -179,10 +183,11 @@ def test_probes_expire_and_are_ignored_by_the_agents_that_take_them(broker, tmp_
     try:
         proc, ready, log = record(cluster)
         name = started(proc, ready, log)["name"]
+        (probe,) = wait_for(lambda: [
+            event for event in cluster.store.read(msg_types=["recorder_probe"])
+            if event.sender == name and event.destination == CONTROL], "the probe recorded")
     finally:
         cluster.stop_all()
-    (probe,) = [event for event in cluster.store.read(msg_types=["recorder_probe"])
-                if event.sender == name and event.destination == CONTROL]
     assert probe.headers.get("persistent") != "true"  # the broker says so of persistent ones
     expires = int(probe.headers["expires"]) / 1000
     assert time.time() < expires < time.time() + 301

@@ -68,8 +68,10 @@ def status_command(db_url: str | None, config_path: Path | None, namespace: str 
         return
     click.echo("agents")
     echo_rows(report["agents"], AGENT_COLUMNS, False)
-    click.echo("\nrecorders (`swf record`, heartbeat every 30 s; lag: how long the last one "
-               "took from the recorder through the broker into the store)")
+    from agents.recorder_probe import HEARTBEAT_INTERVAL
+
+    click.echo(f"\nrecorders (`swf record`, heartbeat every {HEARTBEAT_INTERVAL:g} s; lag: how "
+               f"long the last one took from the recorder through the broker into the store)")
     echo_rows(report["recorders"], RECORDER_COLUMNS, False)
     recording = report["recording"]
     click.echo(f"\nlog: head {recording['head']}, last stored {recording['last_recorded_at']} "
