@@ -11,9 +11,13 @@ real consumer takes work (our worker and fast processing agents; upstream's work
   upstream's ``BaseAgent.log_received_message``, at debug level, before looking at its type
   (swf-common-lib:src/swf_common_lib/base_agent.py:478-483; the workflow runner returns on that
   at swf-testbed:workflows/workflow_runner.py:734-736; a runner without a namespace would log
-  the unknown type at info, base_agent.py:485-486, and ignore it, workflow_runner.py:744-745);
-- it is not persistent and ``expires`` after ``PROBE_EXPIRES`` seconds: a probe no consumer
-  takes vanishes from the queue (and from a broker restart);
+  the unknown type at info, base_agent.py:485-486, and ignore it, workflow_runner.py:744-745;
+  its null ``run_id`` and ``execution_id`` change no run context either, as in
+  swf-testbed:example_agents/fast_processing_agent.py:330-340, whose consumer queue is named
+  like our results queue);
+- it is not persistent (a broker restart drops it) and ``expires`` after ``PROBE_EXPIRES``
+  seconds: a probe no consumer took by then is never delivered (the broker drops it at its
+  expiry scan, or when it would deliver it: deploy/activemq/activemq.xml scans no queues);
 - the catalog knows it (run-less): its copy is recorded as a valid event under the queue's name.
 
 The copies are awaited on a connection of the probe's own with plain subscriptions on the copy
