@@ -29,14 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.retry import RetryPolicy, retry_call
-from agents.transport.broker import (
-    RECORDED_DESTINATIONS,
-    Backoff,
-    BrokerConfig,
-    Delivery,
-    recorded_destination,
-)
+from agents.transport.broker import Backoff, BrokerConfig, Delivery, recorded_destination
 from agents.transport.consumer import StompConsumer, Subscription
+from agents.transport.destinations import RECORDED_DESTINATIONS
 from eventstore.envelope import Incoming
 
 log = logging.getLogger("swf.recorder")

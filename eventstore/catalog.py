@@ -135,6 +135,9 @@ CATALOG: dict[str, dict[str, Field]] = {
     "agent_heartbeat": {"agent_type": _req(STR), "status": _opt(STR),
                         "operational_state": _opt(STR), "pid": _opt(INT), "hostname": _opt(STR)},
     "agent_log": {"level": _req(STR), "message": _req(STR), "module": _opt(STR)},
+    # `swf record` proves at start that each work queue is copied to the topic it records: one
+    # through each queue (agents/recorder_probe.py); recorded like any message, projected nowhere.
+    "recorder_probe": {"queue": _req(STR)},
     # -- upstream's fast processing agent, PanDA workers (transceiver) and iDDS
     "run_imminent_worker": {**_RUN_STATE, "dataset": _up(STR), "target_worker_count": _up(INT),
                             "core_count": _up(INT), "slice_processing_time": _up(FLOAT),
@@ -194,10 +197,11 @@ for _route in rest.ROUTES:
     CATALOG[_route.msg_type] = {name: _up(kind) for name, kind in _route.fields.items()}
 
 # Messages that belong to no run; every other type needs a run_id.
-RUNLESS = frozenset({*rest.RUNLESS_TYPES, "agent_heartbeat", "agent_log", "heartbeat",
-                     "transformer_heartbeat", "run_workflow", "stop_workflow", "status_request",
-                     "processing_complete", "fastmon_status", "workflow_completed",
-                     "workflow_failed", "workflow_status_response", "pong", "agent_control",
+RUNLESS = frozenset({*rest.RUNLESS_TYPES, "agent_heartbeat", "agent_log", "recorder_probe",
+                     "heartbeat", "transformer_heartbeat", "run_workflow", "stop_workflow",
+                     "status_request", "processing_complete", "fastmon_status",
+                     "workflow_completed", "workflow_failed", "workflow_status_response", "pong",
+                     "agent_control",
                      *OPS_TYPES})
 # Run-lifecycle messages: with a `content` of the same type they are forwarded copies.
 LIFECYCLE = frozenset({"run_imminent", "start_run", "pause_run", "resume_run", "end_run",

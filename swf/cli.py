@@ -13,6 +13,7 @@ from swf.commands import (  # noqa: F401 - each module adds its commands to the 
     ops_commands,
     projection_commands,
     query_commands,
+    record_command,
     run_commands,
     store_commands,
 )

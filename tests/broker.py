@@ -11,7 +11,8 @@ persistent messages survive.
 
 ``Cluster`` runs ``swf record`` and ``swf agent NAME`` as subprocesses against one broker and one
 store (``swf run --broker`` too), with their output in log files, and waits on real conditions:
-the recorder stores a probe, each agent's READY heartbeat from its own pid is in the store.
+the recorder wrote its ready file (subscribed, the queue copies proven), each agent's READY
+heartbeat from its own pid is in the store.
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_script(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_script(*args: str, check: bool = True, timeout: float = 120,
+               config: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SWF_BROKER_CONFIG": str(config)} if config is not None else None
     proc = subprocess.run(
         ["bash", str(BROKER_SH), *args],
+        env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -67,13 +71,15 @@ class Broker:
     port: int
     openwire_port: int
     pid: int = 0
+    config: Path | None = None  # the broker's XML (default: deploy/activemq/activemq.xml)
 
     @property
     def url(self) -> str:
         return f"stomp://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        out = run_script("start", str(self.directory), str(self.port), str(self.openwire_port))
+        out = run_script("start", str(self.directory), str(self.port), str(self.openwire_port),
+                         config=self.config)
         self.pid = int(out.stdout.strip().splitlines()[-1])
 
     def stop(self) -> subprocess.CompletedProcess:
@@ -86,12 +92,19 @@ class Broker:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    yield from running_broker(tmp_path_factory)
+
+
+def running_broker(tmp_path_factory: pytest.TempPathFactory, config: Path | None = None
+                   ) -> Iterator[Broker]:
+    """A broker on free ports (with ``config`` instead of deploy/activemq/activemq.xml), stopped
+    after the yield."""
     if not ACTIVEMQ_JAR.is_file():
         msg = f"{ACTIVEMQ_JAR} missing: run deploy/activemq/broker.sh install"
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
-    b = Broker(tmp_path_factory.mktemp("activemq"), free_port(), free_port())
+    b = Broker(tmp_path_factory.mktemp("activemq"), free_port(), free_port(), config=config)
     try:
         b.start()
         yield b
@@ -185,8 +198,9 @@ class Cluster:
 
     def start_recorder(self) -> subprocess.Popen:
         named = ("--name", self.recorder_name) if self.recorder_name else ()
-        proc = self.spawn("recorder", "-v", "record", *named)
-        self.wait_recorder()
+        ready = self.root / f"recorder.{self._logs + 1}.ready"
+        proc = self.spawn("recorder", "-v", "record", *named, "--ready-file", str(ready))
+        self.wait_recorder(proc, ready)
         return proc
 
     def start_agent(self, name: str) -> subprocess.Popen:
@@ -230,22 +244,15 @@ class Cluster:
 
     # -- conditions ----------------------------------------------------------------------------
 
-    def wait_recorder(self) -> None:
-        """The recorder is subscribed once a probe published now reaches the store (probes
-        published before its subscription existed are lost, hence one per try)."""
-        def probe() -> bool:
-            msg_id = f"probe-{uuid.uuid4()}"
-            publish(self.broker.url, [("/topic/epictopic", orjson.dumps({
-                "msg_type": "agent_heartbeat", "msg_id": msg_id, "namespace": "probe",
-                "sender": "probe", "agent_type": "probe"}))])
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline:
-                if stored_ids(self.store.engine, event_id=msg_id):
-                    return True
-                time.sleep(0.05)
-            return False
+    def wait_recorder(self, proc: subprocess.Popen, ready: Path) -> None:
+        """The recorder is subscribed (and the queue copies proven) once it wrote its ready
+        file."""
+        def written() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"swf record exited {proc.returncode}:\n{self.log_text()}")
+            return ready.exists()
 
-        wait_for(probe, "the recorder to store a probe", every=0)
+        wait_for(written, "the recorder's ready file")
 
     def wait_agent(self, name: str) -> None:
         """An agent is up once its READY heartbeat (sent after subscribing) is stored."""

@@ -169,3 +169,35 @@ def test_not_alive_names_the_agents_a_live_run_lacks(sqlite_url, tmp_path) -> No
                                   "(last heard of at 2026-01-01T00:")
     assert warnings[0].endswith("start `swf agent daq`")
     assert any("start `swf agent worker`" in warning for warning in warnings)
+
+
+def test_swf_status_lists_the_recorders_of_every_namespace_with_their_lag(sqlite_url) -> None:
+    """A recorder's heartbeats (namespace swf-recorder) list it whatever --namespace says; its
+    lag is how long its latest heartbeat took to be stored; silent 3 minutes, it is stale."""
+    from agents.recorder_probe import heartbeat_message
+
+    def beat(name: str, at: str, state: str = "READY") -> Incoming:
+        return Incoming.of({**heartbeat_message(name, state), "timestamp": at},
+                           f"/topic/swf.recorder.{name}")
+
+    with EventStore(sqlite_url) as store:
+        store.append([beat("rec-a", "2020-01-01T00:00:00Z"),
+                      beat("rec-b", "2020-01-01T00:00:00Z"),
+                      beat("rec-c", "2020-01-01T00:00:00Z", "EXITED")])
+        store.append([beat("rec-a", "2020-01-01T00:05:00Z")])
+        recorded_at = {event.sender: event.recorded_at
+                       for event in store.read(msg_types=["agent_heartbeat"])}
+    result = swf("status", "--db", sqlite_url, "--json", "--namespace", "torre2",
+                 "--now", "2020-01-01T00:06:00Z")
+    report = orjson.loads(result.stdout)
+    assert report["agents"] == []
+    rows = {row["name"]: row for row in report["recorders"]}
+    assert {name: row["state"] for name, row in rows.items()} == {
+        "rec-a": "alive", "rec-b": "stale", "rec-c": "exited"}
+    lag = (queries.parse_time(recorded_at["rec-a"])
+           - queries.parse_time("2020-01-01T00:05:00Z")).total_seconds()
+    assert rows["rec-a"]["lag_s"] == round(lag, 3) and rows["rec-a"]["age_s"] == 60.0
+    text = swf("status", "--db", sqlite_url, "--now", "2020-01-01T00:06:00Z").stdout
+    assert "recorders (`swf record`" in text
+    assert [line.split()[:2] for line in text.splitlines() if line.startswith("rec-b ")] == [
+        ["rec-b", "stale"]]

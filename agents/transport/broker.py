@@ -17,22 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from eventstore.envelope import (
-    RESULT_MONITOR_TOPIC,
-    RESULT_QUEUE,
-    SLICE_MONITOR_TOPIC,
-    SLICE_QUEUE,
-    TOPIC,
-)
+from agents.transport.destinations import queue_of
 
 DEFAULT_PORT = 61613
 PLAIN_SCHEMES = frozenset({"stomp", "tcp"})
 TLS_SCHEMES = frozenset({"stomp+ssl", "stomp+tls", "ssl", "stomps"})
-
-# What the recorder subscribes to: the topic, and the broker's copies of the two work queues
-# (deploy/activemq/activemq.xml: composite queues forward a copy to these monitor topics).
-RECORDED_DESTINATIONS = (TOPIC, SLICE_MONITOR_TOPIC, RESULT_MONITOR_TOPIC)
-MONITORED_QUEUES = {SLICE_MONITOR_TOPIC: SLICE_QUEUE, RESULT_MONITOR_TOPIC: RESULT_QUEUE}
 
 
 class BrokerConfigError(ValueError):
@@ -105,13 +94,10 @@ class Delivery:
 
 
 def recorded_destination(delivery: Delivery) -> str:
-    """Where the message was sent: a monitor topic's copy names its original queue (ActiveMQ puts
-    it in ``original-destination``; the mapping covers a broker that does not)."""
-    queue = MONITORED_QUEUES.get(delivery.destination)
-    if queue is None:
-        return delivery.destination
-    original = delivery.headers.get("original-destination")
-    return original if original is not None and original in MONITORED_QUEUES.values() else queue
+    """Where the message was sent: a copy topic's message is stored under its work queue (the
+    naming convention of agents/transport/destinations.py, which every broker follows, whether
+    or not it also says ``original-destination``)."""
+    return queue_of(delivery.destination) or delivery.destination
 
 
 class Backoff:

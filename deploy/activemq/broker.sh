@@ -18,6 +18,8 @@
 #   SWF_BROKER_START_TIMEOUT  seconds to wait for STOMP at start (default 60)
 #   SWF_BROKER_STOP_TIMEOUT   seconds to wait after SIGTERM before SIGKILL (default 30)
 #   SWF_KAHADB_SYNC           KahaDB journalDiskSyncStrategy: periodic (default) | always | never
+#   SWF_BROKER_CONFIG         the broker's XML configuration (default: activemq.xml next to
+#                             this script), e.g. one without the work queue copies
 #   ACTIVEMQ_HOME             install dir (default /usr/share/activemq)
 #   JAVA_HOME / JAVACMD       java to use (default: java on PATH)
 #
@@ -134,6 +136,9 @@ cmd_start() {
     echo "$stomp_port" >"$dir/stomp.port"
     echo "$ow_port" >"$dir/openwire.port"
 
+    local config="${SWF_BROKER_CONFIG:-$CONF_DIR/activemq.xml}"
+    [[ -f "$config" ]] || die "broker configuration $config not found"
+    config="$(cd "$(dirname "$config")" && pwd)/$(basename "$config")"
     local heap="${SWF_BROKER_HEAP:--Xms256m -Xmx1g}"
     local -a jvm
     # shellcheck disable=SC2206  # word splitting of option strings is intended
@@ -151,7 +156,7 @@ cmd_start() {
         "-Dswf.openwire.port=$ow_port"
         "-Dswf.kahadb.sync=${SWF_KAHADB_SYNC:-periodic}"
         -jar "$AMQ_JAR"
-        start "xbean:file:$CONF_DIR/activemq.xml"
+        start "xbean:file:$config"
     )
 
     local t0

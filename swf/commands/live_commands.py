@@ -1,4 +1,5 @@
-"""Live mode on a broker: ``swf record``, ``swf agent NAME``, and ``swf run --broker``'s path.
+"""Live mode on a broker: ``swf agent NAME`` and ``swf run --broker``'s path (``swf record``:
+record_command.py).
 
 Each runs until SIGTERM or SIGINT (Ctrl-C) and then stops cleanly. Their settings come from
 swf/settings.py (flags > environment > config file > defaults); one config file can serve all
@@ -54,53 +55,6 @@ def broker_options(function: Callable[..., Any]) -> Callable[..., Any]:
              "else ACTIVEMQ_HOST/ACTIVEMQ_PORT/ACTIVEMQ_USE_SSL, else [broker] url); "
              "credentials from SWF_STOMP_USER/SWF_STOMP_PASSWORD (or ACTIVEMQ_USER/"
              "ACTIVEMQ_PASSWORD) or the config file.")(function)
-
-
-@main.command("record")
-@broker_options
-@db_flag
-@click.option("--name", help="Client id and durable subscription prefix "
-                             "(default: [recorder] name, else swf-recorder).")
-@click.option("--batch-size", type=click.IntRange(min=1),
-              help="Most messages appended in one transaction (default: [recorder] "
-                   "batch_size, else 500).")
-@click.option("--batch-wait", type=click.FloatRange(min=0),
-              help="Seconds a batch waits for more messages after its first (default: "
-                   "[recorder] batch_wait, else 0.02).")
-def record_command(broker_url: str | None, config_path: Path | None, db_url: str | None,
-                   name: str | None, batch_size: int | None, batch_wait: float | None) -> None:
-    """Record every message of the pipeline into the store: durable subscriptions on the topic
-    and the monitor copies of the work queues, appended in small batches, each message acked
-    only after its batch committed. Runs until SIGTERM or Ctrl-C."""
-    from agents.recorder import BrokerRecorder
-    from eventstore.store import EventStore
-
-    settings = load(config_path, store={"url": db_url}, broker={"url": broker_url},
-                    recorder={"name": name, "batch_size": batch_size, "batch_wait": batch_wait})
-    config = _broker(settings)
-    options = settings.recorder
-    _quiet_stomp()
-    stop = _stop_on_signals()
-    fatal: list[str] = []
-
-    def give_up(reason: str) -> None:
-        fatal.append(reason)
-        stop.set()
-
-    with EventStore(settings.store.url, sender_zone=settings.store.sender_zone) as store:
-        recorder = BrokerRecorder(store, config, name=options.name, batch_size=options.batch_size,
-                                  batch_wait=options.batch_wait, prefetch=options.prefetch,
-                                  on_fatal=give_up)
-        recorder.start()
-        logging.getLogger("swf.recorder").info("recording %s as %s", config.address,
-                                               options.name)
-        stop.wait()
-        recorder.stop()
-    stats = recorder.stats
-    click.echo(f"recorded {stats.stored} events ({stats.duplicates} duplicates absorbed, "
-               f"{stats.rejected} rejected)", err=True)
-    if fatal:  # a supervisor restarts a process that exits non-zero
-        raise click.ClickException(fatal[0])
 
 
 @main.command("agent")

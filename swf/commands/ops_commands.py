@@ -37,6 +37,8 @@ STOP_SENDER = "swf-stop"
 RECORDING_SAMPLE = 200  # latest events whose recording lag `swf status` reports
 AGENT_COLUMNS = ("namespace", "name", "agent_type", "state", "operational_state",
                  "last_heartbeat", "age_s", "pid", "hostname")
+RECORDER_COLUMNS = ("name", "state", "operational_state", "last_heartbeat", "age_s", "lag_s",
+                    "pid", "hostname")
 EXECUTION_COLUMNS = ("execution_id", "namespace", "workflow", "start_time", "runs", "stf_count",
                      "slices_created", "slices_completed", "age_s")
 
@@ -66,9 +68,11 @@ def status_command(db_url: str | None, config_path: Path | None, namespace: str 
         return
     click.echo("agents")
     echo_rows(report["agents"], AGENT_COLUMNS, False)
-    click.echo("\nrecorders (agents whose heartbeats say agent_type 'recorder'; lag: how long "
-               "their last heartbeat took to be stored)")
-    echo_rows(report["recorders"], (*AGENT_COLUMNS[:6], "lag_s"), False)
+    from agents.recorder_probe import HEARTBEAT_INTERVAL
+
+    click.echo(f"\nrecorders (`swf record`, heartbeat every {HEARTBEAT_INTERVAL:g} s; lag: how "
+               f"long the last one took from the recorder through the broker into the store)")
+    echo_rows(report["recorders"], RECORDER_COLUMNS, False)
     recording = report["recording"]
     click.echo(f"\nlog: head {recording['head']}, last stored {recording['last_recorded_at']} "
                f"({_seconds(recording['idle_s'])} ago); recording lag of the latest "
@@ -93,9 +97,11 @@ def status_report(store: Any, *, namespace: str | None = None, now: str | None =
     projections = projector.status()
     if catch_up:
         projector.catch_up()
-    rows = queries.agents(store, namespace=namespace, now=format_time(moment))
+    rows = queries.agents(store, now=format_time(moment))  # recorders: of every namespace
     agents, recorders = [], []
     for row in rows:
+        if row["agent_type"] != "recorder" and namespace not in (None, row["namespace"]):
+            continue
         entry = {name: row.get(name) for name in AGENT_COLUMNS}
         entry["state"] = ("alive" if queries.alive(row) else
                           "exited" if row["operational_state"] == "EXITED" else "stale")
