@@ -41,6 +41,8 @@ from broker import (  # noqa: E402
 
 pytest_plugins = ["broker"]  # the module-scoped ``broker`` fixture
 CONTROL = "/queue/workflow_control"
+TRANSFORMER = "/queue/panda.slices.transformer"  # upstream's transformer heart-beats on it
+QUEUES = (SLICE_QUEUE, RESULT_QUEUE, TRANSFORMER, CONTROL)
 
 # -- the destinations ------------------------------------------------------------------------------
 
@@ -49,9 +51,10 @@ def test_the_default_list_records_our_and_upstreams_destinations() -> None:
     plan = recording()
     assert plan.topics == (TOPIC, "/topic/panda.workers", "/topic/panda.slices",
                            "/topic/panda.results", "/topic/panda.transformer")
-    assert plan.queues == (SLICE_QUEUE, RESULT_QUEUE, CONTROL)
+    assert plan.queues == QUEUES
     assert set(plan.subscriptions) == {*plan.topics, "/topic/monitor.panda.transformer.slices",
                                        "/topic/monitor.panda.results.fastprocessing",
+                                       "/topic/monitor.panda.slices.transformer",
                                        "/topic/monitor.workflow_control"}
     more = recording(["/queue/canary.ops", "/topic/x", TOPIC, "/queue/canary.ops"])
     assert more.queues == (*plan.queues, "/queue/canary.ops") and more.topics[-1] == "/topic/x"
@@ -136,11 +139,13 @@ def test_the_probes_pass_on_the_deployed_configuration_and_ready_follows(broker,
     try:
         proc, ready, log = record(cluster, "--destination", extra)
         info = started(proc, ready, log)
-        assert info["queues"] == [SLICE_QUEUE, RESULT_QUEUE, CONTROL]
+        assert info["queues"] == list(QUEUES)
         assert info["topics"][-1] == extra and info["pid"] == proc.pid
         text = log.read_text()
-        assert (f"recording {broker.url} as {info['name']}: 10 durable subscriptions "
-                f"established") in text
+        # the topics (the extra one included), the queues' copies, its own heartbeat topic
+        subscriptions = len(info["topics"]) + len(QUEUES) + 1
+        assert (f"recording {broker.url} as {info['name']}: {subscriptions} durable "
+                f"subscriptions established") in text
         assert text.index("established") < text.index("each probe arrived") < \
             text.index(f"ready: wrote {ready}")
         store = cluster.store
@@ -149,7 +154,7 @@ def test_the_probes_pass_on_the_deployed_configuration_and_ready_follows(broker,
             return [event for event in store.read(msg_types=["recorder_probe"])
                     if event.sender == info["name"]]
 
-        wait_for(lambda: len(probes()) == 3, "the probes' copies recorded")
+        wait_for(lambda: len(probes()) == len(QUEUES), "the probes' copies recorded")
         assert sorted(event.destination for event in probes()) == sorted(info["queues"])
         assert all(event.valid and event.namespace == NAMESPACE for event in probes())
         publish(broker.url, [(extra, orjson.dumps({  # a destination added with --destination
@@ -224,8 +229,8 @@ def test_topics_only_starts_on_that_broker_with_a_warning(stock_broker, tmp_path
         proc, ready, log = record(cluster, "--topics-only")
         info = started(proc, ready, log)
         assert info["queues"] == []
-        assert (f"warning: --topics-only: messages sent to {SLICE_QUEUE}, {RESULT_QUEUE}, "
-                f"{CONTROL} are not recorded") in log.read_text()
+        assert (f"warning: --topics-only: messages sent to {', '.join(QUEUES)} are not "
+                "recorded") in log.read_text()
         msg_id = f"topic-{uuid.uuid4()}"
         publish(stock_broker.url, [(TOPIC, orjson.dumps({
             "msg_type": "agent_log", "msg_id": msg_id, "namespace": "torre2", "sender": "x",

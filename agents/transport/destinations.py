@@ -23,6 +23,10 @@ What is recorded by default (upstream's destinations as its code sends to them, 
   ``/topic/panda.results`` (swf-transform:conf/prompt.conf:14-23) and
   ``/topic/panda.transformer`` (swf-panda-workers:
   lib/swf_panda_workers/prompt/handlers/workerhandler.py:370-383);
+- upstream's work queue ``/queue/panda.slices.transformer``: the transformer consumes slices
+  from it and heart-beats on it (swf-transform brokers/activemq.py:366-379,411-442; on
+  ActiveMQ Classic, as deployed here, only what is sent to the queue itself is copied: the
+  slices published to ``/topic/panda.slices`` are recorded from the topic);
 - upstream's work queue ``/queue/workflow_control`` (run_workflow, stop_workflow,
   status_request for its workflow runner: swf-testbed:workflows/workflow_runner.py:199,
   workflows/send_workflow_command.py:122-144).
@@ -45,7 +49,9 @@ COPY_PREFIX = "/topic/monitor."  # /queue/NAME is copied to /topic/monitor.NAME
 UPSTREAM_TOPICS = ("/topic/panda.workers", "/topic/panda.slices", "/topic/panda.results",
                    "/topic/panda.transformer")
 WORKFLOW_CONTROL = "/queue/workflow_control"
-DEFAULT_DESTINATIONS = (TOPIC, SLICE_QUEUE, RESULT_QUEUE, *UPSTREAM_TOPICS, WORKFLOW_CONTROL)
+TRANSFORMER_QUEUE = "/queue/panda.slices.transformer"
+DEFAULT_DESTINATIONS = (TOPIC, SLICE_QUEUE, RESULT_QUEUE, *UPSTREAM_TOPICS, TRANSFORMER_QUEUE,
+                        WORKFLOW_CONTROL)
 
 
 class DestinationError(ValueError):
