@@ -1,6 +1,6 @@
 """Upstream's full fast processing run over both channels at once: its REST calls answered by
 ``swf serve``, its messages sent with stomp.py to upstream's destinations on a real ActiveMQ and
-recorded by the broker recorder (the destinations passed explicitly). Each fact of the run
+recorded by ``swf record`` as deployed (its default destinations). Each fact of the run
 reaches the store twice, once per channel; the projections count it once, and the execution
 replays clean with its REST facts."""
 
@@ -18,31 +18,21 @@ import requests
 import sqlalchemy as sa
 import stomp
 
-from agents.recorder import BrokerRecorder
+from agents.recorder_probe import NAMESPACE as PROBE_NAMESPACE
 from eventstore import rest
 from eventstore.schema import events
-from eventstore.store import EventStore
 from replay.upstream import (
-    CONTROL,
-    EPICTOPIC,
-    RESULTS,
-    SLICES,
-    TRANSFORMER,
-    WORKERS,
     FastProcessing,
     Wire,
 )
 from replay.upstream_rest import fast_processing_exchange, play
-from swf.settings import broker_config
 
 pytest_plugins = ["broker", "console_fixtures"]
 pytest.register_assert_rewrite("broker", "console_fixtures", "upstream_client", "test_dropin")
-from broker import wait_for  # noqa: E402
+from broker import Cluster, wait_for  # noqa: E402
 from test_dropin import TOKEN, facts, v1  # noqa: E402
 from upstream_client import UpstreamClient  # noqa: E402
 
-# Upstream's topics (its workflow_control queue is work for the runner: not recorded here).
-UPSTREAM_DESTINATIONS = (EPICTOPIC, WORKERS, SLICES, RESULTS, TRANSFORMER)
 KNOBS = FastProcessing(stf_count=3, tf_files_per_stf=2, num_tf_per_slice=25, failed_slices=1)
 
 
@@ -75,11 +65,9 @@ def test_an_upstream_run_over_both_channels_counts_each_fact_once_and_replays_cl
         broker: Any, serve: Any, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'swf.db'}"
     served = serve(url, env={"SWF_API_TOKEN": TOKEN})
-    store = EventStore(url)
-    recorder = BrokerRecorder(store, broker_config(broker.url), name="dropin-recorder",
-                              destinations=UPSTREAM_DESTINATIONS)
-    recorder.start()
-    assert recorder.wait_ready(30), "the recorder did not subscribe"
+    cluster = Cluster(broker, tmp_path / "live", db_url=url)
+    cluster.start_recorder()  # swf record as deployed: upstream's destinations by default
+    store = cluster.store
     bus = stomp.Connection([("127.0.0.1", broker.port)], auto_content_length=False)
     bus.connect(wait=True)  # as BaseAgent sends: no content-length (base_agent.py:235-241)
     client = UpstreamClient(served.base_url, TOKEN)
@@ -88,17 +76,17 @@ def test_an_upstream_run_over_both_channels_counts_each_fact_once_and_replays_cl
         steps = play(fast_processing_exchange(start=start, knobs=KNOBS), client,
                      lambda wire: bus.send(destination=wire.destination, body=wire.body,
                                            headers=dict(wire.headers)))
-        wires = [step for step in steps if isinstance(step, Wire)
-                 and step.destination != CONTROL]
+        wires = [step for step in steps if isinstance(step, Wire)]
 
-        def recorded() -> int:
+        def recorded() -> int:  # the run's bus messages (not the recorder's own)
             with store.engine.connect() as conn:
                 return conn.execute(sa.select(sa.func.count()).select_from(events).where(
-                    events.c.destination.not_like(f"{rest.PREFIX}%"))).scalar_one()
+                    events.c.destination.not_like(f"{rest.PREFIX}%"),
+                    events.c.namespace.is_distinct_from(PROBE_NAMESPACE))).scalar_one()
         wait_for(lambda: recorded() >= len(wires), f"{len(wires)} bus messages recorded")
     finally:
         bus.disconnect()
-        recorder.stop()
+        cluster.stop_all()
     assert recorded() == len(wires)  # each once
     known, sent = facts(steps), bus_facts(wires)
     for name in ("stf", "samples", "slices", "completed"):  # both channels carry each fact
