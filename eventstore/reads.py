@@ -387,13 +387,16 @@ class Reads:
                 yield StepRow(*row)
 
     def rejected(self, execution_id: str) -> list[Rejection]:
-        """The execution's events stored as invalid, in position order."""
+        """The execution's events stored as invalid, in position order.
+
+        Through the partial index of rejected rows (few), not the execution's index (all its
+        events: 2 s for a 1M-event execution): ``execution_id || ''`` keeps SQLite's planner
+        off the latter, and is ``execution_id`` on both backends (NULL stays NULL)."""
         with self._connection() as conn:
-            rows = conn.execute(
-                sa.select(events.c.position, events.c.msg_type, events.c.reject_reason)
-                .where(events.c.execution_id == execution_id,
-                       events.c.reject_reason.is_not(None))
-                .order_by(events.c.position)).all()
+            rows = conn.exec_driver_sql(
+                f"SELECT position, msg_type, reject_reason FROM events "
+                f"WHERE reject_reason IS NOT NULL AND execution_id || '' = {self._m} "
+                f"ORDER BY position", (execution_id,)).all()
         return [Rejection(*row) for row in rows]
 
     def execution_events(self, execution_id: str, chunk: int = FOLD_CHUNK) -> Iterator[Event]:

@@ -146,15 +146,27 @@ class Projector:
         """Fold up to ``limit`` events of (done, until] in small chunks; returns how many were
         folded and the position covered."""
         folded = 0
-        while done < until and limit > 0:
-            with self.store.snapshot() as view:
-                rows, covered = view.fold_rows(done, until, min(source.CHUNK, limit))
-                folded += source.fold_rows(fold, view, rows)
-            limit -= len(rows)
+        chunks = self._chunks(done, until, limit)
+        if min(until - done, limit) >= source.READ_AHEAD_MIN and source.can_read_ahead(
+                self.engine):
+            chunks = source.read_ahead(chunks)
+        for rows, covered in chunks:
+            # (a body to normalize has its destination and headers looked up by the store)
+            folded += source.fold_rows(fold, self.store, rows)
             if progress is not None:
                 progress(covered - done)
             done = covered
         return folded, done
+
+    def _chunks(self, done: int, until: int, limit: int) -> Iterator[tuple[list[source.Row], int]]:
+        """Chunks of up to ``limit`` valid rows of (done, until], each read in a transaction of
+        its own (positions up to ``until`` are committed: every read sees the same rows), with
+        the position each covers."""
+        while done < until and limit > 0:
+            rows, covered = self.store.fold_rows(done, until, min(source.CHUNK, limit))
+            yield rows, covered
+            limit -= len(rows)
+            done = covered
 
     # -- rebuild -------------------------------------------------------------------------------
 

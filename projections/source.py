@@ -16,10 +16,14 @@ because the store may have resolved it from the run.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
+from sqlalchemy.pool import StaticPool
 
 from eventstore.catalog import SCHEMA_VERSION, examine, needs_normalization
 from eventstore.reads import FoldRow, Reads
@@ -27,6 +31,8 @@ from eventstore.reads import FoldRow, Reads
 from .fold import Fold, Item
 
 CHUNK = 5000  # rows per query of a streaming fold: small enough to stay in the CPU caches
+READ_AHEAD_MIN = 4 * CHUNK  # fewer rows than this are not worth a thread
+READ_AHEAD_DEPTH = 4  # chunks read ahead of the fold (bounds the memory it takes)
 Row = FoldRow  # (position, run_id, schema_version, time, execution_id, body)
 
 
@@ -77,3 +83,61 @@ def fold_rows(fold: Fold, view: Reads, rows: list[Row]) -> int:
     if rows and rows[-1][0] > fold.position:
         fold.position = rows[-1][0]
     return count
+
+
+class _Failed:
+    def __init__(self, problem: BaseException) -> None:
+        self.problem = problem
+
+
+_END = object()
+
+
+def can_read_ahead(engine: sa.Engine) -> bool:
+    """Whether a second connection may read while this thread uses its own: not for one shared
+    connection (an in-memory SQLite database)."""
+    return not isinstance(engine.pool, StaticPool)
+
+
+def read_ahead(chunks: Iterator[Any], depth: int = READ_AHEAD_DEPTH) -> Iterator[Any]:
+    """``chunks`` produced by a thread of their own, at most ``depth`` ahead of the consumer.
+
+    The database drivers release the GIL while the database works (SQLite steps through the
+    b-tree, PostgreSQL sends rows), so on two cores the next chunks are read while this thread
+    decodes and folds the current one. ``chunks`` must do its reads on connections of its own
+    (not the caller's snapshot). An error in the reader is raised here; a consumer that stops
+    early stops the reader."""
+    handoff: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def reader() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(_END)
+        except BaseException as problem:  # handed to the consumer, raised there
+            put(_Failed(problem))
+
+    thread = threading.Thread(target=reader, name="swf-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.problem
+            yield item
+    finally:
+        stop.set()
+        thread.join()
