@@ -127,6 +127,10 @@ def read_ahead(chunks: Iterator[Any], depth: int = READ_AHEAD_DEPTH) -> Iterator
             put(_END)
         except BaseException as problem:  # handed to the consumer, raised there
             put(_Failed(problem))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:  # a generator left early gives its connection back here
+                close()
 
     thread = threading.Thread(target=reader, name="swf-read-ahead", daemon=True)
     thread.start()

@@ -9,7 +9,7 @@ from the stored table, extra stored rows, and changed columns (stored -> rebuilt
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -88,12 +88,25 @@ def _fold(view: Snapshot, scope: Scope, limit: Limit, extra: Sequence[Row],
           progress: Progress | None) -> tuple[Fold, int]:
     fold = Fold(complete=True)
     count = 0
-    chunks = source.merged(view.execution_rows(scope.execution_id, limit), extra)
+    own: Iterator[list[Row]] = view.execution_rows(scope.execution_id, limit)
+    engine = view.connection.engine
+    if limit.position is not None and fast.can_read_ahead(engine):
+        # Rows up to a position are committed for good: a connection of the reader's own reads
+        # exactly the rows this snapshot would.
+        own = fast.read_ahead(_execution_rows_apart(engine, scope.execution_id, limit))
+    chunks = source.merged(own, extra)
     for rows in chunks:
         count += fast.fold_rows(fold, view, rows)
         if progress is not None:
             progress(len(rows))
     return fold, count
+
+
+def _execution_rows_apart(engine: sa.Engine, execution_id: str, limit: Limit
+                          ) -> Iterator[list[Row]]:
+    """The execution's fold rows within ``limit``, read on a connection of their own."""
+    with engine.connect() as conn, conn.begin():
+        yield from Snapshot(conn).execution_rows(execution_id, limit)
 
 
 def rendered(fold: Fold, fresh: bool = True) -> dict[str, list[Row]]:
