@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
+from eventstore.reads import scan_cache
 from eventstore.store import Snapshot
 from projections import source as fast
 from projections import tables as t
@@ -105,7 +106,7 @@ def _fold(view: Snapshot, scope: Scope, limit: Limit, extra: Sequence[Row],
 def _execution_rows_apart(engine: sa.Engine, execution_id: str, limit: Limit
                           ) -> Iterator[list[Row]]:
     """The execution's fold rows within ``limit``, read on a connection of their own."""
-    with engine.connect() as conn, conn.begin():
+    with engine.connect() as conn, scan_cache(conn), conn.begin():
         yield from Snapshot(conn).execution_rows(execution_id, limit)
 
 
