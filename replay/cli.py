@@ -214,7 +214,7 @@ def _opened(execution_id: str | None, db_url: str | None, fixture_path: Path | N
                     lag = view.count_after(min(stops.values()))
 
                 def stored(scope: Scope) -> Mapping[str, Sequence[Row]]:
-                    return rebuild.read_stored(view.connection, scope)
+                    return rebuild.StoredTables(view.connection, scope)
             yield Opened(store, view, execution_id, label, stops, events, loaded, stored, lag)
     finally:
         store.close()

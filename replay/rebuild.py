@@ -151,29 +151,50 @@ def rebuilt_rows(fold: Fold, scope: Scope, fresh: bool = True) -> dict[str, list
 
 def read_stored(conn: sa.Connection, scope: Scope) -> dict[str, list[Row]]:
     """The stored rows of the execution's scope, per table (same rules as ``in_scope``)."""
+    return {name: stored_table(conn, scope, name) for name in TABLE_NAMES}
+
+
+class StoredTables(Mapping[str, list[Row]]):
+    """``read_stored``, each table read when asked for and not kept: ``diff_tables`` compares
+    one table at a time, so one table's stored rows are in memory at once, not all of them."""
+
+    def __init__(self, conn: sa.Connection, scope: Scope) -> None:
+        self._conn = conn
+        self._scope = scope
+
+    def __getitem__(self, name: str) -> list[Row]:
+        if name not in TABLE_BY_NAME:
+            raise KeyError(name)
+        return stored_table(self._conn, self._scope, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TABLE_NAMES)
+
+    def __len__(self) -> int:
+        return len(TABLE_NAMES)
+
+
+def stored_table(conn: sa.Connection, scope: Scope, name: str) -> list[Row]:
+    """The stored rows of table ``name`` in the execution's scope."""
     m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     quote = conn.dialect.identifier_preparer.quote
-    runs = sorted(scope.runs)
-    out: dict[str, list[Row]] = {}
-    for name in TABLE_NAMES:
-        table = TABLE_BY_NAME[name]
-        select = f"SELECT {', '.join(quote(c) for c in columns_of(table))} FROM {quote(name)}"
-        rows: list[Row] = []
-        if name in ("executions", "logs", "workflow_commands"):
-            rows = _fetch(conn, f"{select} WHERE execution_id = {m}", (scope.execution_id,))
-        elif name in _RUN_KEYED:
-            for run, ns in runs:
-                rows.extend(_fetch(conn, f"{select} WHERE run_number = {m} AND namespace = {m}",
-                                   (run, ns)))
-            if name == "run_state":
-                rows.extend(_fetch(conn, f"{select} WHERE execution_id = {m}",
-                                   (scope.execution_id,)))
-        elif name == "agents":
-            for ns, agent in sorted(scope.agents):
-                rows.extend(_fetch(conn, f"{select} WHERE namespace = {m} AND name = {m}",
-                                   (ns, agent)))
-        out[name] = _normal(table, rows)
-    return out
+    table = TABLE_BY_NAME[name]
+    select = f"SELECT {', '.join(quote(c) for c in columns_of(table))} FROM {quote(name)}"
+    rows: list[Row] = []
+    if name in ("executions", "logs", "workflow_commands"):
+        rows = _fetch(conn, f"{select} WHERE execution_id = {m}", (scope.execution_id,))
+    elif name in _RUN_KEYED:
+        for run, ns in sorted(scope.runs):
+            rows.extend(_fetch(conn, f"{select} WHERE run_number = {m} AND namespace = {m}",
+                               (run, ns)))
+        if name == "run_state":
+            rows.extend(_fetch(conn, f"{select} WHERE execution_id = {m}",
+                               (scope.execution_id,)))
+    elif name == "agents":
+        for ns, agent in sorted(scope.agents):
+            rows.extend(_fetch(conn, f"{select} WHERE namespace = {m} AND name = {m}",
+                               (ns, agent)))
+    return _normal(table, rows)
 
 
 def _fetch(conn: sa.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
@@ -305,6 +326,7 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
         fold, count = fold_execution(view, scope, Limit(position=stop), progress)
         events = max(events, count)
         rows = rebuilt_rows(fold, scope)
+        del fold  # its records are not needed to compare: freed before the stored rows come
         owners = {name for name, at in stops.items() if at == stop}
         for owner, table in TABLES:
             if owner in owners:
