@@ -1,6 +1,6 @@
 """``swf-replay`` of a 1,000,000-event execution, next to the raw read+decode of the same log.
 
-    python benchmarks/replay.py [--events N] [--db PATH] [--keep]
+    python benchmarks/replay.py [--events N] [--db PATH] [--keep] [--repeat N]
 
 Builds the synthetic fast-processing execution of ``benchmarks/projections.py`` (N events, one
 run: per STF its stf_gen, stf_ready and TF sample, 15 slices with two results each, 2% failing
@@ -14,15 +14,22 @@ once) in a fresh SQLite store, projects it (``Projector.rebuild``), then measure
 - replay (command): the same as a subprocess, interpreter start and imports included.
 
 Then the replay's phases one by one: fold (read, decode, fold), render, read of the stored
-rows, compare.
+rows, compare. The command's peak RSS is printed (``wait4``); ``--events 5000000`` shows how it
+grows with the log.
 
-Target (issue 6): the replay of 1,000,000 events in <= 5 s. Measured on the 2-vCPU development
-VM (shared with other test runs, so +-15%): raw read+decode 2.7-3.8 s (265-375k events/s);
-replay 9.3-10.7 s in process, 9.9-10.4 s as a command (about 100k events/s, 3.1-3.5x the raw
-read). Phases: fold 6.4 s, render 1.25 s, read stored rows 1.0 s, compare 0.3 s. Not met: the
-fold alone - the projector's own read/decode/fold path (``projections.source.fold_rows``), the
-same one whose rebuild misses its 250k events/s target in ``benchmarks/projections.py`` - takes
-longer than the whole budget; everything the replay adds on top of it is ~2.5 s.
+Target (issue 15): the replay of 1,000,000 events in <= 5 s as a command, its memory bounded
+(1M and 5M within 20%).
+
+Measured 2026-11-28 on the shared 2-vCPU VM while other sessions ran benchmarks and test suites
+(load average 4-46: wall times vary 2x between runs). Before (the tree before issue 15's read
+work): 8.4 s in process, 9.8-12.1 s as a command (9.0-11.4 s of CPU), peak RSS 902 MB; phases
+then (docstring of the previous version): fold 6.4 s, render 1.25 s, read stored rows 1.0 s,
+compare 0.3 s. After: 17-18 s as a command under that load with 10.8-11.6 s of CPU - no speed
+gain we could measure; peak RSS 605 MB (the fold freed before the stored rows are read, those
+read one table at a time, and the scan's SQLite page cache kept small). 5M events: before 77 s,
+3,303 MB; after 167 s under load (65 s of CPU), 2,528 MB. Not met: the fold alone (the
+projector's read/decode/fold path, see ``benchmarks/projections.py``) is longer than the 5 s
+budget, and it keeps every record of the execution in memory, so memory grows with the log.
 """
 
 from __future__ import annotations
