@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Collection, Generator, Iterator
+from contextlib import closing, contextmanager, suppress
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -152,15 +152,17 @@ class Projector:
         if min(until - done, limit) >= source.READ_AHEAD_MIN and source.can_read_ahead(
                 self.engine):
             chunks = source.read_ahead(chunks)
-        for rows, covered in chunks:
-            # (a body to normalize has its destination and headers looked up by the store)
-            folded += source.fold_rows(fold, self.store, rows)
-            if progress is not None:
-                progress(covered - done)
-            done = covered
+        with closing(chunks):  # left early (an error): the reader and its connection end here
+            for rows, covered in chunks:
+                # (a body to normalize has its destination and headers looked up by the store)
+                folded += source.fold_rows(fold, self.store, rows)
+                if progress is not None:
+                    progress(covered - done)
+                done = covered
         return folded, done
 
-    def _chunks(self, done: int, until: int, limit: int) -> Iterator[tuple[list[source.Row], int]]:
+    def _chunks(self, done: int, until: int, limit: int
+                ) -> Generator[tuple[list[source.Row], int], None, None]:
         """Chunks of up to ``limit`` valid rows of (done, until], each read in a transaction of
         its own (positions up to ``until`` are committed: every read sees the same rows), with
         the position each covers."""

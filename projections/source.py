@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import orjson
@@ -116,7 +116,8 @@ def can_read_ahead(engine: sa.Engine) -> bool:
     return not isinstance(engine.pool, StaticPool)
 
 
-def read_ahead(chunks: Iterator[Any], depth: int = READ_AHEAD_DEPTH) -> Iterator[Any]:
+def read_ahead(chunks: Iterator[Any], depth: int = READ_AHEAD_DEPTH
+               ) -> Generator[Any, None, None]:
     """``chunks`` produced by a thread of their own, at most ``depth`` ahead of the consumer.
 
     The database drivers release the GIL while the database works (SQLite steps through the
