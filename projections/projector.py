@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Collection, Generator, Iterator
+from contextlib import closing, contextmanager, suppress
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from eventstore.engine import lock_key
 from eventstore.errors import ReadOnlyStore
 from eventstore.migrate import upgrade, upgrade_store
+from eventstore.reads import Snapshot, scan_cache
 from eventstore.store import EventStore
 
 from . import source
@@ -41,6 +42,7 @@ SCRIPTS = str(Path(__file__).resolve().parent / "migrations")
 VERSION_TABLE = "swf_schema_projections"
 NAMES: tuple[str, ...] = tuple(PROJECTIONS)
 DEFAULT_BATCH = 50_000
+_STATEMENTS_PER_CALL = 100  # multi-row INSERTs per executemany of a rebuild's write
 
 Progress = Callable[[int], None]  # called with how many log positions were just covered
 
@@ -146,15 +148,32 @@ class Projector:
         """Fold up to ``limit`` events of (done, until] in small chunks; returns how many were
         folded and the position covered."""
         folded = 0
-        while done < until and limit > 0:
-            with self.store.snapshot() as view:
-                rows, covered = view.fold_rows(done, until, min(source.CHUNK, limit))
-                folded += source.fold_rows(fold, view, rows)
-            limit -= len(rows)
-            if progress is not None:
-                progress(covered - done)
-            done = covered
+        chunks = self._chunks(done, until, limit)
+        if min(until - done, limit) >= source.READ_AHEAD_MIN and source.can_read_ahead(
+                self.engine):
+            chunks = source.read_ahead(chunks)
+        with closing(chunks):  # left early (an error): the reader and its connection end here
+            for rows, covered in chunks:
+                # (a body to normalize has its destination and headers looked up by the store)
+                folded += source.fold_rows(fold, self.store, rows)
+                if progress is not None:
+                    progress(covered - done)
+                done = covered
         return folded, done
+
+    def _chunks(self, done: int, until: int, limit: int
+                ) -> Generator[tuple[list[source.Row], int], None, None]:
+        """Chunks of up to ``limit`` valid rows of (done, until], each read in a transaction of
+        its own (positions up to ``until`` are committed: every read sees the same rows), with
+        the position each covers."""
+        with self.engine.connect() as conn, scan_cache(conn):
+            while done < until and limit > 0:
+                with conn.begin():  # not one long transaction: it would hold up checkpoints
+                    rows, covered = Snapshot(conn).fold_rows(done, until,
+                                                             min(source.CHUNK, limit))
+                yield rows, covered
+                limit -= len(rows)
+                done = covered
 
     # -- rebuild -------------------------------------------------------------------------------
 
@@ -226,9 +245,11 @@ class Projector:
             per = self._sql.rows_per_insert(table)
             whole = len(rows) - len(rows) % per
             flat = chain.from_iterable
-            if whole:
+            step = per * _STATEMENTS_PER_CALL  # parameters built a slice at a time: a copy
+            for start in range(0, whole, step):  # of every value at once would double the peak
                 conn.exec_driver_sql(self._sql.insert(table, per),
-                                     [tuple(flat(rows[i:i + per])) for i in range(0, whole, per)])
+                                     [tuple(flat(rows[i:i + per]))
+                                      for i in range(start, min(start + step, whole), per)])
             if whole < len(rows):
                 conn.exec_driver_sql(self._sql.insert(table, len(rows) - whole),
                                      tuple(flat(rows[whole:])))

@@ -22,7 +22,7 @@ from eventstore.store import EventStore, Snapshot
 from projections.projector import NAMES, SCRIPTS, VERSION_TABLE
 from projections.tables import projection_checkpoints
 
-from . import fixture, mermaid, rebuild, redrive, render, timeline
+from . import fixture, rebuild, render, timeline
 from .fixture import Fixture, FixtureError
 from .rebuild import Row
 from .source import Scope
@@ -157,6 +157,8 @@ def _replay(*, execution_id: str | None, db_url: str | None, fixture_path: Path 
         if agents:
             return _agents(opened, as_json, progress)
         if as_mermaid:
+            from . import mermaid  # (lazily, like redrive: a plain replay starts faster)
+
             lines = mermaid.diagram(opened.execution_id, _events(opened))
             _emit({"execution_id": opened.execution_id, "mermaid": "\n".join(lines) + "\n"},
                   as_json, lambda value: iter(lines))
@@ -214,7 +216,7 @@ def _opened(execution_id: str | None, db_url: str | None, fixture_path: Path | N
                     lag = view.count_after(min(stops.values()))
 
                 def stored(scope: Scope) -> Mapping[str, Sequence[Row]]:
-                    return rebuild.read_stored(view.connection, scope)
+                    return rebuild.StoredTables(view.connection, scope)
             yield Opened(store, view, execution_id, label, stops, events, loaded, stored, lag)
     finally:
         store.close()
@@ -237,6 +239,8 @@ def _events(opened: Opened) -> list[Event]:
 
 
 def _agents(opened: Opened, as_json: bool, progress: bool | None) -> int:
+    from . import redrive  # lazily: it imports every agent, 0.25 s a plain replay never needs
+
     events = _events(opened)
     with _bar("re-drive", len(events) if _show_progress(progress, len(events)) else 0) as bar:
         report = redrive.redrive(opened.execution_id, events, bar)

@@ -9,12 +9,13 @@ from the stored table, extra stored rows, and changed columns (stored -> rebuilt
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import sqlalchemy as sa
 
+from eventstore.reads import scan_cache
 from eventstore.store import Snapshot
 from projections import source as fast
 from projections import tables as t
@@ -88,12 +89,25 @@ def _fold(view: Snapshot, scope: Scope, limit: Limit, extra: Sequence[Row],
           progress: Progress | None) -> tuple[Fold, int]:
     fold = Fold(complete=True)
     count = 0
-    chunks = source.merged(view.execution_rows(scope.execution_id, limit), extra)
+    own: Iterator[list[Row]] = view.execution_rows(scope.execution_id, limit)
+    engine = view.connection.engine
+    if limit.position is not None and fast.can_read_ahead(engine):
+        # Rows up to a position are committed for good: a connection of the reader's own reads
+        # exactly the rows this snapshot would.
+        own = fast.read_ahead(_execution_rows_apart(engine, scope.execution_id, limit))
+    chunks = source.merged(own, extra)
     for rows in chunks:
         count += fast.fold_rows(fold, view, rows)
         if progress is not None:
             progress(len(rows))
     return fold, count
+
+
+def _execution_rows_apart(engine: sa.Engine, execution_id: str, limit: Limit
+                          ) -> Iterator[list[Row]]:
+    """The execution's fold rows within ``limit``, read on a connection of their own."""
+    with engine.connect() as conn, scan_cache(conn), conn.begin():
+        yield from Snapshot(conn).execution_rows(execution_id, limit)
 
 
 def rendered(fold: Fold, fresh: bool = True) -> dict[str, list[Row]]:
@@ -137,29 +151,50 @@ def rebuilt_rows(fold: Fold, scope: Scope, fresh: bool = True) -> dict[str, list
 
 def read_stored(conn: sa.Connection, scope: Scope) -> dict[str, list[Row]]:
     """The stored rows of the execution's scope, per table (same rules as ``in_scope``)."""
+    return {name: stored_table(conn, scope, name) for name in TABLE_NAMES}
+
+
+class StoredTables(Mapping[str, list[Row]]):
+    """``read_stored``, each table read when asked for and not kept: ``diff_tables`` compares
+    one table at a time, so one table's stored rows are in memory at once, not all of them."""
+
+    def __init__(self, conn: sa.Connection, scope: Scope) -> None:
+        self._conn = conn
+        self._scope = scope
+
+    def __getitem__(self, name: str) -> list[Row]:
+        if name not in TABLE_BY_NAME:
+            raise KeyError(name)
+        return stored_table(self._conn, self._scope, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TABLE_NAMES)
+
+    def __len__(self) -> int:
+        return len(TABLE_NAMES)
+
+
+def stored_table(conn: sa.Connection, scope: Scope, name: str) -> list[Row]:
+    """The stored rows of table ``name`` in the execution's scope."""
     m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     quote = conn.dialect.identifier_preparer.quote
-    runs = sorted(scope.runs)
-    out: dict[str, list[Row]] = {}
-    for name in TABLE_NAMES:
-        table = TABLE_BY_NAME[name]
-        select = f"SELECT {', '.join(quote(c) for c in columns_of(table))} FROM {quote(name)}"
-        rows: list[Row] = []
-        if name in ("executions", "logs", "workflow_commands"):
-            rows = _fetch(conn, f"{select} WHERE execution_id = {m}", (scope.execution_id,))
-        elif name in _RUN_KEYED:
-            for run, ns in runs:
-                rows.extend(_fetch(conn, f"{select} WHERE run_number = {m} AND namespace = {m}",
-                                   (run, ns)))
-            if name == "run_state":
-                rows.extend(_fetch(conn, f"{select} WHERE execution_id = {m}",
-                                   (scope.execution_id,)))
-        elif name == "agents":
-            for ns, agent in sorted(scope.agents):
-                rows.extend(_fetch(conn, f"{select} WHERE namespace = {m} AND name = {m}",
-                                   (ns, agent)))
-        out[name] = _normal(table, rows)
-    return out
+    table = TABLE_BY_NAME[name]
+    select = f"SELECT {', '.join(quote(c) for c in columns_of(table))} FROM {quote(name)}"
+    rows: list[Row] = []
+    if name in ("executions", "logs", "workflow_commands"):
+        rows = _fetch(conn, f"{select} WHERE execution_id = {m}", (scope.execution_id,))
+    elif name in _RUN_KEYED:
+        for run, ns in sorted(scope.runs):
+            rows.extend(_fetch(conn, f"{select} WHERE run_number = {m} AND namespace = {m}",
+                               (run, ns)))
+        if name == "run_state":
+            rows.extend(_fetch(conn, f"{select} WHERE execution_id = {m}",
+                               (scope.execution_id,)))
+    elif name == "agents":
+        for ns, agent in sorted(scope.agents):
+            rows.extend(_fetch(conn, f"{select} WHERE namespace = {m} AND name = {m}",
+                               (ns, agent)))
+    return _normal(table, rows)
 
 
 def _fetch(conn: sa.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
@@ -291,6 +326,7 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
         fold, count = fold_execution(view, scope, Limit(position=stop), progress)
         events = max(events, count)
         rows = rebuilt_rows(fold, scope)
+        del fold  # its records are not needed to compare: freed before the stored rows come
         owners = {name for name, at in stops.items() if at == stop}
         for owner, table in TABLES:
             if owner in owners:

@@ -4,7 +4,7 @@ pure function of its input, so the same replay always prints the same bytes."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -12,7 +12,9 @@ from eventstore.envelope import Event
 
 from . import rebuild
 from .rebuild import Comparison, Row
-from .redrive import Report
+
+if TYPE_CHECKING:  # only a type here: the re-drive imports every agent, a plain replay none
+    from .redrive import Report
 
 SHOWN_ROWS = 50  # per table and kind of difference in the text diff (--json has them all)
 

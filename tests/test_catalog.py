@@ -334,3 +334,18 @@ def test_the_issues_slice_is_rejected_and_queries_keep_working(sqlite_url) -> No
         assert result.rejected == 1
         Projector(store).catch_up()
         assert [row["run_number"] for row in queries.runs(store.engine)] == [1]
+
+
+def test_the_canonical_time_check_answers_as_its_regex_once_a_head_is_known() -> None:
+    from eventstore.catalog import _CANONICAL_TIME, _canonical_time
+
+    known = "2025-06-01T12:00:00.027500Z"
+    stamps = [known, "2025-06-01T12:00:00.999999Z", "2025-06-01T12:00:00.12345Z",
+              "2025-06-01T12:00:00.1234567Z", "2025-06-01T12:00:00.123456z",
+              "2025-06-01T12:00:00.123456Z\n", "2025-06-01T12:00:00.12345xZ",
+              "2025-06-01T12:00:00.12345\u0663Z", "2025-06-01T12:00:00.123456+00:00",
+              "2025-06-01T12:00:00", "2025-06-01 12:00:00.123456Z", "",
+              "\u0662025-06-01T12:00:00.000001Z", "2025-06-01T12:00:00.000001Z"]
+    for _ in range(2):  # the second time round every matching head is known
+        for stamp in stamps:
+            assert _canonical_time(stamp) == bool(_CANONICAL_TIME.match(stamp)), stamp

@@ -3,6 +3,7 @@ checkpoints, rebuild vs catch-up, and the audit queries; on SQLite and PostgreSQ
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, TOPIC, Incoming, format_time
 from eventstore.store import EventStore
 from projections import projector as projector_module
-from projections import queries
+from projections import queries, source
 from projections import tables as t
 from projections.derive import snapshot
 from projections.fold import Fold
@@ -697,3 +698,53 @@ def test_migrations_match_the_table_definitions(db_url: str) -> None:
             assert compare_metadata(context, t.metadata) == []
     finally:
         store.close()
+
+
+def test_a_rebuild_read_ahead_by_a_thread_equals_a_serial_one(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    messages = scenario(env)
+    env.send(*messages)
+    monkeypatch.setattr(source, "CHUNK", 3)  # many chunks through the thread's queue
+    monkeypatch.setattr(source, "READ_AHEAD_MIN", 10**9)
+    assert env.projector.rebuild() == len(messages)
+    serial = env.dump()
+    threads = []
+    real = source.read_ahead
+
+    def counted(chunks: Any, depth: int = 2) -> Any:
+        threads.append(depth)
+        return real(chunks, depth)
+
+    monkeypatch.setattr(source, "READ_AHEAD_MIN", 1)
+    monkeypatch.setattr(source, "read_ahead", counted)
+    assert env.projector.rebuild() == len(messages)
+    assert threads == [2]
+    assert env.dump() == serial
+
+
+def test_read_ahead_hands_on_the_reader_error_and_stops_a_reader_left_early() -> None:
+    def failing() -> Iterator[int]:
+        yield 1
+        raise RuntimeError("disk gone")
+
+    got = []
+    with pytest.raises(RuntimeError, match="disk gone"):
+        for item in source.read_ahead(failing()):
+            got.append(item)
+    assert got == [1]
+
+    produced = []
+
+    def endless() -> Iterator[int]:
+        number = 0
+        while True:
+            number += 1
+            produced.append(number)
+            yield number
+
+    before = {thread.name for thread in threading.enumerate()}
+    chunks = source.read_ahead(endless(), depth=2)
+    assert [next(chunks), next(chunks)] == [1, 2]
+    chunks.close()  # the consumer stops: the reader must stop too
+    assert "swf-read-ahead" not in {thread.name for thread in threading.enumerate()} - before
+    assert len(produced) <= 2 + 2 + 1  # read, queued (depth), one waiting to be queued
