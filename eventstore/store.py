@@ -182,9 +182,12 @@ class EventStore(Reads):
             return result
         stored = recorder.append(self._examined(messages, result.duplicates), len(messages),
                                  result.duplicates, self._resolve_runs)
+        # Each run's latest execution in the batch (later events overwrite earlier ones).
+        latest = {(event.namespace, event.run_id): event.execution_id for event in stored
+                  if event.run_id is not None and event.execution_id is not None}
         with self._runs_lock:
-            for event in stored:
-                self._runs.note(event.namespace, event.run_id, event.execution_id)
+            for (namespace, run_id), execution_id in latest.items():
+                self._runs.note(namespace, run_id, execution_id)
         result.events = stored
         result.rejected = sum(1 for event in stored if event.reject_reason is not None)
         return result
@@ -280,8 +283,8 @@ class EventStore(Reads):
         seen: set[str] = set()
         batch_runs = RunExecutions()
         # Locals: this loop runs per event and global lookups show in profiles.
-        stored_form, resolve, dumps, empty = as_stored, batch_runs.resolve, orjson.dumps, \
-            _EMPTY_HEADERS
+        stored_form, resolve, note, dumps, empty = as_stored, batch_runs.resolve, \
+            batch_runs.note, orjson.dumps, _EMPTY_HEADERS
         for message in messages:
             headers = message.headers
             event = stored_form(message.destination, headers, message.body, recorded_at,
@@ -291,7 +294,15 @@ class EventStore(Reads):
                 duplicates.append(event_id)
                 continue
             seen.add(event_id)
-            yield event, dumps(headers) if headers else empty, resolve(event)
+            encoded = dumps(headers) if headers else empty
+            # RunExecutions.resolve, its common cases inlined: no run, or a run and its execution.
+            if event.run_id is None:
+                yield event, encoded, True
+            elif event.execution_id is not None:
+                note(event.namespace, event.run_id, event.execution_id)
+                yield event, encoded, True
+            else:
+                yield event, encoded, resolve(event)
 
     def _resolve_runs(self, conn: sa.Connection, unresolved: list[Event],
                       before: int | None) -> None:

@@ -19,7 +19,8 @@ from swf.commands.options import time_window_options
 from swf.commands.query_commands import query
 from swf.output import echo_json, echo_rows
 
-IMPORT_BATCH = 5000
+IMPORT_BATCH = 20_000  # messages per append (transaction): fewer commits, each rewriting the
+# random idempotency index pages it touched, made import ~10% faster than 5,000
 MESSAGE_COLUMNS = ("position", "time", "msg_type", "sender", "run_id", "execution_id",
                    "destination", "status")  # status: ok, copy (of another agent's), rejected
 JSON_MESSAGE_COLUMNS = ("position", "event_id", "recorded_at", "sent_at", "destination",
