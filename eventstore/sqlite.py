@@ -46,6 +46,10 @@ class SqliteRecorder:
         open: see ``group``); returns the new events, positioned."""
         group: _Group | None = getattr(self._local, "group", None)
         if group is not None:
+            if group.pausing():  # just committed: this append commits on its own
+                with group.connection.begin():
+                    return _append(group.connection, examined, duplicates, resolve)
+            group.begin()
             stored = _append(group.connection, examined, duplicates, resolve)
             group.appended(len(stored))
             return stored
@@ -55,9 +59,9 @@ class SqliteRecorder:
                 return _append(conn, examined, duplicates, resolve)
 
     def held(self) -> sa.Connection | None:
-        """The connection of this thread's open write group, if any."""
+        """The connection of this thread's write group while its transaction is open."""
         group: _Group | None = getattr(self._local, "group", None)
-        return None if group is None else group.connection
+        return None if group is None or not group.open else group.connection
 
     @contextmanager
     def group(self, max_events: int, max_seconds: float) -> Iterator[None]:
@@ -85,9 +89,16 @@ class SqliteRecorder:
 
 
 class _Group:
-    """One connection's run of write transactions: BEGIN IMMEDIATE on demand, COMMIT once
+    """One connection's run of write transactions: BEGIN IMMEDIATE at an append, COMMIT once
     ``max_events`` were appended or ``max_seconds`` passed since the transaction began (checked
-    after each append, so a transaction always ends between whole appends)."""
+    after each append, so a transaction always ends between whole appends).
+
+    After each commit the group pauses for a tenth of ``max_seconds``: appends commit on their
+    own, as without a group, and the write lock is free between them. SQLite's lock is not a
+    queue: a writer waiting in another process (``swf record``, ``swf stop``, another run)
+    retries on its busy timeout and would hardly ever hit the instant between a COMMIT and the
+    next BEGIN; in the pauses it finds the lock free as often as it did before groups.
+    """
 
     def __init__(self, connection: sa.Connection, max_events: int, max_seconds: float) -> None:
         self.connection = connection
@@ -95,18 +106,26 @@ class _Group:
         self._transaction: sa.RootTransaction | None = None
         self._events = 0
         self._began = 0.0
-        self.begin()
+        self._resume_at = 0.0  # monotonic time the pause after the last commit ends
+
+    @property
+    def open(self) -> bool:
+        return self._transaction is not None
+
+    def pausing(self) -> bool:
+        return self._transaction is None and time.monotonic() < self._resume_at
 
     def begin(self) -> None:
-        self._transaction = self.connection.begin()
-        self._events, self._began = 0, time.monotonic()
+        if self._transaction is None:
+            self._transaction = self.connection.begin()
+            self._events, self._began = 0, time.monotonic()
 
     def appended(self, count: int) -> None:
         self._events += count
         if (self._events >= self.max_events
                 or time.monotonic() - self._began >= self.max_seconds):
             self.commit()
-            self.begin()
+            self._resume_at = time.monotonic() + self.max_seconds / 10
 
     def commit(self) -> None:
         if self._transaction is not None:

@@ -203,7 +203,9 @@ class EventStore(Reads):
         as before; but they are committed (visible to other connections, durable) only when
         ``max_events`` were appended or ``max_seconds`` passed since the transaction began
         (looked at after each append), and when the block ends, also by an exception. Meanwhile
-        the write lock is held: other writers wait (busy timeout). A crash loses the appends
+        the write lock is held: other writers wait (busy timeout); after each commit a pause of
+        a tenth of ``max_seconds``, in which appends commit on their own, lets them in (see
+        ``sqlite._Group``). A crash loses the appends
         since the last commit, never part of one. SQLite only (except ``:memory:``); on
         PostgreSQL each append commits on its own, as without the block. Not for a writer that
         must acknowledge after commit (the recorder).

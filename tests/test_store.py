@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -388,10 +389,24 @@ def test_write_group_commits_between_whole_appends(sqlite_url: str) -> None:
             assert again.duplicates == [first[0].event_id]
             assert [e.position for e in again.events] == [3]
             assert other.head() == 3  # 3 events appended: the group committed
+            # In the pause after a commit (a tenth of max_seconds) appends commit on their own,
+            # so writers waiting in other processes find the lock free between them.
             store.append([incoming()])
-            assert other.head() == 3
-        assert other.head() == 4  # the end of the block commits the rest
+            assert other.head() == 4
         assert [e.position for e in other.read()] == [1, 2, 3, 4]
+
+
+def test_write_group_groups_again_after_its_pause(sqlite_url: str) -> None:
+    with EventStore(sqlite_url) as store, EventStore(sqlite_url) as other, \
+            store.write_group(max_events=3, max_seconds=0.05):
+        store.append([incoming(), incoming(), incoming()])  # committed, then a 5 ms pause
+        assert other.head() == 3
+        deadline = time.monotonic() + 5
+        while store.append([incoming()]).events and time.monotonic() < deadline:
+            if other.head() < store.head():  # grouped again: not committed yet
+                break
+        assert other.head() < store.head()
+    assert other.head() == store.head()  # the end of the block commits it
 
 
 def test_write_group_on_postgres_commits_each_append(pg_url: str) -> None:
