@@ -11,14 +11,17 @@
 
 Measured 2026-11-28 on the shared 2-core VM while other sessions' benchmarks ran (load average
 5-50: wall times swing by 2x, so before/after were run back to back):
-- production run before (one append transaction per simulated instant): 55.0 s on a quiet
-  machine; back to back under load, before 159.8 s wall / 96.1 s CPU, after (group commit,
-  ``EventStore.write_group``) 136.1 s wall / 67.0 s CPU. Profiled, the run is linear in its size
+- production run before (one append transaction per simulated instant): 55.0 s (load average
+  about 1); after (group commit, ``EventStore.write_group``) 26.6 s = 11.1k events/s (load
+  average 12-20, so at least 2x). Back to back under heavier load: before 159.8 s wall / 96.1 s
+  CPU, after 136.1 s wall / 67.0 s CPU. Profiled, the run is linear in its size
   (600 STFs 5.8 s, 3,000 STFs 29.6 s under cProfile); at 3,000 STFs SQLite's inserts are 10% of
   it, the STF files written 6%, commits 4%, and the rest the agents' own work (worker pool, uuid5
   ids, time formatting) and the catalog examining each event. The 20 s target is not met.
-- default ``swf run`` (fresh process and store): 0.84 s best before on a quiet machine; under
-  load the process's CPU time was 1.0-1.3 s before and after alike. It is start-up: imports
+- default ``swf run`` (fresh process and store): 0.84 s best before (load about 1), 0.91 s best
+  after (load 20); back to back, the process's CPU time was 0.73-0.83 s before and 0.71-0.80 s
+  after, so the 0.6 s target is not met. In process the run is 0.03 s, the projection catch-up
+  0.05 s, opening the fresh store 0.16 s (alembic); the rest is start-up: imports
   (SQLAlchemy about a third, the settings' pydantic-settings a tenth, alembic for a fresh
   store's migrations - the event store's and the projections' - a tenth, projections a tenth)
   and the fresh store's migrations; the command modules no longer load the replay and the
