@@ -35,6 +35,7 @@ import os
 import time as wallclock
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -172,15 +173,16 @@ class EmbeddedRuntime:
         root = logging.getLogger()
         root.addHandler(self._capture)
         try:
-            if not self._started:
-                self._started = True
-                self._heartbeats(self.start_time, "READY", front=True)
-                if self.heartbeat_interval:
-                    self._push(self._tick_time(1), _TICK, 1, None, None)
-            self._loop(wall_start)
-            self._heartbeats(self.now, "EXITED")
-            self._heartbeat_off = True
-            self._loop(wall_start)
+            with self._write_group():
+                if not self._started:
+                    self._started = True
+                    self._heartbeats(self.start_time, "READY", front=True)
+                    if self.heartbeat_interval:
+                        self._push(self._tick_time(1), _TICK, 1, None, None)
+                self._loop(wall_start)
+                self._heartbeats(self.now, "EXITED")
+                self._heartbeat_off = True
+                self._loop(wall_start)
         finally:
             root.removeHandler(self._capture)
         self._report(force=True)
@@ -193,6 +195,16 @@ class EmbeddedRuntime:
 
     _heartbeat_off = False
     _last_report = 0.0
+
+    def _write_group(self) -> AbstractContextManager[Any]:
+        """Group commit of the run's appends (``EventStore.write_group``): one append per
+        simulated instant, each committed on its own, was most of a long run's time. The
+        appends, their events and positions are the same; a commit falls between instants only,
+        so a crash leaves the store as a run committing every instant could have left it, at an
+        earlier instant. A realtime run commits each instant: it waits on the wall clock and
+        looks for stops another process appends meanwhile."""
+        group = getattr(self.store, "write_group", None)
+        return nullcontext() if self.realtime or group is None else group()
 
     def _loop(self, wall_start: float) -> None:
         heap = self._heap

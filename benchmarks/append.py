@@ -1,17 +1,45 @@
 """Event store throughput: batched append and read on SQLite and PostgreSQL, in one run.
 
-    python benchmarks/append.py [--events N] [--batch B] [--pg-url URL]
+    python benchmarks/append.py [--events N] [--batch B] [--pg-url URL] [--repeat N]
+                                [--library/--no-library]
 
-The baseline is the physical limit of this machine's SQLite: plain ``sqlite3.executemany`` of
-the same bytes into an equivalent table (same columns and indexes, WAL, synchronous=NORMAL).
+Baselines measured in the same run: plain ``sqlite3.executemany`` of the same bytes into an
+equivalent table (same columns and indexes, WAL, synchronous=NORMAL; "vs base"); the
+``eventsourcing`` library's SQLite recorders storing the same bodies keyed by their msg_id
+(``eventsourcing_baseline.py``, run in the benchmark's own virtualenv ``.cache/bench-venv``,
+created on first use; "vs es" is against its application recorder, which like the store keeps
+a global position); a raw binary COPY of the same rows into the store's PostgreSQL table ("vs
+COPY"). ``swf import`` is timed as a fresh process importing the same messages from a file.
+
+Targets (DESIGN section 10): SQLite append >= 1.2x the library; PostgreSQL >= 100k ev/s or
+>= 0.9x raw COPY. Measured 2026-11-28 on the shared 2-core VM with other sessions' benchmarks
+running (load average 5-50; the library alone measured 50.7k to 98.7k ev/s in different runs),
+so before and after ran back to back, ``--repeat 2``, 200,000 messages, batches of 5,000:
+
+    measurement                     before (ev/s, ratio)    after (ev/s, ratio)
+    eventsourcing application rec.  70,849                  63,734
+    SQLite append                   28,575  0.40x es        24,773  0.39x es
+    swf import (fresh process)      19,211  0.27x es        23,829  0.37x es
+    PostgreSQL raw COPY             82,044                  48,434
+    PostgreSQL append               33,025  0.40x COPY      29,078  0.60x COPY (COPY's slow round)
+
+Neither target is met. The floor is Python: the catalog examining each body (``examine`` alone
+runs at 125-195k/s, i.e. about as long as the library's whole insert) plus building the event
+and its row; with the catalog's verdicts precomputed the store appends 37-57k/s. SQLite's own
+part is cheaper than the library's (the store's table by plain sqlite3: 66k rows/s best of 3,
+``append_layouts.py``, where the unique index on random ids costs 15% and the read indexes 10%).
+Two threads (inserting while examining) made it slower: sqlite3 binds every row under the GIL.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
 import random
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +53,8 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source checkout
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a source checkout
 
 from eventstore import identity  # noqa: E402
 from eventstore.catalog import examine  # noqa: E402
@@ -41,6 +70,11 @@ from eventstore.identity import event_id  # noqa: E402
 from eventstore.store import EventStore  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+# The benchmark's own virtualenv for the ``eventsourcing`` library (git-ignored; not a dependency
+# of swf), created on first use.
+BENCH_VENV = ROOT / ".cache" / "bench-venv"
+EVENTSOURCING = "eventsourcing==9.5.6"
+CLI = "import sys; from swf.cli import run; sys.argv[0] = 'swf'; run()"
 
 
 def generate(count: int, seed: int = 7) -> list[Incoming]:
@@ -99,7 +133,54 @@ def examine_all(messages: list[Incoming]) -> int:
     return len(messages)
 
 
-def sqlite3_baseline(path: Path, messages: list[Incoming], batch: int) -> int:
+def write_import_file(path: Path, messages: list[Incoming]) -> None:
+    """The messages as an ``swf import`` file: one wrapper per line, the body as its JSON text."""
+    import orjson
+
+    with path.open("wb") as out:
+        for message in messages:
+            out.write(orjson.dumps({"destination": message.destination,
+                                    "headers": message.headers,
+                                    "body": message.body.decode()}) + b"\n")
+
+
+def bench_python() -> Path:
+    """The benchmark virtualenv's interpreter, with ``eventsourcing`` installed."""
+    python = BENCH_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+    probe = subprocess.run([str(python), "-c", "import eventsourcing"], capture_output=True,
+                           check=False)
+    if probe.returncode != 0:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", EVENTSOURCING], check=True)
+    return python
+
+
+def eventsourcing_baseline(import_file: Path, scratch: Path, batch: int
+                           ) -> list[tuple[str, int, float]]:
+    """The library's SQLite recorders on the same bodies (see eventsourcing_baseline.py)."""
+    done = subprocess.run(
+        [str(bench_python()), str(ROOT / "benchmarks" / "eventsourcing_baseline.py"),
+         str(import_file), str(scratch), str(batch)],
+        capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout)
+    return [(f"eventsourcing SQLite {name} recorder", int(count), float(seconds))
+            for name, (count, seconds) in found.items()]
+
+
+def swf_import(import_file: Path, url: str) -> tuple[int, float]:
+    """``swf import`` of the file in a fresh process (start-up included), into a fresh store."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", CLI, "import", str(import_file), "--db", url,
+                           "--json"], capture_output=True, text=True, env=env, check=False)
+    seconds = time.perf_counter() - began
+    if done.returncode != 0:
+        raise click.ClickException(f"swf import failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)["appended"], seconds
+
+
+def sqlite3_baseline(path: Path, messages: list[Incoming], batch: int) -> tuple[int, float]:
     """Insert the same bytes with plain sqlite3 into an equivalent table: the physical limit."""
     import orjson
 
@@ -134,6 +215,47 @@ def sqlite3_baseline(path: Path, messages: list[Incoming], batch: int) -> int:
     count, seconds = timed(insert)
     db.close()
     return count, seconds
+
+
+def baseline_rows(messages: list[Incoming]) -> list[tuple[Any, ...]]:
+    """The rows the store would write for the messages (positions from 1), built untimed."""
+    import orjson
+
+    rows = []
+    for position, message in enumerate(messages, 1):
+        verdict = examine(message.body, message.destination)
+        rows.append((position, event_id(verdict.msg_id, message.headers, message.destination,
+                                        message.body), "2025-06-01T12:00:00.000000Z",
+                     message.destination, orjson.dumps(message.headers), message.body,
+                     verdict.namespace, verdict.execution_id, verdict.run_id, verdict.msg_type,
+                     verdict.sender, verdict.sent_at, 1, verdict.reason))
+    return rows
+
+
+def pg_copy_baseline(url: str, messages: list[Incoming], batch: int) -> tuple[int, float]:
+    """Binary COPY of the same rows into the store's own (empty) table, one transaction per
+    batch, no examining, no idempotency: the server's floor for the store's table."""
+    from eventstore.postgres import _COPY_EVENTS, _EVENT_TYPES
+
+    rows = baseline_rows(messages)
+    with EventStore(url) as store:
+        raw = store.engine.raw_connection()
+        try:
+            connection = raw.driver_connection
+            assert connection is not None
+
+            def copy() -> int:
+                for start in range(0, len(rows), batch):
+                    with connection.cursor() as cursor, cursor.copy(_COPY_EVENTS) as stream:
+                        stream.set_types(_EVENT_TYPES)
+                        for row in rows[start:start + batch]:
+                            stream.write_row(row)
+                    connection.commit()
+                return len(rows)
+
+            return timed(copy)
+        finally:
+            raw.close()
 
 
 @contextmanager
@@ -172,34 +294,61 @@ def measure_store(label: str, urls: tuple[str, str], messages: list[Incoming], b
 @click.option("--batch", default=5000, show_default=True, help="messages per append call")
 @click.option("--pg-url", default=DEFAULT_PG, show_default=True,
               help="PostgreSQL server (a scratch schema is created and dropped); '' to skip")
-def main(count: int, batch: int, pg_url: str) -> None:
+@click.option("--library/--no-library", "with_library", default=True, show_default=True,
+              help="Measure the eventsourcing library (installed in .cache/bench-venv).")
+@click.option("--repeat", default=1, show_default=True,
+              help="Rounds of every measurement, interleaved (load from other processes is "
+                   "spread over all of them); each measurement's fastest round is shown.")
+def main(count: int, batch: int, pg_url: str, with_library: bool, repeat: int) -> None:
     logging.basicConfig(level=logging.WARNING)
     messages = generate(count)
     gc.freeze()  # the benchmark's own 200k messages must not make every GC pass slower
     size = sum(len(message.body) for message in messages) / len(messages)
     click.echo(f"{count} messages, mean body {size:.0f} bytes, batches of {batch}")
-    results: list[tuple[str, int, float]] = []
-    with tempfile.TemporaryDirectory() as scratch:
-        results.append(("catalog examine() only", *timed(lambda: examine_all(messages))))
-        baseline = sqlite3_baseline(Path(scratch) / "baseline.db", messages, batch)
-        results.append(("sqlite3 executemany baseline", *baseline))
-        urls = (f"sqlite:///{Path(scratch) / 'swf.db'}", f"sqlite:///{Path(scratch) / 'pre.db'}")
-        results += measure_store("SQLite", urls, messages, batch)
-    if pg_url:
-        results += measure_postgres(pg_url, messages, batch)
+    best: dict[str, tuple[int, float]] = {}  # per measurement, its fastest round
+
+    def keep(measured: list[tuple[str, int, float]]) -> None:
+        for name, events, seconds in measured:
+            if name not in best or seconds < best[name][1]:
+                best[name] = (events, seconds)
+
+    for _round in range(repeat):
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch)
+            import_file = folder / "messages.jsonl"
+            write_import_file(import_file, messages)
+            keep([("catalog examine() only", *timed(lambda: examine_all(messages)))])
+            keep([("sqlite3 executemany baseline",
+                   *sqlite3_baseline(folder / "baseline.db", messages, batch))])
+            if with_library:
+                keep(eventsourcing_baseline(import_file, folder, batch))
+            urls = (f"sqlite:///{folder / 'swf.db'}", f"sqlite:///{folder / 'pre.db'}")
+            keep(measure_store("SQLite", urls, messages, batch))
+            keep([("swf import (fresh process, SQLite)",
+                   *swf_import(import_file, f"sqlite:///{folder / 'import.db'}"))])
+        if pg_url:
+            keep(measure_postgres(pg_url, messages, batch))
+    results = [(name, events, seconds) for name, (events, seconds) in best.items()]
+    baseline = best["sqlite3 executemany baseline"]
     base_rate = baseline[0] / baseline[1]
-    click.echo(f"{'measurement':<42} {'events':>9} {'seconds':>8} {'events/s':>10} {'vs base':>8}")
+    reference = {name: events / seconds for name, events, seconds in results}
+    library_rate = reference.get("eventsourcing SQLite application recorder")
+    copy_rate = reference.get("PostgreSQL raw COPY baseline")
+    click.echo(f"{'measurement':<42} {'events':>9} {'seconds':>8} {'events/s':>10} "
+               f"{'vs base':>8} {'vs es/COPY':>10}")
     for name, events, seconds in results:
         rate = events / seconds if seconds else float("inf")
+        other = copy_rate if name.startswith("PostgreSQL") else library_rate
+        versus = f"{rate / other:>9.2f}x" if other else f"{'':>10}"
         click.echo(f"{name:<42} {events:>9} {seconds:>8.2f} {rate:>10,.0f} "
-                   f"{rate / base_rate:>7.2f}x")
+                   f"{rate / base_rate:>7.2f}x {versus}")
 
 
 def measure_postgres(pg_url: str, messages: list[Incoming], batch: int
                      ) -> list[tuple[str, int, float]]:
     """The same measurements in two scratch schemas, dropped afterwards."""
     admin_url = sa.make_url(pg_url).set(drivername="postgresql+psycopg")
-    schemas = [f"swf_bench_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    schemas = [f"swf_bench_{uuid.uuid4().hex[:10]}" for _ in range(3)]
     admin = sa.create_engine(admin_url)
     try:
         with admin.begin() as conn:
@@ -209,9 +358,11 @@ def measure_postgres(pg_url: str, messages: list[Incoming], batch: int
         click.echo(f"PostgreSQL skipped: {str(problem.orig).splitlines()[0]}", err=True)
         return []
     try:
-        first, second = (admin_url.update_query_dict({"options": f"-csearch_path={schema}"})
-                         .render_as_string(hide_password=False) for schema in schemas)
-        return measure_store("PostgreSQL", (first, second), messages, batch)
+        first, second, third = (
+            admin_url.update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False) for schema in schemas)
+        copied = [("PostgreSQL raw COPY baseline", *pg_copy_baseline(third, messages, batch))]
+        return copied + measure_store("PostgreSQL", (first, second), messages, batch)
     finally:
         with admin.begin() as conn:
             for schema in schemas:

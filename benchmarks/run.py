@@ -4,10 +4,29 @@
 
 1. The default fast processing workflow (10 STFs, 150 slices) as an operator runs it: ``swf run``
    in a fresh process on a fresh SQLite store, store open, migrations and projection catch-up
-   included (the target is < 1 s). Best and median of ``--repeat`` runs.
+   included (target <= 0.6 s). Best and median of ``--repeat`` runs.
 2. The same in-process, split into store open, the run itself and the projection catch-up.
-3. A production-sized run (default 6,000 STFs, about 90,000 slices, 300,000 events): events/s
-   of the runtime (agents + store appends), then of the projection catch-up.
+3. A production-sized run (default 6,000 STFs, about 90,000 slices, 295,635 events): events/s
+   of the runtime (agents + store appends, target <= 20 s), then of the projection catch-up.
+
+Measured 2026-11-28 on the shared 2-core VM while other sessions' benchmarks ran (load average
+5-50: wall times swing by 2x, so before/after were run back to back):
+- production run before (one append transaction per simulated instant): 55.0 s (load average
+  about 1); after (group commit, ``EventStore.write_group``) 26.6 s = 11.1k events/s (load
+  average 12-20, so at least 2x). Back to back under heavier load: before 159.8 s wall / 96.1 s
+  CPU, after 136.1 s wall / 67.0 s CPU. Profiled, the run is linear in its size
+  (600 STFs 5.8 s, 3,000 STFs 29.6 s under cProfile); at 3,000 STFs SQLite's inserts are 10% of
+  it, the STF files written 6%, commits 4%, and the rest the agents' own work (worker pool, uuid5
+  ids, time formatting) and the catalog examining each event. The 20 s target is not met.
+- default ``swf run`` (fresh process and store): 0.84 s best before (load about 1), 0.91 s best
+  after (load 20); back to back, the process's CPU time was 0.73-0.83 s before and 0.71-0.80 s
+  after, so the 0.6 s target is not met. In process the run is 0.03 s, the projection catch-up
+  0.05 s, opening the fresh store 0.16 s (alembic); the rest is start-up: imports
+  (SQLAlchemy about a third, the settings' pydantic-settings a tenth, alembic for a fresh
+  store's migrations - the event store's and the projections' - a tenth, projections a tenth)
+  and the fresh store's migrations; the command modules no longer load the replay and the
+  console (``swf.commands.group.COMMAND_MODULES``), nor the schema SQLAlchemy's PostgreSQL
+  dialect. Opening an existing, current store takes 6 ms.
 """
 
 from __future__ import annotations
@@ -81,7 +100,7 @@ def main(repeat: int, stf_count: int, skip_production: bool) -> None:
         walls = [cli_run(base / f"cli{i}") for i in range(repeat)]
         click.echo(f"swf run (default workflow, fresh process and store): best "
                    f"{min(walls):.3f} s, median {statistics.median(walls):.3f} s "
-                   f"over {repeat} runs (target < 1 s)")
+                   f"over {repeat} runs (target <= 0.6 s)")
         parts = in_process(base / "inproc", ())
         projected = "n/a" if parts["catch_up"] is None else f"{parts['catch_up']:.3f} s"
         click.echo(f"  in process: store open {parts['open']:.3f} s, run {parts['run']:.3f} s "
@@ -91,7 +110,7 @@ def main(repeat: int, stf_count: int, skip_production: bool) -> None:
         big = in_process(base / "big", (f"fast_processing.stf_count={stf_count}",))
         events, seconds = int(big["events"] or 0), float(big["run"] or 0.0)
         click.echo(f"production run ({stf_count} STFs): {events} events in {seconds:.1f} s = "
-                   f"{events / seconds:,.0f} events/s (agents + store appends)")
+                   f"{events / seconds:,.0f} events/s (agents + store appends; target <= 20 s)")
         if big["catch_up"] is not None:
             click.echo(f"  projection catch-up: {big['catch_up']:.1f} s = "
                        f"{events / float(big['catch_up']):,.0f} events/s")

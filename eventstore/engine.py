@@ -23,6 +23,7 @@ from .errors import StoreUnavailable
 DEFAULT_URL = "sqlite:///swf.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SQLITE_WAL_AUTOCHECKPOINT = 10_000  # pages
+SQLITE_PAGE_SIZE = 8192  # bytes, for new database files
 SQLITE_CACHE_KIB = 256 * 1024  # an upper bound, allocated only as pages are used
 PG_CONNECT_TIMEOUT_S = 5
 
@@ -114,6 +115,10 @@ def _tune_sqlite(engine: sa.Engine, read_only: bool) -> None:
         if read_only:
             cursor.execute("PRAGMA query_only = ON")
         else:
+            # Takes effect only while the file is still empty (a new store): 8 KiB pages append
+            # ~10% faster than SQLite's 4 KiB (benchmarks/append_layouts.py), fewer B-tree
+            # levels and page writes per event; an existing store keeps its page size.
+            cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
             _use_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             # WAL is synced at checkpoints only; checkpoint every ~40 MB instead of every 4 MB.

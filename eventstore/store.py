@@ -25,6 +25,9 @@ Public API (other packages rely on exactly this):
                                         count_after, fold_rows, and for the monitor's REST
                                         calls with_id_prefix, latest_namespace, top_run_id,
                                         executions_with_prefix, count_of_type).
+    with store.write_group(max_events=20_000, max_seconds=0.5): ...
+                                        this thread's appends inside share write transactions
+                                        (SQLite; elsewhere each append commits on its own)
     store.restore(rows)                 insert rows exactly as stored (fixtures)
     store.reserve_execution(workflow, user, start_time=None) -> Reservation
                                         the next execution id, run number and start time,
@@ -62,7 +65,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
@@ -93,6 +96,8 @@ from .schema import STORED_COLUMNS, events, store_info
 from .sqlite import SqliteRecorder
 
 READ_CHUNK = 5000
+GROUP_EVENTS = 20_000  # a write group commits after this many appended events
+GROUP_SECONDS = 0.5  # or when its transaction is this old (other writers wait that long at most)
 _RUN_CACHE_MAX = 100_000
 _EMPTY_HEADERS = b"{}"
 
@@ -146,7 +151,10 @@ class EventStore(Reads):
         self.close()
 
     def _connection(self) -> AbstractContextManager[sa.Connection]:
-        return self.engine.connect()
+        """A connection for one read: inside this thread's write group its own connection, so
+        the writer reads what it appended (committed or not yet)."""
+        held = self._recorder.held() if isinstance(self._recorder, SqliteRecorder) else None
+        return nullcontext(held) if held is not None else self.engine.connect()
 
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
@@ -174,12 +182,40 @@ class EventStore(Reads):
             return result
         stored = recorder.append(self._examined(messages, result.duplicates), len(messages),
                                  result.duplicates, self._resolve_runs)
+        # Each run's latest execution in the batch (later events overwrite earlier ones).
+        latest = {(event.namespace, event.run_id): event.execution_id for event in stored
+                  if event.run_id is not None and event.execution_id is not None}
         with self._runs_lock:
-            for event in stored:
-                self._runs.note(event.namespace, event.run_id, event.execution_id)
+            for (namespace, run_id), execution_id in latest.items():
+                self._runs.note(namespace, run_id, execution_id)
         result.events = stored
         result.rejected = sum(1 for event in stored if event.reject_reason is not None)
         return result
+
+    @contextmanager
+    def write_group(self, max_events: int = GROUP_EVENTS, max_seconds: float = GROUP_SECONDS
+                    ) -> Iterator[None]:
+        """Let this thread's appends inside the block share write transactions, for a writer
+        that appends often and little (the embedded runtime: one append per simulated instant,
+        where a commit each would cost more than the append).
+
+        Each append is still all or nothing, and the events it returns are positioned and final
+        as before; but they are committed (visible to other connections, durable) only when
+        ``max_events`` were appended or ``max_seconds`` passed since the transaction began
+        (looked at after each append), and when the block ends, also by an exception. Meanwhile
+        the write lock is held: other writers wait (busy timeout); after each commit a pause of
+        a tenth of ``max_seconds``, in which appends commit on their own, lets them in (see
+        ``sqlite._Group``). A crash loses the appends
+        since the last commit, never part of one. SQLite only (except ``:memory:``); on
+        PostgreSQL each append commits on its own, as without the block. Not for a writer that
+        must acknowledge after commit (the recorder).
+        """
+        recorder = self._writable()
+        if not isinstance(recorder, SqliteRecorder):
+            yield
+            return
+        with recorder.group(max_events, max_seconds):
+            yield
 
     def restore(self, rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows exactly as stored (``STORED_COLUMNS`` order: positions, ids and store
@@ -216,7 +252,14 @@ class EventStore(Reads):
     @contextmanager
     def _locked(self, purpose: str) -> Iterator[sa.Connection]:
         """A write transaction that holds the store's lock for ``purpose``: SQLite's write lock
-        from its first statement (BEGIN IMMEDIATE), on PostgreSQL an advisory lock per schema."""
+        from its first statement (BEGIN IMMEDIATE), on PostgreSQL an advisory lock per schema.
+        Inside this thread's write group, a savepoint of its transaction (which holds the lock:
+        a second connection would wait for this thread forever)."""
+        held = self._recorder.held() if isinstance(self._recorder, SqliteRecorder) else None
+        if held is not None:
+            with held.begin_nested():
+                yield held
+            return
         with self.engine.connect() as base:
             conn = base.execution_options(swf_sqlite_begin="IMMEDIATE") \
                 if self.backend == "sqlite" else base
@@ -242,8 +285,8 @@ class EventStore(Reads):
         seen: set[str] = set()
         batch_runs = RunExecutions()
         # Locals: this loop runs per event and global lookups show in profiles.
-        stored_form, resolve, dumps, empty = as_stored, batch_runs.resolve, orjson.dumps, \
-            _EMPTY_HEADERS
+        stored_form, resolve, note, dumps, empty = as_stored, batch_runs.resolve, \
+            batch_runs.note, orjson.dumps, _EMPTY_HEADERS
         for message in messages:
             headers = message.headers
             event = stored_form(message.destination, headers, message.body, recorded_at,
@@ -253,7 +296,15 @@ class EventStore(Reads):
                 duplicates.append(event_id)
                 continue
             seen.add(event_id)
-            yield event, dumps(headers) if headers else empty, resolve(event)
+            encoded = dumps(headers) if headers else empty
+            # RunExecutions.resolve, its common cases inlined: no run, or a run and its execution.
+            if event.run_id is None:
+                yield event, encoded, True
+            elif event.execution_id is not None:
+                note(event.namespace, event.run_id, event.execution_id)
+                yield event, encoded, True
+            else:
+                yield event, encoded, resolve(event)
 
     def _resolve_runs(self, conn: sa.Connection, unresolved: list[Event],
                       before: int | None) -> None:
@@ -299,7 +350,7 @@ class EventStore(Reads):
         last, remaining = after, limit
         while remaining is None or remaining > 0:
             chunk = chunk_size if remaining is None else min(chunk_size, remaining)
-            with self.engine.connect() as conn:
+            with self._connection() as conn:
                 rows = conn.execute(query, {"last": last, "chunk": chunk}).all()
             yield from decoded(rows, normalize)
             if len(rows) < chunk:

@@ -1,4 +1,4 @@
-"""The ``swf`` console entry point: the click group with every command module loaded."""
+"""The ``swf`` console entry point: the click group, its command modules loaded on demand."""
 
 from __future__ import annotations
 
@@ -7,21 +7,7 @@ import sys
 import click
 
 from eventstore.errors import SchemaTooNew, StoreUnavailable
-from replay.cli import main as replay_main
-from swf.commands import (  # noqa: F401 - each module adds its commands to the group
-    live_commands,
-    ops_commands,
-    projection_commands,
-    query_commands,
-    record_command,
-    run_commands,
-    store_commands,
-)
 from swf.commands.group import main
-from swf.web import serve_command  # noqa: F401 - adds `swf serve` (web imports commands, not back)
-
-# `swf replay ...` is `swf-replay ...`: the same click command under the group.
-main.add_command(replay_main, "replay")
 
 
 def run() -> None:

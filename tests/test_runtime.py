@@ -77,7 +77,7 @@ def test_events_are_stored_before_delivery_in_time_order(store) -> None:
     handled = [(kind, eid) for kind, eid, _, _ in agent.seen if kind != "agent_heartbeat"]
     assert handled == [("pause_run", "early"), ("run_imminent", "a"), ("start_run", "b"),
                        ("end_run", "c")]
-    assert all(lag >= 0 for *_, lag in agent.seen)  # the event was committed when handed over
+    assert all(lag >= 0 for *_, lag in agent.seen)  # the event was stored when handed over
     assert result.end_time == shift(T0, 2)
     assert result.counts["start_run"] == 1 and result.errors == 0
 
@@ -247,3 +247,43 @@ def test_prompt_processing_runs_in_the_embedded_runtime(store, tmp_path) -> None
     assert outcomes == ["completed"]
     assert result.counts["stf_ready"] == load_workflow("prompt_processing").get(
         "prompt_processing.stf_count")
+
+
+class PerInstant:
+    """The store without ``write_group``: the runtime commits every simulated instant."""
+
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "write_group":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+
+def test_grouped_commits_store_what_per_instant_commits_store(tmp_path) -> None:
+    logs = []
+    for name, wrap in (("grouped", lambda store: store), ("per-instant", PerInstant)):
+        with EventStore(f"sqlite:///{tmp_path / name}.db") as store:
+            run = prepare(wrap(store), load_workflow("fast_processing"), seed=3,
+                          data_dir=tmp_path / name, strict=True).run()
+            logs.append([(event.position, event.event_id, event.destination, event.body)
+                         for event in store.read_raw()])
+            assert run.events == len(logs[-1])
+    assert logs[0] == logs[1] and len(logs[0]) > 400
+
+
+def test_a_failing_run_keeps_what_it_appended(store) -> None:
+    def crash(_agent: Agent, event: Event) -> list[Output]:
+        if event.event_id == "b":
+            raise RuntimeError("agent crash")
+        return []
+
+    runtime = EmbeddedRuntime(store, [Recorder("rec", NS, react=crash)], {}, start_time=T0,
+                              heartbeat_interval=None, strict=True)
+    runtime.publish(msg("run_imminent", "a", shift(T0, 1)))
+    runtime.publish(msg("start_run", "b", shift(T0, 2)))
+    with pytest.raises(RuntimeError):
+        runtime.run()
+    with EventStore(str(store.engine.url)) as other:  # committed: another connection sees them
+        assert [e.event_id for e in other.read() if e.msg_type != "agent_heartbeat"] == ["a", "b"]

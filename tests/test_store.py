@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -370,3 +371,54 @@ def test_any_batching_stores_each_event_once_in_first_seen_order(
     assert [event.event_id for event in read_back] == stored
     assert len(duplicates) == len(picks) - len(first_seen)
     assert set(duplicates) <= set(stored)
+
+
+def test_write_group_commits_between_whole_appends(sqlite_url: str) -> None:
+    with EventStore(sqlite_url) as store, EventStore(sqlite_url) as other:
+        with store.write_group(max_events=3, max_seconds=3600):
+            first = store.append([incoming(), incoming()]).events
+            assert [e.position for e in first] == [1, 2]
+            assert store.head() == 2  # the writer reads what it appended...
+            assert other.head() == 0  # ...others once it is committed
+            bad = [incoming(), Incoming(TOPIC, b"{}")]
+            bad[1].body = None  # type: ignore[assignment]  # fails inside the append
+            with pytest.raises(TypeError):
+                store.append(bad)
+            assert store.head() == 2  # the failed append is undone, not the earlier one
+            again = store.append([Incoming.of(orjson.loads(first[0].body)), incoming()])
+            assert again.duplicates == [first[0].event_id]
+            assert [e.position for e in again.events] == [3]
+            assert other.head() == 3  # 3 events appended: the group committed
+            # In the pause after a commit (a tenth of max_seconds) appends commit on their own,
+            # so writers waiting in other processes find the lock free between them.
+            store.append([incoming()])
+            assert other.head() == 4
+        assert [e.position for e in other.read()] == [1, 2, 3, 4]
+
+
+def test_write_group_groups_again_after_its_pause(sqlite_url: str) -> None:
+    with EventStore(sqlite_url) as store, EventStore(sqlite_url) as other, \
+            store.write_group(max_events=3, max_seconds=0.05):
+        store.append([incoming(), incoming(), incoming()])  # committed, then a 5 ms pause
+        assert other.head() == 3
+        deadline = time.monotonic() + 5
+        while store.append([incoming()]).events and time.monotonic() < deadline:
+            if other.head() < store.head():  # grouped again: not committed yet
+                break
+        assert other.head() < store.head()
+    assert other.head() == store.head()  # the end of the block commits it
+
+
+def test_write_group_on_postgres_commits_each_append(pg_url: str) -> None:
+    with EventStore(pg_url) as store, EventStore(pg_url) as other, store.write_group():
+        store.append([incoming()])
+        assert other.head() == store.head() > 0
+
+
+def test_write_group_commits_after_its_time(sqlite_url: str) -> None:
+    with EventStore(sqlite_url) as store, EventStore(sqlite_url) as other, \
+            store.write_group(max_events=1000, max_seconds=0.0):
+        store.append([incoming()])
+        assert other.head() == 1
+        # Reserving inside the group uses its transaction instead of waiting for its lock.
+        assert store.reserve_execution("wf", "ann").execution_id.startswith("wf-ann-")

@@ -1,7 +1,8 @@
 """The ``swf`` click group and the options every command module shares.
 
-Command modules import ``main`` from here and add their commands to it; ``swf.cli`` imports
-them all. Nothing here imports a command module, so every module imports on its own.
+Command modules import ``main`` from here and add their commands to it; the group imports a
+module when one of its commands is asked for (``COMMAND_MODULES``). Nothing here imports a
+command module at import time, so every module imports on its own.
 
 Deployment settings (store, broker, agent, recorder, Rucio, PanDA) are read in one place,
 swf/settings.py: flags > environment > config file > defaults. A command passes its flags to
@@ -10,6 +11,7 @@ swf/settings.py: flags > environment > config file > defaults. A command passes 
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,7 +34,43 @@ class SettingsProblem(click.ClickException):
     exit_code = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Where each command is defined: a module is imported when one of its commands is asked for, so
+# a command's start-up pays only for its own imports (`swf run` never loads the console, replay
+# or the broker clients). "module:attribute" names a command added under this name; `query`
+# gathers subcommands from two modules.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "agent": ("swf.commands.live_commands",),
+    "record": ("swf.commands.record_command",),
+    "status": ("swf.commands.ops_commands",),
+    "stop": ("swf.commands.ops_commands",),
+    "projections": ("swf.commands.projection_commands",),
+    "query": ("swf.commands.query_commands", "swf.commands.store_commands"),
+    "run": ("swf.commands.run_commands",),
+    "workflows": ("swf.commands.run_commands",),
+    "db": ("swf.commands.store_commands",),
+    "import": ("swf.commands.store_commands",),
+    "serve": ("swf.web.serve_command",),
+    "replay": ("replay.cli:main",),  # `swf replay ...` is `swf-replay ...`
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module when the command is first looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMAND_MODULES, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            for module in COMMAND_MODULES.get(cmd_name, ()):
+                name, _, attribute = module.partition(":")
+                loaded = importlib.import_module(name)
+                if attribute:
+                    self.add_command(getattr(loaded, attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """swf: the event-sourced ePIC streaming workflow testbed."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,8 @@ from swf.commands.options import time_window_options
 from swf.commands.query_commands import query
 from swf.output import echo_json, echo_rows
 
-IMPORT_BATCH = 5000
+IMPORT_BATCH = 20_000  # messages per append (transaction): fewer commits, each rewriting the
+# random idempotency index pages it touched, made import ~10% faster than 5,000
 MESSAGE_COLUMNS = ("position", "time", "msg_type", "sender", "run_id", "execution_id",
                    "destination", "status")  # status: ok, copy (of another agent's), rejected
 JSON_MESSAGE_COLUMNS = ("position", "event_id", "recorded_at", "sent_at", "destination",
@@ -75,6 +79,32 @@ def import_messages(path: Path, db_url: str | None, sender_zone: str | None,
         raise click.BadParameter(str(problem), param_hint="--sender-zone") from None
     counts = {"lines": 0, "blank": 0, "appended": 0, "valid": 0, "rejected": 0,
               "duplicates": 0}
+    with _few_collections():
+        _import(path, db_url, zone, counts)
+    if as_json:
+        echo_json(counts)
+    else:
+        click.echo(f"{counts['lines']} lines: appended {counts['appended']} "
+                   f"({counts['valid']} valid, {counts['rejected']} rejected), "
+                   f"duplicates {counts['duplicates']}, blank {counts['blank']}")
+
+
+@contextmanager
+def _few_collections() -> Iterator[None]:
+    """Run the cyclic garbage collector rarely: an import allocates millions of objects (each
+    batch's events) that reference counting frees, and the collector they trigger only walks
+    them (13% of an import of 100k messages, measured; 2% with these thresholds)."""
+    thresholds = gc.get_threshold()
+    gc.freeze()  # what is alive now (modules, the store) is never walked again
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+def _import(path: Path, db_url: str | None, zone: Any, counts: dict[str, int]) -> None:
     with EventStore(db_url, sender_zone=zone) as store, path.open("rb") as lines, \
             click.progressbar(length=path.stat().st_size, label="importing", file=sys.stderr,
                               hidden=not sys.stderr.isatty()) as bar:
@@ -90,12 +120,6 @@ def import_messages(path: Path, db_url: str | None, sender_zone: str | None,
                 _append(store, batch, counts)
                 batch = []
         _append(store, batch, counts)
-    if as_json:
-        echo_json(counts)
-    else:
-        click.echo(f"{counts['lines']} lines: appended {counts['appended']} "
-                   f"({counts['valid']} valid, {counts['rejected']} rejected), "
-                   f"duplicates {counts['duplicates']}, blank {counts['blank']}")
 
 
 def _append(store: EventStore, batch: list[Incoming], counts: dict[str, int]) -> None:
