@@ -51,6 +51,7 @@ class Subscription:
     durable_name: str | None = None  # activemq.subscriptionName: survives disconnects
     ack: str = "client-individual"
     prefetch: int | None = None  # activemq.prefetchSize: unacked messages the broker may push
+    selector: str | None = None  # a JMS selector: only matching messages are delivered
 
     def headers(self, sub_id: str) -> dict[str, str]:
         headers = {"destination": self.destination, "id": sub_id, "ack": self.ack}
@@ -58,6 +59,8 @@ class Subscription:
             headers["activemq.subscriptionName"] = self.durable_name
         if self.prefetch:
             headers["activemq.prefetchSize"] = str(self.prefetch)
+        if self.selector:
+            headers["selector"] = self.selector
         return headers
 
 
