@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,7 +225,60 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-OUTAGE = 20.0  # seconds: longer than ActiveMQ's 15 s read timeout for a 10 s heart-beat
+OUTAGE = 20.0  # seconds: long enough for several of the recorder's heart-beats (every 5 s)
+
+
+class Tap:
+    """A TCP relay to the broker that notes what the client sends, with the time: so a test can
+    see which bytes the recorder wrote during a window (heart-beats, acks)."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sent: list[tuple[float, bytes]] = []  # (monotonic time, bytes the client wrote)
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"stomp://127.0.0.1:{self.port}"
+
+    def written(self, start: float, end: float) -> bytes:
+        return b"".join(data for at, data in list(self.sent) if start <= at <= end)
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False),
+                             daemon=True).start()
+
+    def _pump(self, source, target, note: bool) -> None:  # noqa: ANN001 - sockets
+        try:
+            while data := source.recv(1 << 16):
+                if note:
+                    self.sent.append((time.monotonic(), data))
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                with suppress(OSError):
+                    sock.close()
 
 
 def test_a_database_outage_mid_run_holds_acks_keeps_the_connection_and_loses_nothing(
@@ -234,6 +287,8 @@ def test_a_database_outage_mid_run_holds_acks_keeps_the_connection_and_loses_not
     with private_postgres() as server:
         cluster = Cluster(broker, tmp_path / "outage", db_url=server.url,
                           recorder_name=f"outage-{tag}")
+        tap = Tap(broker.port)
+        cluster.env["SWF_BROKER"] = tap.url  # the recorder's connection goes through the tap
         try:
             cluster.start_recorder()
             sender = Sender(broker.url, f"out-{tag}", chunk=100, pause=0.05)
@@ -251,6 +306,9 @@ def test_a_database_outage_mid_run_holds_acks_keeps_the_connection_and_loses_not
             assert cluster.alive("recorder")
             server.start()
             outage = time.monotonic() - down
+            # What the recorder wrote to the broker during the outage (after the acks of its
+            # last commit had a second to go out): heart-beats only, no ack.
+            during = tap.written(down + 1.0, down + OUTAGE)
             cluster.store.engine.dispose()  # the test's own connections died with the server
             wait_for(lambda: stored_count(cluster.store.engine, f"out-{tag}")
                      >= sent_before + sent_during, "the recorder to resume", 60)
@@ -259,13 +317,18 @@ def test_a_database_outage_mid_run_holds_acks_keeps_the_connection_and_loses_not
             assert cluster.alive("recorder")
         finally:
             cluster.stop_all()
+            tap.close()
     log = "".join(path.read_text(errors="replace") for path in cluster.root.glob("*.log"))
     retries = log.count("the store is unavailable")
     lost = log.count("lost connection")
+    beats, acks = during.count(b"\n"), during.count(b"ACK")
     print(f"\n(d) PostgreSQL outage of {outage:.1f} s: {len(sent)} sent ({sent_during} during "
-          f"the outage), {stored} stored exactly once; {retries} append retries, {lost} "
-          f"broker connections lost; {summary(cluster, 'recorder')}")
-    assert retries >= 2 and lost == 0  # retried, acks held, and the broker kept it connected
+          f"the outage), {stored} stored exactly once; {retries} append retries; written to "
+          f"the broker meanwhile: {beats} heart-beats, {acks} "
+          f"acks, {len(during)} bytes; {lost} broker connections lost; "
+          f"{summary(cluster, 'recorder')}")
+    assert retries >= 2 and lost == 0  # retried, and the broker kept it connected
+    assert during and during.strip(b"\n") == b""  # heart-beats went on, acks were held
 
 
 # -- (e) fuzzed malformed messages through STOMP --------------------------------------------------
