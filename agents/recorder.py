@@ -17,6 +17,18 @@ Why nothing is lost and nothing is stored twice:
 - Work queues are not consumed (that would steal work): the broker copies each queue message to a
   monitor topic (deploy/activemq/activemq.xml), the recorder subscribes to that copy and stores it
   under the queue's name, with the same ``message-id``.
+
+Why nothing stops it:
+- Appends run on a writer thread, not on the consumer's I/O thread: while the database is away
+  the append is retried (acks held back), the I/O thread keeps heart-beating, and once the
+  hand-off holds BACKLOG_MESSAGES (or BACKLOG_BYTES) it stops reading its socket; the broker's
+  prefetch window (PREFETCH unacked per subscription) and TCP hold the rest.
+- Only an outage (``eventstore.errors.is_outage``: connection lost or refused, server shutting
+  down, database locked or busy) is retried. A batch that fails otherwise is split until the
+  message at fault is alone, and that message is stored as rejected with the error as its reason.
+- A body over the consumer's bound (MAX_BODY) is read past, stored rejected with its first bytes
+  and acked. If even a rejected form cannot be stored, the store itself is broken: ``on_fatal``
+  is told (``swf record`` exits 1) and nothing of that batch is acked.
 """
 
 from __future__ import annotations

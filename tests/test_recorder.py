@@ -273,9 +273,8 @@ def test_the_consumer_stops_reading_while_the_writer_holds_enough(sqlite_url) ->
 def test_store_errors_are_told_apart_from_outages(tmp_path) -> None:
     """Real errors: a locked SQLite database and a refused PostgreSQL connection are outages;
     a value the database cannot hold, or one Python cannot bind, is not."""
-    import sqlite3
-
     import socket
+    import sqlite3
 
     import psycopg
 

@@ -7,11 +7,19 @@ recorder's 10k msg/s target, while the broker itself delivers about 30k msg/s. T
 frames out of 256 kB reads and writes all the acks of a committed batch in one write. The
 agents, which mostly send and need receipts, use stomp.py (agents/transport/stomp.py).
 
-One thread per consumer does everything: it connects, subscribes, parses, hands each MESSAGE to
-``on_message`` and, after each read, calls ``on_idle``, which may do the consumer's work right
-there (the recorder writes its batch) and says when it wants to be called again. Its socket is
+One thread per consumer does all its I/O: it connects, subscribes, parses, hands each MESSAGE
+to ``on_message`` and, after each read, calls ``on_idle`` (the recorder hands what was read to
+its writer thread there), which says when it wants to be called again. Its socket is
 non-blocking and written only as far as the broker reads: blocked in a write while the broker is
-blocked writing to us, neither side would read again. ``ack`` may be called from any thread.
+blocked writing to us, neither side would read again. While ``accepting`` says no, the socket is
+not read, but heart-beats and acks still go out. ``ack`` and ``wake`` may be called from any
+thread.
+
+What is not STOMP (a content-length that is not ASCII digits, a body not ended by NUL, a header
+block over MAX_HEADER) is a ``ProtocolError``: the connection is dropped and opened again after a
+backoff, as after an ERROR frame; the backoff is reset only once every subscription is
+confirmed. A body over MAX_BODY is read past (``FrameReader``). Any other error in the I/O
+thread ends the consumer and is reported once to ``on_fatal``.
 """
 
 from __future__ import annotations
