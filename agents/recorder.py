@@ -179,7 +179,8 @@ class Recorder:
         self._writer.start()
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until everything handed over was written (True), or ``timeout`` passed."""
+        """Wait until everything handed over was written (True), or ``timeout`` passed or the
+        writer failed (False)."""
         self.flush()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -188,7 +189,7 @@ class Recorder:
                 if left is not None and left <= 0:
                     return False
                 self._cond.wait(left)
-        return not self._held
+        return not self._held and not self._failed
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what was handed over (unless the database is away: ``stopping`` ends its
@@ -203,31 +204,35 @@ class Recorder:
     # -- the writer ----------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        try:
-            while True:
-                batch = self._next_batch()
-                if batch is None:
-                    return
-                try:
-                    self._commit(batch)
-                finally:
-                    with self._cond:
-                        self._held -= len(batch)
-                        self._held_bytes -= sum(len(delivery.body) for delivery in batch)
-                        self._cond.notify_all()
-                    if self.wake is not None:
-                        self.wake()
-                if time.monotonic() >= self._next_stats:
-                    self._next_stats = time.monotonic() + STATS_EVERY
-                    log.info("recorder: %s", self.stats)
-        except Exception as problem:  # noqa: BLE001 - a dead writer must not look alive
-            reason = f"recorder: writer stopped: {str(problem) or type(problem).__name__}"
-            log.error("%s", reason.replace("\n", " "), exc_info=True)
-            with self._cond:
-                self._failed = True
-                self._cond.notify_all()
-            if self.on_fatal is not None:
-                self.on_fatal(reason.splitlines()[0])
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._commit(batch)
+            except Exception as problem:  # noqa: BLE001 - a dead writer must not look alive
+                self._fail(problem)
+                return
+            finally:
+                with self._cond:
+                    self._held -= len(batch)
+                    self._held_bytes -= sum(len(delivery.body) for delivery in batch)
+                    self._cond.notify_all()
+                if self.wake is not None:
+                    self.wake()
+            if time.monotonic() >= self._next_stats:
+                self._next_stats = time.monotonic() + STATS_EVERY
+                log.info("recorder: %s", self.stats)
+
+    def _fail(self, problem: BaseException) -> None:
+        """The writer stops (nothing more is stored or acked); the owner is told once."""
+        reason = f"recorder: writer stopped: {_one_line(problem)}"
+        log.error("%s", reason, exc_info=True)
+        with self._cond:
+            self._failed = True
+            self._cond.notify_all()
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
 
     def _next_batch(self) -> list[Delivery] | None:
         """The next batch: ``batch_size`` messages, or fewer once the oldest has waited

@@ -357,3 +357,28 @@ def test_bad_messages_anywhere_in_a_batch_are_isolated(sqlite_url) -> None:
     assert all("ValueError: value out of range" in stored[i] for i in bad)
     assert recorder.stats.unstorable == len(bad)
     store.close()
+
+
+class BrokenStore(PickyStore):
+    """Refuses even the rejected form: the store itself is broken, not a message."""
+
+    def append_rejected(self, message: Any, reason: str) -> Any:
+        raise ValueError("permission denied for table events")
+
+
+def test_a_store_that_refuses_even_the_rejected_form_ends_the_recorder_nothing_acked(
+        sqlite_url) -> None:
+    store = EventStore(sqlite_url)
+    acks = Acks(store)
+    told: list[str] = []
+    recorder = Recorder(BrokenStore(store, 0), acks, batch_size=10, batch_wait=0.01,
+                        on_fatal=told.append)
+    recorder.start()
+    for i in range(5):
+        recorder.add(Delivery(TOPIC, {}, body(f"poison-{i}"), f"a-{i}", 1))
+    recorder.flush()
+    assert not recorder.drain(30)  # the writer gave up
+    assert len(told) == 1 and "permission denied" in told[0] and "\n" not in told[0]
+    assert acks.acked == [] and store.head() == 0
+    recorder.close()
+    store.close()
