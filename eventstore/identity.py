@@ -6,6 +6,9 @@ they cannot disagree:
 
 - ``as_stored``: a message as the store holds it - examined by the catalog, its indexed values
   made storable, its ``event_id`` - still without position and inferred execution.
+- ``as_rejected``: a message the store could not hold as examined (an append of it alone
+  failed on a value, not on the database being away), kept as rejected with that reason: body
+  and headers as received, every text column made storable, nothing else derived.
 - ``event_id``: the sender's ``msg_id``, else the broker's ``message-id`` header, else a hash
   of destination and body; an id longer than an indexed column holds is hashed.
 - ``RunExecutions``: an event that lacks ``execution_id`` but has a ``run_id`` belongs to the
@@ -18,7 +21,7 @@ import hashlib
 from collections.abc import Callable
 from datetime import tzinfo
 
-from .catalog import Verdict, examine
+from .catalog import SCHEMA_VERSION, Verdict, examine
 from .envelope import Event
 from .schema import COLUMN_LIMIT
 
@@ -64,6 +67,27 @@ def as_stored(destination: str, headers: dict[str, str], body: bytes, recorded_a
                  destination, headers, body, verdict.msg_type, verdict.namespace,
                  verdict.execution_id, run_id, verdict.sender, verdict.sent_at,
                  verdict.schema_version, verdict.reason, verdict.data)
+
+
+def as_rejected(destination: str, headers: dict[str, str], body: bytes, recorded_at: str,
+                reason: str) -> Event:
+    """The message stored as rejected with ``reason``, whatever it holds: the event_id it would
+    have had (so a redelivery is absorbed as a duplicate), cleaned of what no text column can
+    hold; no run, execution or sender time."""
+    if type(body) is not bytes:
+        body = bytes(body)
+    try:
+        msg_id = examine(body, destination, None, headers).msg_id
+    except Exception:  # noqa: BLE001 - the catalog is total; this only guards the rejection
+        msg_id = None
+    ident = _clean(event_id(msg_id, headers, destination, body))
+    return Event(0, ident, recorded_at, _clean(destination), headers, body, None, None, None,
+                 None, None, None, SCHEMA_VERSION, _clean(reason)[:4 * COLUMN_LIMIT], None)
+
+
+def _clean(text: str) -> str:
+    """Text any backend's text column holds: no NUL, no lone surrogate."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def _storable(verdict: Verdict, destination: str) -> str:

@@ -11,6 +11,9 @@ Public API (other packages rely on exactly this):
     result.events      -> list[Event]   newly stored events, in position order, data filled
     result.duplicates  -> list[str]     event_ids already stored (or repeated in the batch)
     result.rejected    -> int           how many of result.events were stored as rejected
+    store.append_rejected(incoming, reason) -> AppendResult
+                                        store one message as rejected with ``reason`` (one the
+                                        database refused as examined: see ``identity``)
     store.read(after=0, until=None, *, execution_id=None, run_id=None, msg_types=None,
                namespace=None, since=None, until_time=None, valid=None, limit=None)
                                         -> Iterator[Event] in position order, data filled
@@ -77,7 +80,7 @@ from .catalog import resolve_zone
 from .engine import DEFAULT_URL, create_engine, lock_key
 from .envelope import Event, Incoming, utc_now
 from .errors import ReadOnlyStore
-from .identity import RunExecutions, as_stored
+from .identity import RunExecutions, as_rejected, as_stored
 from .migrate import check_store, upgrade_store
 from .postgres import PostgresRecorder
 from .reads import (
@@ -216,6 +219,23 @@ class EventStore(Reads):
             return
         with recorder.group(max_events, max_seconds):
             yield
+
+    def append_rejected(self, message: Incoming, reason: str) -> AppendResult:
+        """Store ``message`` as rejected with ``reason``, nothing derived from it but its
+        event_id (a repeat is absorbed as usual): for a message whose append failed on what it
+        holds, so that it is kept, and a recorder is never stuck retrying it."""
+        recorder = self._writable()
+        result = AppendResult()
+        event = as_rejected(message.destination, message.headers, message.body, utc_now(),
+                            reason)
+        try:
+            headers = orjson.dumps(message.headers) if message.headers else _EMPTY_HEADERS
+        except (TypeError, orjson.JSONEncodeError):
+            headers = orjson.dumps({"swf-unstorable-headers": repr(message.headers)[:4096]})
+        result.events = recorder.append(iter([(event, headers, True)]), 1, result.duplicates,
+                                        self._resolve_runs)
+        result.rejected = len(result.events)
+        return result
 
     def restore(self, rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows exactly as stored (``STORED_COLUMNS`` order: positions, ids and store

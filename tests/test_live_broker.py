@@ -90,8 +90,9 @@ def twin_of(cluster: Cluster, execution_id: str, options: tuple[str, ...], tmp_p
                          user=cluster.user)
 
 
-def assert_sent_stored_once(cluster: Cluster) -> None:
-    """Every message an agent sent (the broker confirmed it) is in the store exactly once."""
+def assert_sent_stored_once(cluster: Cluster) -> tuple[int, int]:
+    """Every message an agent sent (the broker confirmed it) is in the store exactly once;
+    returns (distinct msg_ids sent, rows stored for them)."""
     sent = set(cluster.sent())
     assert sent
 
@@ -101,6 +102,7 @@ def assert_sent_stored_once(cluster: Cluster) -> None:
     wait_for(all_stored, "every sent message to be stored")
     stored = _stored(cluster, sent)
     assert len(stored) == len(set(stored)) == len(sent)
+    return len(sent), len(stored)
 
 
 def _stored(cluster: Cluster, ids: set[str]) -> list[str]:
@@ -111,6 +113,12 @@ def _stored(cluster: Cluster, ids: set[str]) -> list[str]:
             found += conn.execute(sa.select(events.c.event_id).where(
                 events.c.event_id.in_(chunk[start:start + 500]))).scalars().all()
     return found
+
+
+def _logged(cluster: Cluster, text: str) -> int:
+    """How many times the cluster's processes logged ``text`` so far."""
+    return sum(path.read_text(errors="replace").count(text)
+               for path in cluster.root.glob("*.log"))
 
 
 def assert_all_alive(cluster: Cluster) -> None:
@@ -139,10 +147,13 @@ def test_every_agent_in_its_own_process_matches_the_embedded_run(cluster, tmp_pa
 
 
 def test_a_recorder_killed_again_and_again_loses_nothing(cluster, tmp_path) -> None:
-    proc, execution = start_run(cluster, FAST)
-    for kill in range(3):
-        wait_for(lambda n=kill: count(cluster, execution, "slice_result") >= 40 * (n + 1) or
-                 count(cluster, execution, "run_processed"), "progress in the store")
+    long = (*FAST, "fast_processing.stf_count=30")  # 450 slices: time for five kills
+    proc, execution = start_run(cluster, long)
+    kills = 5
+    for kill in range(kills):
+        wait_for(lambda n=kill: count(cluster, execution, "slice_result") >= 30 * (n + 1),
+                 "progress in the store", 60)
+        assert proc.poll() is None, "the run ended before the recorder was killed 5 times"
         cluster.kill("recorder", signal.SIGKILL)
         sent = len(cluster.sent())
         wait_for(lambda n=sent: len(cluster.sent()) >= n + 10,
@@ -150,19 +161,26 @@ def test_a_recorder_killed_again_and_again_loses_nothing(cluster, tmp_path) -> N
         cluster.start_recorder()
     summary = cluster.finish(proc)
     assert summary["status"] == "completed", cluster.log_text()
-    twin = twin_of(cluster, execution, FAST, tmp_path)
+    twin = twin_of(cluster, execution, long, tmp_path)
     # The recorder's deaths change nothing the agents decide, nor their order.
     assert decisions(cluster.store, execution) == decisions(twin, execution)
     assert projected(cluster.store, execution) == projected(twin, execution)
     assert_redrives_clean(cluster.store, execution)
-    assert_sent_stored_once(cluster)
+    sent, stored = assert_sent_stored_once(cluster)
+    print(f"\n(a) recorder SIGKILLed {kills} times during run {execution} "
+          f"({summary['slices_completed']} slices) on {cluster.store.backend}: {sent} msg_ids "
+          f"in the agents' sent logs, {stored} stored, each exactly once")
     twin.close()
 
 
 def test_a_broker_restart_mid_run_is_survived(cluster, broker, tmp_path) -> None:
     proc, execution = start_run(cluster, FAST)
     wait_for(lambda: count(cluster, execution, "tf_file_registered") >= 3, "three samples")
+    before = count(cluster, execution, "slice_result")
+    lost = _logged(cluster, "lost connection")
+    restart = time.monotonic()
     broker.restart()
+    down = time.monotonic() - restart
     summary = cluster.finish(proc)
     assert summary["status"] == "completed", cluster.log_text()
     assert_all_alive(cluster)
@@ -170,7 +188,12 @@ def test_a_broker_restart_mid_run_is_survived(cluster, broker, tmp_path) -> None
     assert decisions(cluster.store, execution) == decisions(twin, execution)
     assert projected(cluster.store, execution) == projected(twin, execution)
     assert_redrives_clean(cluster.store, execution)
-    assert_sent_stored_once(cluster)
+    sent, stored = assert_sent_stored_once(cluster)
+    reconnects = _logged(cluster, "lost connection") - lost
+    print(f"\n(c) broker restarted ({down:.1f} s) during run {execution} on "
+          f"{cluster.store.backend} after {before} of {summary['slices_completed']} slice "
+          f"results: run {summary['status']}; {sent} msg_ids in the agents' sent logs, "
+          f"{stored} stored, each exactly once; {reconnects} lost connections logged")
     twin.close()
 
 

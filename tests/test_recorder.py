@@ -20,7 +20,7 @@ from agents.transport.broker import (
     recorded_destination,
     unescape_header,
 )
-from agents.transport.consumer import encode_frame, parse_frames
+from agents.transport.consumer import FrameReader, ProtocolError, encode_frame, parse_frames
 from eventstore.envelope import (
     RESULT_MONITOR_TOPIC,
     RESULT_QUEUE,
@@ -39,32 +39,64 @@ def test_frames_are_split_with_bodies_holding_nul_and_heartbeats_between() -> No
     stream = (b"\n" + encode_frame("MESSAGE", {"destination": TOPIC, "ack": "ID:x:1",
                                               "content-length": str(len(body))}, body)
               + b"\r\n\n" + encode_frame("RECEIPT", {"receipt-id": "r-1"}))
-    frames, rest = parse_frames(stream)
-    assert rest == b""
+    frames, pos, _need, big = parse_frames(stream)
+    assert pos == len(stream) and big is None
     assert frames == [("MESSAGE", {"destination": TOPIC, "ack": "ID:x:1",
-                                   "content-length": str(len(body))}, body),
-                      ("RECEIPT", {"receipt-id": "r-1"}, b"")]
+                                   "content-length": str(len(body))}, body, 0),
+                      ("RECEIPT", {"receipt-id": "r-1"}, b"", 0)]
 
 
 def test_an_incomplete_frame_waits_for_more_bytes() -> None:
     whole = encode_frame("MESSAGE", {"content-length": "5"}, b"hello")
     for cut in range(1, len(whole)):
-        frames, rest = parse_frames(whole[:cut])
-        assert frames == [] and rest == whole[:cut]
-        frames, rest = parse_frames(rest + whole[cut:])
-        assert frames == [("MESSAGE", {"content-length": "5"}, b"hello")] and rest == b""
+        frames, pos, _need, _big = parse_frames(whole[:cut])
+        assert frames == [] and pos == 0
+        reader = FrameReader()
+        assert reader.feed(whole[:cut]) == []
+        assert reader.feed(whole[cut:]) == [("MESSAGE", {"content-length": "5"}, b"hello", 0)]
+        assert not reader.buffered
 
 
 def test_crlf_frames_and_repeated_headers() -> None:
-    frames, _ = parse_frames(b"MESSAGE\r\nfoo:first\r\nfoo:second\r\n\r\nbody\x00")
-    assert frames == [("MESSAGE", {"foo": "first"}, b"body")]  # STOMP 1.2: the first wins
+    frames, *_ = parse_frames(b"MESSAGE\r\nfoo:first\r\nfoo:second\r\n\r\nbody\x00")
+    assert frames == [("MESSAGE", {"foo": "first"}, b"body", 0)]  # STOMP 1.2: the first wins
 
 
 @given(st.text(min_size=0, max_size=30))
 def test_header_escaping_round_trips(value: str) -> None:
     assert unescape_header(escape_header(value)) == value
-    frames, _ = parse_frames(encode_frame("MESSAGE", {"x": value}, b""))
+    frames, *_ = parse_frames(encode_frame("MESSAGE", {"x": value}, b""))
     assert frames[0][1]["x"] == value
+
+
+@pytest.mark.parametrize(("frame", "problem"), [
+    (b"MESSAGE\ncontent-length:5\n\nhelloX", "no NUL after its content-length body"),
+    (b"MESSAGE\ncontent-length:\xc2\xb2\n\nhe\x00", "not a number"),  # a Unicode digit
+    (b"MESSAGE\ncontent-length:-1\n\n\x00", "not a number"),
+    (b"MESSAGE\ncontent-length: 5\n\nhello\x00", "not a number"),
+    (b"MESSAGE\n" + b"x:" + b"y" * 200 + b"\n", "header block is over 100 bytes"),
+])
+def test_what_is_not_stomp_is_a_protocol_error_not_a_crash(frame: bytes, problem: str) -> None:
+    reader = FrameReader(max_header=100)
+    with pytest.raises(ProtocolError, match=problem):
+        for start in range(0, len(frame), 7):  # whatever way it is cut into reads
+            reader.feed(frame[start:start + 7])
+
+
+@pytest.mark.parametrize("with_length", [True, False])
+def test_an_oversized_body_is_read_past_and_comes_out_with_what_was_dropped(
+        with_length: bool) -> None:
+    big = bytes(range(1, 256)) * 40  # 10,200 bytes, no NUL
+    headers = {"message-id": "m-1", **({"content-length": str(len(big))} if with_length else {})}
+    after = encode_frame("MESSAGE", {"message-id": "m-2"}, b"small")
+    stream = encode_frame("MESSAGE", headers, big) + b"\n" + after
+    for step in (1, 333, len(stream)):
+        reader = FrameReader(max_body=1000, keep=100)
+        frames = [frame for start in range(0, len(stream), step)
+                  for frame in reader.feed(stream[start:start + step])]
+        assert frames == [("MESSAGE", headers, big[:100], len(big) - 100),
+                          ("MESSAGE", {"message-id": "m-2"}, b"small", 0)]
+        assert not reader.buffered
 
 
 # -- what is stored ------------------------------------------------------------------------------
@@ -108,21 +140,24 @@ def body(msg_id: str) -> bytes:
 
 
 def feed(recorder: Recorder, deliveries: list[Delivery]) -> None:
-    """As the consumer's reader does: add what a read brought, then flush."""
+    """As the consumer's reader does: add what a read brought, then flush; then wait until the
+    writer wrote it all."""
     for start in range(0, len(deliveries), 9):
         for item in deliveries[start:start + 9]:
             recorder.add(item)
         recorder.flush()
-    recorder.flush(force=True)
+    assert recorder.drain(60)
 
 
 def test_each_batch_is_acked_after_it_committed_and_repeats_are_absorbed(sqlite_url) -> None:
     store = EventStore(sqlite_url)
     acks = Acks(store)
-    recorder = Recorder(store, acks, batch_size=7, batch_wait=60.0)
+    recorder = Recorder(store, acks, batch_size=7, batch_wait=0.01)
+    recorder.start()
     items = [Delivery(TOPIC, {"message-id": f"m{i}"}, body(f"id-{i % 40}"), f"ack-{i}", 1)
              for i in range(50)]  # ten repeats
     feed(recorder, items)
+    recorder.close()
     assert sorted(a for a, _ in acks.acked) == sorted(f"ack-{i}" for i in range(50))
     stored = {event.event_id: event.position for event in store.read()}
     assert len(stored) == 40 and recorder.stats.duplicates == 10
@@ -143,6 +178,9 @@ class FlakyStore:
             raise ConnectionError("database unavailable")
         return self.store.append(messages)
 
+    def append_rejected(self, message: Any, reason: str) -> Any:
+        return self.store.append_rejected(message, reason)
+
     def head(self) -> int:
         return self.store.head()
 
@@ -150,10 +188,12 @@ class FlakyStore:
 def test_nothing_is_acked_until_the_store_takes_the_batch(sqlite_url) -> None:
     store = EventStore(sqlite_url)
     acks = Acks(store)
-    recorder = Recorder(FlakyStore(store, failures=3), acks, batch_size=100,
+    recorder = Recorder(FlakyStore(store, failures=3), acks, batch_size=100, batch_wait=0.01,
                         retry=RetryPolicy(attempts=None, initial=0.01, maximum=0.02))
+    recorder.start()
     items = [Delivery(TOPIC, {}, body(f"id-{i}"), f"ack-{i}", 1) for i in range(20)]
     feed(recorder, items)
+    recorder.close()
     assert recorder.stats.store_errors == 3
     assert all(head >= 1 for _, head in acks.acked)  # no ack before a commit
     assert len(list(store.read())) == 20
@@ -198,13 +238,147 @@ def test_a_password_in_the_url_is_not_echoed_in_errors() -> None:
     assert "hunter2" not in str(problem.value)
 
 
-def test_a_partial_batch_waits_for_batch_wait(sqlite_url) -> None:
+def test_a_partial_batch_waits_for_batch_wait_and_is_written_on_close(sqlite_url) -> None:
     store = EventStore(sqlite_url)
     acks = Acks(store)
     recorder = Recorder(store, acks, batch_size=10, batch_wait=60.0)
+    recorder.start()
     recorder.add(Delivery(TOPIC, {}, body("lonely"), "ack-0", 1))
-    due = recorder.flush()
-    assert due is not None and 59 < due <= 60 and acks.acked == []
-    recorder.batch_wait = 0.0
-    assert recorder.flush() is None and [a for a, _ in acks.acked] == ["ack-0"]
+    recorder.flush()
+    assert not recorder.drain(0.3) and acks.acked == []  # waiting for nine more
+    recorder.close()
+    assert [a for a, _ in acks.acked] == ["ack-0"] and store.head() == 1
+    store.close()
+
+
+def test_the_consumer_stops_reading_while_the_writer_holds_enough(sqlite_url) -> None:
+    store = EventStore(sqlite_url)
+    wakes: list[int] = []
+    recorder = Recorder(store, Acks(store), batch_size=10, batch_wait=60.0,
+                        backlog_messages=25, wake=lambda: wakes.append(1))
+    for i in range(30):
+        recorder.add(Delivery(TOPIC, {}, body(f"held-{i}"), f"ack-{i}", 1))
+    recorder.flush()
+    assert not recorder.accepting()  # 30 held, not written yet: the writer is not started
+    recorder.start()
+    assert recorder.drain(30) and recorder.accepting() and wakes  # told to read again
+    assert store.head() == 30
+    recorder.close()
+    store.close()
+
+
+# -- a bad message is stored as rejected, never retried forever ----------------------------------
+
+
+def test_store_errors_are_told_apart_from_outages(tmp_path) -> None:
+    """Real errors: a locked SQLite database and a refused PostgreSQL connection are outages;
+    a value the database cannot hold, or one Python cannot bind, is not."""
+    import socket
+    import sqlite3
+
+    import psycopg
+
+    from eventstore.errors import is_outage
+
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+
+    path = str(tmp_path / "locked.db")
+    holder = sqlite3.connect(path)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        sqlite3.connect(path, timeout=0).execute("INSERT INTO t VALUES (1)")
+    assert is_outage(locked.value)
+    holder.rollback()
+    with pytest.raises(OverflowError) as overflow:
+        holder.execute("INSERT INTO t VALUES (?)", (1 << 70,))
+    assert not is_outage(overflow.value)
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(f"host=127.0.0.1 port={port} connect_timeout=2")
+    assert is_outage(refused.value)
+    assert not is_outage(ValueError("bad value")) and is_outage(ConnectionError("gone"))
+
+
+def test_a_message_the_database_refuses_is_stored_as_rejected_and_the_rest_go_on(pg_url) -> None:
+    """On PostgreSQL a NUL in the broker's message-id (the event_id of a message without
+    msg_id) fails the whole append: the recorder splits the batch, stores that one message as
+    rejected with the reason, stores the others as they are, and acks them all; redelivered,
+    the rejected one is absorbed as a duplicate."""
+    store = EventStore(pg_url)
+    acks = Acks(store)
+    recorder = Recorder(store, acks, batch_size=50, batch_wait=0.01)
+    recorder.start()
+    poison = Delivery(TOPIC, {"message-id": "ID:a\x00b"}, b"not json", "ack-poison", 1)
+    items = [Delivery(TOPIC, {}, body(f"ok-{i}"), f"ack-{i}", 1) for i in range(49)]
+    feed(recorder, [*items[:20], poison, *items[20:]])
+    stats = recorder.stats
+    print("refused by the database:", stats)
+    assert (stats.stored, stats.rejected, stats.unstorable) == (50, 1, 1)
+    assert len(acks.acked) == 50
+    (rejected,) = [e for e in store.read(valid=False)]
+    assert rejected.body == b"not json" and rejected.event_id == "broker:ID:a\ufffdb"
+    assert rejected.reject_reason.startswith("not storable as examined: ")
+    assert "0x00" in rejected.reject_reason
+    assert sorted(e.event_id for e in store.read(valid=True)) == sorted(f"ok-{i}"
+                                                                       for i in range(49))
+    again = Delivery(TOPIC, {"message-id": "ID:a\x00b"}, b"not json", "ack-again", 1)
+    feed(recorder, [again])
+    assert stats.duplicates == 1
+    assert len(list(store.read())) == 50
+    recorder.close()
+    store.close()
+
+
+class PickyStore(FlakyStore):
+    """Refuses any append holding a body with ``poison`` in it, as a database refuses a value
+    it cannot hold (a DataError of no outage)."""
+
+    def append(self, messages: list[Any]) -> Any:
+        if any(b"poison" in message.body for message in messages):
+            raise ValueError("value out of range for the column")
+        return self.store.append(messages)
+
+
+def test_bad_messages_anywhere_in_a_batch_are_isolated(sqlite_url) -> None:
+    store = EventStore(sqlite_url)
+    acks = Acks(store)
+    recorder = Recorder(PickyStore(store, 0), acks, batch_size=100, batch_wait=0.01)
+    recorder.start()
+    items = [Delivery(TOPIC, {}, body(f"{'poison' if i % 37 == 5 else 'ok'}-{i}"), f"a-{i}", 1)
+             for i in range(300)]
+    feed(recorder, items)
+    recorder.close()
+    bad = {f"poison-{i}" for i in range(300) if i % 37 == 5}
+    stored = {e.event_id: e.reject_reason for e in store.read()}
+    assert len(stored) == 300 and len(acks.acked) == 300
+    assert {i for i, reason in stored.items() if reason} == bad
+    assert all("ValueError: value out of range" in stored[i] for i in bad)
+    assert recorder.stats.unstorable == len(bad)
+    store.close()
+
+
+class BrokenStore(PickyStore):
+    """Refuses even the rejected form: the store itself is broken, not a message."""
+
+    def append_rejected(self, message: Any, reason: str) -> Any:
+        raise ValueError("permission denied for table events")
+
+
+def test_a_store_that_refuses_even_the_rejected_form_ends_the_recorder_nothing_acked(
+        sqlite_url) -> None:
+    store = EventStore(sqlite_url)
+    acks = Acks(store)
+    told: list[str] = []
+    recorder = Recorder(BrokenStore(store, 0), acks, batch_size=10, batch_wait=0.01,
+                        on_fatal=told.append)
+    recorder.start()
+    for i in range(5):
+        recorder.add(Delivery(TOPIC, {}, body(f"poison-{i}"), f"a-{i}", 1))
+    recorder.flush()
+    assert not recorder.drain(30)  # the writer gave up
+    assert len(told) == 1 and "permission denied" in told[0] and "\n" not in told[0]
+    assert acks.acked == [] and store.head() == 0
+    recorder.close()
     store.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import uuid
 
 import orjson
@@ -294,3 +295,76 @@ def test_an_unexpected_error_in_the_consumer_is_reported_not_swallowed(broker) -
         assert not consumer.ready.is_set()
     finally:
         consumer.close()
+
+
+def test_a_refused_subscribe_is_retried_with_backoff_not_hammered(broker) -> None:
+    """ActiveMQ accepts the CONNECT, then answers a SUBSCRIBE with a selector it cannot parse
+    with an ERROR frame and closes: each reconnect waits longer than the one before."""
+    from agents.transport.consumer import StompConsumer, Subscription
+
+    name = f"refused-{uuid.uuid4().hex[:8]}"
+    consumer = StompConsumer(broker_config(broker.url), [Subscription(TOPIC, selector="((")],
+                             lambda _delivery: None, client_id=name, name=name,
+                             backoff=Backoff(0.1, 5.0, jitter=0.0))
+    started = time.monotonic()
+    consumer.start()
+    try:
+        wait_for(lambda: consumer.refusals >= 4, "four refusals")
+        elapsed = time.monotonic() - started
+    finally:
+        consumer.close()
+    print(f"refused SUBSCRIBE: {consumer.refusals} refusals on {consumer.connections} "
+          f"connections in {elapsed:.2f} s")
+    assert elapsed >= 0.1 + 0.2 + 0.4  # three waits between four refusals, doubling
+    assert consumer.connections <= consumer.refusals + 1 and not consumer.ready.is_set()
+
+
+def test_the_issues_bad_messages_are_stored_rejected_and_recording_goes_on(broker,
+                                                                            recorder) -> None:
+    start, store = recorder
+    started = start()
+    tag = uuid.uuid4().hex[:8]
+    unicode_run = orjson.dumps({"msg_type": "stf_ready", "run_id": "²", "filename": "x",
+                                "msg_id": f"sup-{tag}"})
+    huge = orjson.dumps({"msg_type": "slice", "msg_id": f"huge-{tag}", "run_id": 1,
+                         "slice_id": 18446744073709551615, "tf_filename": "t", "start": 0,
+                         "end": 1})
+    bare = b'{"msg_type":"stf_ready","run_id":"\xc2\xb2","filename":"x"}'  # the issue's own
+    publish(broker.url, [(TOPIC, unicode_run), (TOPIC, huge), (TOPIC, bare),
+                         (TOPIC, heartbeat(f"after-{tag}"))])
+    wait_for(lambda: stored_ids(store.engine, event_id=f"after-{tag}"), "the message after")
+    rows = {e.body: e.reject_reason for e in store.read(valid=False)}
+    print("issue's bad messages:", rows, started.stats)
+    assert "run_id" in rows[unicode_run] and "run_id" in rows[bare]
+    assert "slice_id" in rows[huge] and "out of range" in rows[huge]
+    assert started.stats.store_errors == 0  # the catalog's verdict: no append failed
+
+
+def test_an_oversized_body_is_stored_rejected_and_acked_not_redelivered(broker, sqlite_url
+                                                                         ) -> None:
+    store = EventStore(sqlite_url)
+    name = f"big-{uuid.uuid4().hex[:8]}"
+    config = broker_config(broker.url)
+    big = b'{"msg_type":"agent_log","pad":"' + b"x" * 300_000 + b'"}'
+    tag = uuid.uuid4().hex[:8]
+    try:
+        first = BrokerRecorder(store, config, name=name, max_body=100_000)
+        first.start()
+        assert first.wait_ready(30)
+        publish(broker.url, [(TOPIC, big), (TOPIC, heartbeat(f"small-{tag}"))])
+        wait_for(lambda: first.stats.acked >= 2, "both acked")
+        first.stop()
+        (kept,) = list(store.read(valid=False))
+        assert kept.body == big[:64 << 10] and kept.event_id.startswith("broker:ID:")
+        assert f"body of {len(big)} bytes is over the recorder's bound of 100000 bytes" \
+            in kept.reject_reason
+        second = BrokerRecorder(store, config, name=name, max_body=100_000)  # same durable subs
+        second.start()
+        assert second.wait_ready(30)
+        publish(broker.url, [(TOPIC, heartbeat(f"marker-{tag}"))])
+        wait_for(lambda: stored_ids(store.engine, event_id=f"marker-{tag}"), "the marker")
+        second.stop()
+        print("oversized:", first.stats, second.stats)
+        assert second.stats.received == 1 and first.stats.oversized == 1  # not redelivered
+    finally:
+        store.close()

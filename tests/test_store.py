@@ -422,3 +422,25 @@ def test_write_group_commits_after_its_time(sqlite_url: str) -> None:
         assert other.head() == 1
         # Reserving inside the group uses its transaction instead of waiting for its lock.
         assert store.reserve_execution("wf", "ann").execution_id.startswith("wf-ann-")
+
+
+def test_append_rejected_keeps_any_message_and_absorbs_its_repeats(db_url) -> None:
+    """What a database refused as examined is kept as rejected with the reason: body and
+    headers as received, the event_id it would have had (cleaned of what a text column cannot
+    hold), and a repeat is a duplicate."""
+    with EventStore(db_url) as store:
+        good = orjson.dumps(message())
+        first = store.append_rejected(Incoming(TOPIC, good, {"k": "v"}), "refused: why")
+        (event,) = first.events
+        assert first.rejected == 1 and event.reject_reason == "refused: why"
+        assert event.event_id == orjson.loads(good)["msg_id"] and event.run_id is None
+        nul = store.append_rejected(Incoming(TOPIC + "\x00x", b"\x00 not json",
+                                             {"message-id": "ID:a\x00b"}), "nul\x00reason")
+        (odd,) = list(store.read(valid=False))[1:]
+        assert odd.event_id == "broker:ID:a\ufffdb" and odd.body == b"\x00 not json"
+        assert odd.destination == TOPIC + "\ufffdx" and odd.reject_reason == "nul\ufffdreason"
+        assert odd.headers == {"message-id": "ID:a\x00b"} and nul.rejected == 1
+        again = store.append_rejected(Incoming(TOPIC, good, {}), "refused again")
+        assert again.events == [] and again.duplicates == [event.event_id]
+        assert store.append([Incoming(TOPIC, good)]).duplicates == [event.event_id]
+        assert store.head() >= 2 and len(list(store.read())) == 2

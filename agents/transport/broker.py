@@ -80,13 +80,16 @@ def _without_secret(url: str) -> str:
 class Delivery:
     """One MESSAGE frame as received. ``generation`` numbers the connection it came on: an ack
     id is only valid on that connection, so acks of an earlier generation are dropped (the
-    broker redelivers those messages, and their event_id makes the repeat harmless)."""
+    broker redelivers those messages, and their event_id makes the repeat harmless).
+    ``discarded``: body bytes the consumer did not keep, the frame being over its size bound
+    (``body`` is then only the body's first bytes)."""
 
     destination: str
     headers: dict[str, str]
     body: bytes
     ack_id: str | None
     generation: int
+    discarded: int = 0
 
     @property
     def redelivered(self) -> bool:
