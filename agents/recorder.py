@@ -79,6 +79,15 @@ class RecorderStats:
     unstorable: int = 0  # messages the database refused as examined, stored as rejected
     oversized: int = 0  # messages whose body was over the consumer's bound
 
+    def summary(self) -> str:
+        """One line for the end of ``swf record``."""
+        line = (f"recorded {self.stored} events ({self.duplicates} duplicates absorbed, "
+                f"{self.rejected} rejected")
+        odd = [f"{count} {what}" for count, what in (
+            (self.unstorable, "refused by the database as examined"),
+            (self.oversized, "over the size bound")) if count]
+        return line + (f", of which {' and '.join(odd)})" if odd else ")")
+
 
 class RecorderFailed(Exception):
     """The store refused even a message's rejected form: not a message's fault, not an outage."""

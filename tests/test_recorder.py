@@ -382,3 +382,13 @@ def test_a_store_that_refuses_even_the_rejected_form_ends_the_recorder_nothing_a
     assert acks.acked == [] and store.head() == 0
     recorder.close()
     store.close()
+
+
+def test_the_summary_line_names_what_was_rejected_for_the_store_or_the_size() -> None:
+    from agents.recorder import RecorderStats
+
+    plain = RecorderStats(stored=5, duplicates=1, rejected=0)
+    assert plain.summary() == "recorded 5 events (1 duplicates absorbed, 0 rejected)"
+    odd = RecorderStats(stored=7, duplicates=0, rejected=3, unstorable=1, oversized=2)
+    assert odd.summary() == ("recorded 7 events (0 duplicates absorbed, 3 rejected, of which "
+                             "1 refused by the database as examined and 2 over the size bound)")

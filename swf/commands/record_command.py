@@ -121,8 +121,7 @@ def record_command(broker_url: str | None, config_path: Path | None, db_url: str
             if ready_file is not None:
                 ready_file.unlink(missing_ok=True)
     stats = recorder.stats
-    click.echo(f"recorded {stats.stored} events ({stats.duplicates} duplicates absorbed, "
-               f"{stats.rejected} rejected)", err=True)
+    click.echo(stats.summary(), err=True)
     if fatal:  # a supervisor restarts a process that exits non-zero
         raise click.ClickException(fatal[0])
 
