@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,11 @@ from urllib.parse import urlsplit
 
 import httpx2
 import pytest
+from broker import free_port, wait_for  # the same waiting and ports as the broker tests
 
 REPO = Path(__file__).resolve().parent.parent
 SWF = [sys.executable, "-c", "from swf.cli import run; run()"]
 CHROMIUM = Path("/usr/bin/chromium")
-WAIT = 30.0  # seconds a condition may take before a test gives up
 BAD_LINES = b'not json\n{"msg_type":"launch","run_id":1}\n'
 
 
@@ -38,27 +37,6 @@ def unavailable(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT,
-             every: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something truthy (returned), or fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
 
 
 def swf(*args: str, env: dict[str, str] | None = None, timeout: float = 120,

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 pytest_plugins = ["console_fixtures"]
-pytest.register_assert_rewrite("console_fixtures")
-from console_fixtures import SWF, WAIT, Served, wait_for  # noqa: E402
+pytest.register_assert_rewrite("broker", "console_fixtures")
+from broker import WAIT, wait_for  # noqa: E402
+from console_fixtures import SWF, Served  # noqa: E402
 
 FAST = "fast_processing-swf-0001"
 PROMPT = "prompt_processing-swf-0001"
