@@ -27,6 +27,11 @@ Measured 2026-11-28 on the shared 2-core VM while other sessions' benchmarks ran
   and the fresh store's migrations; the command modules no longer load the replay and the
   console (``swf.commands.group.COMMAND_MODULES``), nor the schema SQLAlchemy's PostgreSQL
   dialect. Opening an existing, current store takes 6 ms.
+
+Re-measured on the quiet machine (2026-11-28 16:01 UTC, nothing else running, after issue 15's
+merges): default ``swf run`` best 0.694 s, median 0.723 s over 5 (in process: store open
+0.136 s, run 0.030 s, catch-up 0.039 s): target 0.6 s not met; production run 295,635 events in
+21.0 s = 14,083 events/s (catch-up 3.1 s): target 20 s not met, by 5%.
 """
 
 from __future__ import annotations
