@@ -30,12 +30,12 @@ part is cheaper than the library's (the store's table by plain sqlite3: 66k rows
 ``append_layouts.py``, where the unique index on random ids costs 15% and the read indexes 10%).
 Two threads (inserting while examining) made it slower: sqlite3 binds every row under the GIL.
 
-Re-measured on the quiet machine (2026-11-28 16:01 UTC, nothing else running, ``--repeat 2``):
-eventsourcing application recorder 116,342 ev/s, aggregate recorder 40,330 ev/s (the issue's
-38.6k baseline is this one's figure); SQLite append 50,615 ev/s = 0.44x the application
-recorder, 1.25x the aggregate recorder; ``swf import`` 44,774 ev/s = 1.11x the aggregate
-recorder; catalog precomputed 65,800 ev/s; PostgreSQL append 72,064 ev/s = 0.56x raw COPY
-(128,625 ev/s): the PostgreSQL target is not met.
+Re-measured on the settled quiet machine (2026-11-28 16:21 UTC, load average under 1,
+``--repeat 2``): eventsourcing application recorder 105,565 ev/s, aggregate recorder 38,706
+ev/s (the issue's 38.6k baseline is this one's figure); SQLite append 50,710 ev/s = 0.48x the
+application recorder, 1.31x the aggregate recorder; ``swf import`` 44,918 ev/s = 1.16x the
+aggregate recorder; catalog precomputed 67,307 ev/s; PostgreSQL append 75,438 ev/s = 0.61x raw
+COPY (122,948 ev/s): the PostgreSQL target is not met.
 """
 
 from __future__ import annotations

@@ -38,10 +38,10 @@ steadier). 1,000,000 events, 354,163 rows; before = the tree before issue 15's r
   touches (the catch-up path), took 42 s of CPU for 1M events (5x) and peaked at 810 MB, so it
   was not taken.
 
-Re-measured on the quiet machine (2026-11-28 16:03 UTC, nothing else running), 1M events: raw
-read+decode 1.70 s (589k events/s); projector read+decode 3.84 s; rebuild in process 6.35 s
-(157k events/s, 3.74x the raw read); ``swf projections rebuild`` 7.14 s (4.21x), peak RSS
-614 MB. Neither target is met.
+Re-measured on the settled quiet machine (2026-11-28 16:22 UTC, load average under 1), 1M
+events: raw read+decode 1.64 s (610k events/s); projector read+decode 3.50 s; rebuild in
+process 5.65 s (177k events/s, 3.44x the raw read); ``swf projections rebuild`` 6.20 s (3.78x),
+peak RSS 614 MB. Neither target is met.
 """
 
 from __future__ import annotations

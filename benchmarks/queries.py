@@ -25,11 +25,11 @@ walked the execution's index (every one of its events) instead of the tiny parti
 rejected rows; that is fixed, with no new index. The other queries were already served by the
 projection tables' keys and indexes (``--limit`` on the big tables).
 
-Measured on the quiet machine (2026-11-28 16:03 UTC, nothing else running), 1M events: every
-query 0.42-0.49 s as a command, 3-14 ms in process; ``python -c pass`` 0.033 s, ``swf --help``
-0.478 s. The query work meets the 0.3 s target with room to spare; the command does not, by
-``swf``'s start-up (SQLAlchemy ~0.12 s, the settings' pydantic and the adapters' modules they
-import ~0.1 s, the event store and projections ~0.08 s).
+Measured on the settled quiet machine (2026-11-28 16:22 UTC, load average under 1), 1M events:
+the slowest query 0.433 s as a command, 12 ms in process; ``python -c pass`` 0.031 s, ``swf
+--help`` 0.414 s. The query work meets the 0.3 s target with room to spare; the command does
+not, by ``swf``'s start-up (SQLAlchemy ~0.12 s, the settings' pydantic and the adapters'
+modules they import ~0.1 s, the event store and projections ~0.08 s).
 """
 
 from __future__ import annotations

@@ -31,10 +31,10 @@ read one table at a time, and the scan's SQLite page cache kept small). 5M event
 projector's read/decode/fold path, see ``benchmarks/projections.py``) is longer than the 5 s
 budget, and it keeps every record of the execution in memory, so memory grows with the log.
 
-Re-measured on the quiet machine (2026-11-28 16:04 UTC, nothing else running), 1M events:
-raw read+decode 1.79 s; replay in process 6.64 s, as a command 7.07 s (3.94x the raw read),
-peak RSS 866 MB; phases: fold 4.57 s, render 0.96 s, read stored rows 0.79 s, compare 0.22 s.
-The 5 s target is not met.
+Re-measured on the settled quiet machine (2026-11-28 16:23 UTC, load average under 1), 1M
+events: raw read+decode 1.83 s; replay in process 6.30 s, as a command 6.64 s (3.63x the raw
+read), peak RSS 660 MB; phases: fold 4.44 s, render 0.92 s, read stored rows 0.72 s, compare
+0.22 s. The 5 s target is not met.
 """
 
 from __future__ import annotations
