@@ -216,6 +216,7 @@ class LiveHost:
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._next_ack_check = 0.0
+        self._store_trouble = False  # told once per outage, not at every ack poll
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -532,8 +533,15 @@ class LiveHost:
         try:
             stored = self.store.stored_ids({event_id for event_id, _, _ in self._awaiting})
         except Exception as problem:  # noqa: BLE001 - the store may be briefly unavailable
-            log.warning("%s: cannot check the store (%s)", self.agent.name, problem)
+            if not self._store_trouble:
+                self._store_trouble = True
+                log.warning("%s: cannot check the store (%s); acks are held until it answers",
+                            self.agent.name, str(problem).splitlines()[0] if str(problem)
+                            else type(problem).__name__)
             return
+        if self._store_trouble:
+            self._store_trouble = False
+            log.warning("%s: the store answers again; acking what it holds", self.agent.name)
         waiting, overdue = [], 0
         for item in self._awaiting:
             if item[0] in stored or now - item[2] > self.record_wait:

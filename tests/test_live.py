@@ -372,3 +372,45 @@ def test_recent_ids_forget_the_oldest_half_beyond_their_limit() -> None:
     recent = RecentIds(limit=10)
     recent.update(str(i) for i in range(11))
     assert len(recent) == 6 and "0" not in recent and "10" in recent and "5" in recent
+
+
+def test_a_store_outage_is_told_once_and_acks_resume_after_it(tmp_path, caplog) -> None:
+    """While the store cannot be asked, acks are held and the agent says so once (not at every
+    poll, 20 times a second); when it answers again, it says so and acks what it holds."""
+    import logging
+    import threading
+
+    from eventstore.envelope import Incoming
+
+    store = EventStore(f"sqlite:///{tmp_path / 'outage.db'}")
+    broker = MemoryBroker()  # records nothing: the test plays the recorder
+    host = LiveHost(Probe("probe-1", NS), broker.transport("swf.probe-1"), store, {},
+                    heartbeat_interval=60.0)
+    failing, polls = threading.Event(), []
+    real = store.stored_ids
+
+    def stored_ids(ids):  # noqa: ANN001, ANN202
+        if failing.is_set():
+            polls.append(1)
+            raise RuntimeError("database is unavailable\nsecond line")
+        return real(ids)
+
+    store.stored_ids = stored_ids  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING, logger="swf.live")
+    host.start()
+    try:
+        assert host.wait_ready(5)
+        failing.set()
+        body = message("stf_gen", "held", filename="a.stf")
+        broker.publish(TOPIC, body)
+        wait_for(lambda: len(polls) >= 5, "several polls of the unavailable store")
+        assert host.stats.acked == 0
+        store.append([Incoming(TOPIC, body)])
+        failing.clear()
+        wait_for(lambda: host.stats.acked == 1, "the recorded message to be acked")
+    finally:
+        host.stop()
+        store.close()
+    told = [r.getMessage() for r in caplog.records if "store" in r.getMessage()]
+    assert told == ["probe-1: cannot check the store (database is unavailable); acks are held "
+                    "until it answers", "probe-1: the store answers again; acking what it holds"]
