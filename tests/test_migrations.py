@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,27 @@ def _tables(engine: sa.Engine) -> set[str]:
 def _versions(engine: sa.Engine, table: str = migrate.STORE_VERSION_TABLE) -> list[str]:
     with engine.connect() as conn:
         return [row[0] for row in conn.execute(sa.text(f"SELECT version_num FROM {table}"))]
+
+
+@contextmanager
+def _projections_at(store: EventStore, revision: str) -> Iterator[sa.Connection]:
+    """A store holding one start_run event, its projection schema upgraded only to ``revision``
+    (an existing deployment); yields the transaction, for the rows of that time."""
+    from alembic import command
+    from alembic.config import Config
+
+    from projections.projector import SCRIPTS, VERSION_TABLE
+
+    store.append([Incoming.of({"msg_type": "start_run", "msg_id": "m1", "run_id": 5,
+                               "namespace": "ns", "execution_id": "e-1",
+                               "timestamp": "2026-01-01T00:00:00.000000Z"})])
+    with store.engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", SCRIPTS)
+        config.attributes["connection"] = conn
+        config.attributes["version_table"] = VERSION_TABLE
+        command.upgrade(config, revision)
+        yield conn
 
 
 def test_opening_a_fresh_database_creates_the_schema(db_url: str) -> None:
@@ -285,21 +308,10 @@ def test_projection_migrations_build_exactly_the_declared_tables(db_url: str) ->
 def test_p0002_upgrades_a_p0001_database_with_rows(db_url: str) -> None:
     """An existing store: run_state rows get the new columns' defaults; the new projections
     start behind and are rebuilt up to the others by the next catch-up."""
-    from alembic import command
-    from alembic.config import Config
-
-    from projections.projector import SCRIPTS, VERSION_TABLE, Projector
+    from projections.projector import VERSION_TABLE, Projector
 
     with EventStore(db_url) as store:
-        store.append([Incoming.of({"msg_type": "start_run", "msg_id": "m1", "run_id": 5,
-                                   "namespace": "ns", "execution_id": "e-1",
-                                   "timestamp": "2026-01-01T00:00:00.000000Z"})])
-        with store.engine.begin() as conn:
-            config = Config()
-            config.set_main_option("script_location", SCRIPTS)
-            config.attributes["connection"] = conn
-            config.attributes["version_table"] = VERSION_TABLE
-            command.upgrade(config, "p0001")
+        with _projections_at(store, "p0001") as conn:
             conn.execute(sa.text(
                 "INSERT INTO run_state (run_number, namespace, execution_id, phase, "
                 "stf_count, stf_samples_received, slices_created, slices_queued, "
@@ -323,21 +335,10 @@ def test_p0002_upgrades_a_p0001_database_with_rows(db_url: str) -> None:
 def test_p0003_upgrades_a_p0002_database_with_rows(db_url: str) -> None:
     """An existing store: executions rows get the REST columns empty; workflow_definitions is
     created and its projection is caught up to the others."""
-    from alembic import command
-    from alembic.config import Config
-
-    from projections.projector import NAMES, SCRIPTS, VERSION_TABLE, Projector
+    from projections.projector import NAMES, VERSION_TABLE, Projector
 
     with EventStore(db_url) as store:
-        store.append([Incoming.of({"msg_type": "start_run", "msg_id": "m1", "run_id": 5,
-                                   "namespace": "ns", "execution_id": "e-1",
-                                   "timestamp": "2026-01-01T00:00:00.000000Z"})])
-        with store.engine.begin() as conn:
-            config = Config()
-            config.set_main_option("script_location", SCRIPTS)
-            config.attributes["connection"] = conn
-            config.attributes["version_table"] = VERSION_TABLE
-            command.upgrade(config, "p0002")
+        with _projections_at(store, "p0002") as conn:
             conn.execute(sa.text(
                 "INSERT INTO executions (namespace, execution_id, status, runs, run_count, "
                 "stf_count, stf_samples_received, slices_created, slices_completed, "
