@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from agents.base import Agent, Command, Output, Send, derive_id
+from agents.base import Agent, Command, Output, Send
 from agents.config import param
 from eventstore.envelope import TOPIC, Event, format_time, parse_time
 
@@ -88,16 +88,9 @@ class DaqSimulator(Agent):
 
         def message(msg_type: str, offset: float, key: object = "", **payload: Any
                     ) -> dict[str, Any]:
-            return {
-                "msg_type": msg_type,
-                "msg_id": derive_id(execution_id, run_id, self.name, msg_type, key),
-                "namespace": self.namespace,
-                "execution_id": execution_id,
-                "run_id": run_id,
-                "sender": self.name,
-                "timestamp": format_time(t0 + timedelta(seconds=offset)),
-                **payload,
-            }
+            return self.decided(msg_type, execution_id=execution_id, run_id=run_id,
+                                time=format_time(t0 + timedelta(seconds=offset)), key=key,
+                                **payload)
 
         outputs: list[Output] = [Send(message(
             "run_imminent", 0.0, state="beam", substate="not_ready", workflow=workflow,
