@@ -423,13 +423,19 @@ def self_signed(folder: Path) -> Path:
 
 class Proxy:
     """Forwards TCP connections to the broker, optionally terminating TLS with ``certificate``.
-    ``cut()`` drops every open connection at once, as a network failure would."""
+    ``cut()`` drops every open connection at once, as a network failure would. With ``record``,
+    it notes what clients write (time, connection number, bytes), so a test can see which
+    bytes one client wrote during a window (``written``: heart-beats, acks)."""
 
-    def __init__(self, target_port: int, certificate: Path | None = None) -> None:
+    def __init__(self, target_port: int, certificate: Path | None = None,
+                 record: bool = False) -> None:
         import ssl
         import threading
 
         self.target_port = target_port
+        self.record = record
+        self.sent: list[tuple[float, int, bytes]] = []
+        self.connections = 0
         self.context = None
         if certificate is not None:
             self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -445,6 +451,15 @@ class Proxy:
     @property
     def url(self) -> str:
         return f"{'stomp+ssl' if self.context else 'stomp'}://127.0.0.1:{self.port}"
+
+    def written(self, start: float, end: float, client_id: str) -> bytes:
+        """What the connections whose CONNECT names ``client_id`` wrote in [start, end]
+        (``record`` only)."""
+        sent = list(self.sent)
+        mine = {number for _, number, data in sent
+                if data.startswith(b"CONNECT") and f"client-id:{client_id}\n".encode() in data}
+        return b"".join(data for at, number, data in sent
+                        if number in mine and start <= at <= end)
 
     def cut(self) -> None:
         with self._lock:
@@ -466,9 +481,11 @@ class Proxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._pump, args=(client,), daemon=True).start()
+            self.connections += 1
+            threading.Thread(target=self._pump, args=(client, self.connections),
+                             daemon=True).start()
 
-    def _pump(self, client: socket.socket) -> None:
+    def _pump(self, client: socket.socket, number: int) -> None:
         import select
         import ssl
 
@@ -488,6 +505,8 @@ class Proxy:
                     data = source.recv(1 << 16)
                     if not data:
                         return
+                    if self.record and source is client:
+                        self.sent.append((time.monotonic(), number, data))
                     peer[source].sendall(data)
         except (OSError, ValueError):
             return

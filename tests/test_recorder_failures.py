@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from eventstore.envelope import SLICE_QUEUE, TOPIC
 from eventstore.schema import events
 
 pytest.register_assert_rewrite("broker")
-from broker import Cluster, free_port, publish, wait_for  # noqa: E402
+from broker import Cluster, Proxy, free_port, publish, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 pytest_plugins = ["broker"]  # the module-scoped ``broker`` fixture
@@ -215,74 +215,13 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 OUTAGE = 20.0  # seconds: long enough for several of the recorder's heart-beats (every 5 s)
 
 
-class Tap:
-    """A TCP relay to the broker that notes what clients send, with the time and the connection:
-    so a test can see which bytes one client wrote during a window (heart-beats, acks)."""
-
-    def __init__(self, target_port: int) -> None:
-        import socket
-
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        # (monotonic time, connection number, bytes the client wrote)
-        self.sent: list[tuple[float, int, bytes]] = []
-        self.connections = 0
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"stomp://127.0.0.1:{self.port}"
-
-    def written(self, start: float, end: float, client_id: str) -> bytes:
-        """What the connections whose CONNECT names ``client_id`` wrote in [start, end]."""
-        sent = list(self.sent)
-        mine = {number for _, number, data in sent
-                if data.startswith(b"CONNECT") and f"client-id:{client_id}\n".encode() in data}
-        return b"".join(data for at, number, data in sent
-                        if number in mine and start <= at <= end)
-
-    def close(self) -> None:
-        self.closed = True
-        self.listener.close()
-
-    def _accept(self) -> None:
-        import socket
-
-        while not self.closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self.connections += 1
-            threading.Thread(target=self._pump, args=(client, upstream, self.connections),
-                             daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, 0),
-                             daemon=True).start()
-
-    def _pump(self, source, target, number: int) -> None:  # noqa: ANN001 - sockets
-        try:
-            while data := source.recv(1 << 16):
-                if number:
-                    self.sent.append((time.monotonic(), number, data))
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                with suppress(OSError):
-                    sock.close()
-
-
 def test_a_database_outage_mid_run_holds_acks_keeps_the_connection_and_loses_nothing(
         broker, tmp_path) -> None:
     tag = uuid.uuid4().hex[:8]
     with private_postgres() as server:
         cluster = Cluster(broker, tmp_path / "outage", db_url=server.url,
                           recorder_name=f"outage-{tag}")
-        tap = Tap(broker.port)
+        tap = Proxy(broker.port, record=True)
         cluster.env["SWF_BROKER"] = tap.url  # the recorder's connection goes through the tap
         try:
             cluster.start_recorder()
