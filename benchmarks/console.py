@@ -32,7 +32,6 @@ all 100 clients, 156k event deliveries/s; lag from append to arrival p50 322 ms,
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import os
 import socket
@@ -51,6 +50,8 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
+
+from bigstore import log_builder, store_options, store_path  # noqa: E402
 
 from eventstore.store import EventStore  # noqa: E402
 from projections.projector import Projector  # noqa: E402
@@ -103,15 +104,6 @@ with EventStore(url) as store:
     store.append([make("end_run", "daq", total_stf_files=stfs)])
 print(serial)
 """
-
-
-def _bench_projections() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_projections",
-                                                  Path(__file__).with_name("projections.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:
@@ -244,10 +236,7 @@ async def fan_out(base: str, url: str, clients: int, stfs: int, pause: float
 
 
 @click.command()
-@click.option("--events", default=1_000_000, show_default=True, help="Size of the store.")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="SQLite file to build (default: a temporary file).")
-@click.option("--keep", is_flag=True, help="Reuse --db if it already holds the log.")
+@store_options
 @click.option("--seconds", default=10.0, show_default=True, help="Load per page.")
 @click.option("--stfs", default=200, show_default=True,
               help="STF files of the run appended during the fan-out (48 events each).")
@@ -257,11 +246,9 @@ def main(events: int, db_path: Path | None, keep: bool, seconds: float, stfs: in
          pause: float) -> None:
     """Latency of the console's pages and API under 50 clients, and SSE fan-out to 100."""
     logging.basicConfig(level=logging.WARNING)
-    bench = _bench_projections()
+    bench = log_builder()
     with tempfile.TemporaryDirectory() as scratch:
-        path = db_path or Path(scratch) / "console.db"
-        if path.exists() and not keep:
-            raise click.UsageError(f"{path} exists; remove it or pass --keep")
+        path = store_path(db_path, keep, scratch, "console.db")
         url = f"sqlite:///{path}"
         with EventStore(url) as store:
             if store.head() == 0:

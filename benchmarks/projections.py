@@ -64,6 +64,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
+from bigstore import store_options, store_path  # noqa: E402
+
 from eventstore.envelope import (  # noqa: E402
     RESULT_QUEUE,
     SLICE_QUEUE,
@@ -229,18 +231,13 @@ def wrap_write(projector: Projector) -> list[float]:
 
 
 @click.command()
-@click.option("--events", default=1_000_000, show_default=True, help="Size of the log.")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="SQLite file to build (default: a temporary file).")
-@click.option("--keep", is_flag=True, help="Reuse --db if it already holds a log.")
+@store_options
 @click.option("--all-reads", is_flag=True, help="Also time EventStore.read of the whole log.")
 def main(events: int, db_path: Path | None, keep: bool, all_reads: bool) -> None:
     """Rebuild rate of all projections vs the raw read+decode rate of the same log."""
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as scratch:
-        path = db_path or Path(scratch) / "bench.db"
-        if path.exists() and not keep:
-            raise click.UsageError(f"{path} exists; remove it or pass --keep")
+        path = store_path(db_path, keep, scratch, "bench.db")
         with EventStore(f"sqlite:///{path}") as store:
             if store.head() == 0:
                 elapsed = build(store, events)

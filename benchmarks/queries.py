@@ -34,7 +34,6 @@ modules they import ~0.1 s, the event store and projections ~0.08 s).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import subprocess
@@ -48,19 +47,12 @@ import click
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
+from bigstore import log_builder, store_options, store_path  # noqa: E402
+
 from eventstore.store import EventStore  # noqa: E402
 from projections.projector import Projector  # noqa: E402
 
 TARGET_S = 0.3
-
-
-def _log_builder():  # noqa: ANN202 - the sibling benchmark's generator, loaded by path
-    spec = importlib.util.spec_from_file_location("bench_projections",
-                                                  Path(__file__).with_name("projections.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def commands(execution: str, run: int) -> list[list[str]]:
@@ -113,19 +105,14 @@ def in_process(args: list[str], repeat: int) -> float:
 
 
 @click.command()
-@click.option("--events", default=1_000_000, show_default=True, help="Size of the log.")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="SQLite file to build (default: a temporary file).")
-@click.option("--keep", is_flag=True, help="Reuse --db if it already holds a log.")
+@store_options
 @click.option("--repeat", default=3, show_default=True, help="Runs per command (best kept).")
 def main(events: int, db_path: Path | None, keep: bool, repeat: int) -> None:
     """Time every swf query subcommand as a command on a big store."""
     logging.basicConfig(level=logging.WARNING)
-    bench = _log_builder()
+    bench = log_builder()
     with tempfile.TemporaryDirectory() as scratch:
-        path = db_path or Path(scratch) / "queries.db"
-        if path.exists() and not keep:
-            raise click.UsageError(f"{path} exists; remove it or pass --keep")
+        path = store_path(db_path, keep, scratch, "queries.db")
         url = f"sqlite:///{path}"
         with EventStore(url) as store:
             if store.head() == 0:

@@ -39,7 +39,6 @@ read), peak RSS 660 MB; phases: fold 4.44 s, render 0.92 s, read stored rows 0.7
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import subprocess
@@ -54,21 +53,13 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
+from bigstore import log_builder, store_options, store_path  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from eventstore.store import EventStore  # noqa: E402
 from projections.projector import Projector  # noqa: E402
 from replay import rebuild, source  # noqa: E402
 from replay.cli import main as replay_main  # noqa: E402
-
-
-def _log_builder():  # noqa: ANN202 - the sibling benchmark's generator, loaded by path
-    spec = importlib.util.spec_from_file_location("bench_projections",
-                                                  Path(__file__).with_name("projections.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def raw_read(url: str, execution_id: str) -> int:
@@ -129,19 +120,14 @@ def timed(label: str, action, events: int | None = None) -> float:  # noqa: ANN0
 
 
 @click.command()
-@click.option("--events", default=1_000_000, show_default=True, help="Size of the execution.")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="SQLite file to build (default: a temporary file).")
-@click.option("--keep", is_flag=True, help="Reuse --db if it already holds the log.")
+@store_options
 @click.option("--repeat", default=3, show_default=True, help="Replays timed (best is kept).")
 def main(events: int, db_path: Path | None, keep: bool, repeat: int) -> None:
     """Time swf-replay of one big execution against the raw read+decode of its events."""
     logging.basicConfig(level=logging.WARNING)
-    bench = _log_builder()
+    bench = log_builder()
     with tempfile.TemporaryDirectory() as scratch:
-        path = db_path or Path(scratch) / "replay.db"
-        if path.exists() and not keep:
-            raise click.UsageError(f"{path} exists; remove it or pass --keep")
+        path = store_path(db_path, keep, scratch, "replay.db")
         url = f"sqlite:///{path}"
         with EventStore(url) as store:
             if store.head() == 0:
