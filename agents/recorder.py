@@ -42,7 +42,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.retry import RetryPolicy, Transient, retry_call
-from agents.transport.broker import Backoff, BrokerConfig, Delivery, recorded_destination
+from agents.transport.broker import (
+    Backoff,
+    BrokerConfig,
+    Delivery,
+    one_line,
+    recorded_destination,
+)
 from agents.transport.consumer import MAX_BODY, StompConsumer, Subscription
 from agents.transport.destinations import RECORDED_DESTINATIONS
 from eventstore.envelope import Incoming
@@ -235,7 +241,7 @@ class Recorder:
 
     def _fail(self, problem: BaseException) -> None:
         """The writer stops (nothing more is stored or acked); the owner is told once."""
-        reason = f"recorder: writer stopped: {_one_line(problem)}"
+        reason = f"recorder: writer stopped: {one_line(problem)}"
         log.error("%s", reason, exc_info=True)
         with self._cond:
             self._failed = True
@@ -302,13 +308,13 @@ class Recorder:
             if len(messages) > 1:
                 middle = len(messages) // 2
                 log.warning("recorder: an append of %d messages failed (%s); splitting it",
-                            len(messages), _one_line(problem))
+                            len(messages), one_line(problem))
                 self._append(messages[:middle])
                 self._append(messages[middle:])
                 return
             self.stats.unstorable += 1
             self._append_rejected(messages[0], f"not storable as examined: "
-                                               f"{type(problem).__name__}: {_one_line(problem)}")
+                                               f"{type(problem).__name__}: {one_line(problem)}")
             return
         self._count(result)
 
@@ -319,7 +325,7 @@ class Recorder:
             raise
         except Exception as problem:
             raise RecorderFailed(f"the store refused a message even as rejected "
-                                 f"({_one_line(problem)}); original problem: {reason}") \
+                                 f"({one_line(problem)}); original problem: {reason}") \
                 from problem
         log.warning("recorder: stored %s as rejected: %s", result.events[0].event_id
                     if result.events else "a repeat", reason)
@@ -339,7 +345,7 @@ class Recorder:
                 return append()
             except Exception as problem:
                 if is_outage(problem):
-                    raise _Outage(_one_line(problem)) from problem
+                    raise _Outage(one_line(problem)) from problem
                 raise
 
         def failed(_attempt: int, delay: float, problem: BaseException) -> None:
@@ -349,11 +355,6 @@ class Recorder:
 
         return retry_call(attempt, self.retry, retry_on=_Outage, sleep=self.stopping.wait,
                           stop=self.stopping, before_retry=failed)
-
-
-def _one_line(problem: BaseException) -> str:
-    text = str(problem) or type(problem).__name__
-    return " ".join(text.split())[:500]
 
 
 class BrokerRecorder:

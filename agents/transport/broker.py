@@ -144,3 +144,10 @@ def unescape_header(value: str) -> str:
             out.append(value[index])
             index += 1
     return "".join(out)
+
+
+def one_line(problem: BaseException, limit: int = 500) -> str:
+    """An exception as one line of at most ``limit`` characters: for reasons a supervisor or an
+    operator reads (a multi-line message would break the one-line contract)."""
+    text = str(problem) or type(problem).__name__
+    return " ".join(text.split())[:limit]

@@ -35,7 +35,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from agents.transport.broker import Backoff, BrokerConfig, Delivery, escape_header, unescape_header
+from agents.transport.broker import (
+    Backoff,
+    BrokerConfig,
+    Delivery,
+    escape_header,
+    one_line,
+    unescape_header,
+)
 
 log = logging.getLogger("swf.broker.consumer")
 
@@ -315,7 +322,7 @@ class StompConsumer:
         try:
             self._connect_loop()
         except Exception as problem:  # noqa: BLE001 - a dead I/O thread must not look alive
-            reason = f"{self.name}: stopped by an unexpected error: {_reason(problem)}"
+            reason = f"{self.name}: stopped by an unexpected error: {one_line(problem)}"
             log.error("%s", reason, exc_info=True)
             self.ready.clear()
             if self.on_fatal is not None:
@@ -331,7 +338,7 @@ class StompConsumer:
                 self._count(problem)
                 delay = self.backoff.next()
                 log.warning("%s: cannot connect to %s (%s); retrying in %.1f s", self.name,
-                            self.config.address, _reason(problem), delay)
+                            self.config.address, one_line(problem), delay)
                 self._closing.wait(delay)
                 continue
             reason = "closed"
@@ -339,7 +346,7 @@ class StompConsumer:
                 self._serve(sock, reader, generation)
             except (OSError, BrokerRefused, ProtocolError) as problem:
                 self._count(problem)
-                reason = _reason(problem)
+                reason = one_line(problem)
             finally:
                 self.ready.clear()
                 _shut(sock)
@@ -548,10 +555,6 @@ def _first_frame(sock: socket.socket, reader: FrameReader) -> Frame:
 def _error_text(headers: dict[str, str], body: bytes) -> str:
     text = headers.get("message") or body.decode("utf-8", "replace").strip().splitlines()[0:1]
     return f"broker error: {text if isinstance(text, str) else ''.join(text) or 'no message'}"
-
-
-def _reason(problem: BaseException) -> str:
-    return str(problem) or type(problem).__name__
 
 
 def _shut(sock: socket.socket) -> None:
