@@ -52,10 +52,10 @@ from typing import Any
 import orjson
 
 from agents.base import Adapter, Agent, Command, Output, Send, derive_id
-from agents.config import WorkflowConfig
+from agents.config import DEFAULT_USER, WorkflowConfig
 from agents.daq import DaqSimulator
 from agents.heartbeat import LogContext, heartbeat
-from agents.runtime import DEFAULT_USER, Allocation, allocate
+from agents.runtime import Allocation, allocate
 from agents.transport import Delivery, SendRefused, Transport, TransportClosed
 from eventstore.envelope import TOPIC, Event, parse_time, utc_now
 from eventstore.identity import RunExecutions, as_stored

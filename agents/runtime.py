@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 
 from agents.base import Adapter, Agent, Command, Output, Send
-from agents.config import WorkflowConfig, param
+from agents.config import DEFAULT_USER, WorkflowConfig, param
 from agents.daq import DaqSimulator
 from agents.dataroot import resolve_data_root
 from agents.heartbeat import LogCapture, LogContext, heartbeat
@@ -55,7 +55,6 @@ log = logging.getLogger("swf.runtime")
 
 CONTROL_TYPES = ("stop_workflow",)  # what a realtime run takes from the store while it runs
 CONTROL_POLL = 0.1  # wall seconds between a realtime run's looks for them
-DEFAULT_USER = "swf"  # who an execution is recorded as unless told (`[agent] user`)
 _SEND, _COMMAND, _TICK = 0, 1, 2
 _FINAL_SLICE = frozenset(("completed", "failed"))
 

@@ -15,12 +15,12 @@ import importlib
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from agents.transport.broker import BrokerConfigError
-from swf.settings import Settings, SettingsError, load_settings
+if TYPE_CHECKING:  # imported by ``load``: `swf --help` needs neither pydantic nor SQLAlchemy
+    from swf.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -81,6 +81,9 @@ def main(verbose: int) -> None:
 def load(config_path: Path | None = None, **flags: Mapping[str, Any] | None) -> Settings:
     """The settings for a command: its flags (per section), the environment, the config file
     (``config_path``, else $SWF_CONFIG)."""
+    from agents.transport.broker import BrokerConfigError
+    from swf.settings import SettingsError, load_settings
+
     try:
         return load_settings(config_path, **flags)
     except (SettingsError, BrokerConfigError) as problem:
