@@ -8,8 +8,9 @@ The config file is ``--config PATH`` or ``$SWF_CONFIG``; its tables are ``[store
 ``[agent]``, ``[recorder]``, ``[rucio]``, ``[panda]`` and ``[console]`` (the README's
 Configuration section lists every key with its variable and default). A table or key the file
 should not have, or a value of the wrong type wherever it came from, is refused at start with a
-one-line error that names where it came from. Passwords are ``SecretStr``: never in a repr, a
-log line or an error; a URL with a password in it is shown without it.
+one-line error that names where it came from. Passwords are ``Secret``s: never in a repr, a
+log line or an error; a URL with a password in it is shown without it. (Plain dataclasses and
+swf/fields.py's converters check the values: see there why not pydantic.)
 
 Upstream's broker variables work as they are: ``ACTIVEMQ_HOST`` (default localhost),
 ``ACTIVEMQ_PORT`` (default 61612) and ``ACTIVEMQ_USE_SSL`` name the broker; ``ACTIVEMQ_USER``,
@@ -37,45 +38,49 @@ Workflow parameters are not settings: they are agents/config.py's (TOML workflow
 from __future__ import annotations
 
 import configparser
-import contextvars
 import difflib
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    IPvAnyNetwork,
-    NonNegativeFloat,
-    PositiveFloat,
-    PositiveInt,
-    PrivateAttr,
-    SecretStr,
-    StringConstraints,
-    ValidationError,
-    field_validator,
-)
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-
-from agents.batch.panda import PandaSettings
-from agents.ddm.rucio import RucioSettings, read_client_section
+from agents.config import DEFAULT_USER
 from agents.recorder import BATCH_SIZE, BATCH_WAIT, DEFAULT_NAME, PREFETCH
-from agents.registry import AdapterSettings
-from agents.runtime import DEFAULT_USER
 from agents.transport.broker import BrokerConfig, BrokerConfigError
 from eventstore.catalog import resolve_zone
-from eventstore.store import DEFAULT_URL
+from eventstore.engine import DEFAULT_URL
+
+from .fields import (
+    Problem,
+    Secret,
+    Section,
+    above,
+    between,
+    checked,
+    flag,
+    integer,
+    matching,
+    networks,
+    number,
+    optional,
+    path,
+    secret,
+    setting,
+    text,
+)
+
+if TYPE_CHECKING:  # the adapters' modules are imported by the methods that build their settings
+    from agents.batch.panda import PandaSettings
+    from agents.ddm.rucio import RucioSettings
+    from agents.registry import AdapterSettings
 
 UPSTREAM_PORT = 61612  # ACTIVEMQ_PORT's default, as in upstream's BaseAgent
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+_OPTIONAL_TEXT = optional(text)
+_POSITIVE_INT = above(integer, 0)
 
 
 class SettingsError(ValueError):
@@ -83,90 +88,88 @@ class SettingsError(ValueError):
     holds no secret."""
 
 
+def _known_zone(name: str) -> str:
+    resolve_zone(name)  # ValueError names the unknown zone
+    return name
+
+
 # -- the sections --------------------------------------------------------------------------------
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def __repr_args__(self) -> Any:
-        for name, value in super().__repr_args__():
-            yield name, _public(value) if isinstance(value, str) else value
-
-
-class StoreSettings(_Section):
-    url: str = DEFAULT_URL  # SQLAlchemy URL; PostgreSQL: postgresql://user@host:5432/db
+@dataclass(frozen=True, repr=False)
+class StoreSettings(Section):
+    url: str = setting(DEFAULT_URL, text)  # SQLAlchemy URL; postgresql://user@host:5432/db
     # The IANA zone senders' naive local times are read in (by swf record, swf import, swf serve
     # and the live agents alike, so that they all store and decide on the same times).
-    sender_zone: str = "UTC"
-
-    @field_validator("sender_zone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        resolve_zone(value)  # ValueError names the unknown zone
-        return value
+    sender_zone: str = setting("UTC", checked(lambda zone: _known_zone(text(zone))))
 
 
-class BrokerSettings(_Section):
-    url: str | None = None  # stomp://HOST:PORT or stomp+ssl://HOST:PORT
-    user: str | None = None
-    password: SecretStr | None = None
-    ca_certs: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    verify: bool = True  # check the broker's certificate (TLS)
-    vhost: str | None = None
+@dataclass(frozen=True, repr=False)
+class BrokerSettings(Section):
+    url: str | None = setting(None, _OPTIONAL_TEXT)  # stomp://HOST:PORT or stomp+ssl://HOST:PORT
+    user: str | None = setting(None, _OPTIONAL_TEXT)
+    password: Secret | None = setting(None, optional(secret))
+    ca_certs: str | None = setting(None, _OPTIONAL_TEXT)
+    cert_file: str | None = setting(None, _OPTIONAL_TEXT)
+    key_file: str | None = setting(None, _OPTIONAL_TEXT)
+    verify: bool = setting(True, flag)  # check the broker's certificate (TLS)
+    vhost: str | None = setting(None, _OPTIONAL_TEXT)
 
 
-class AgentSettings(_Section):
+@dataclass(frozen=True, repr=False)
+class AgentSettings(Section):
     # Who executions and agents are recorded as ({workflow}-{user}-0001, TYPE-agent-{user}):
     # a setting, never the login name, so a run does not depend on who starts it.
-    user: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.]+$")] = DEFAULT_USER
-    name: str | None = None  # default TYPE-agent-{user}
-    namespace: str | None = None  # default: the default workflow's
+    user: str = setting(DEFAULT_USER, matching(r"^[A-Za-z0-9_.]+$"))
+    name: str | None = setting(None, _OPTIONAL_TEXT)  # default TYPE-agent-{user}
+    namespace: str | None = setting(None, _OPTIONAL_TEXT)  # default: the default workflow's
     # The store's STF files, local DDM and batch state (also `swf run`'s); default: beside the
     # store's SQLite file (agents/dataroot.py), required for any other store.
-    data_dir: Path | None = None
-    heartbeat_interval: PositiveFloat = 60.0
-    payload_threads: PositiveInt = 32
-    sent_log: Path | None = None
+    data_dir: Path | None = setting(None, optional(path))
+    heartbeat_interval: float = setting(60.0, above(number, 0))
+    payload_threads: int = setting(32, _POSITIVE_INT)
+    sent_log: Path | None = setting(None, optional(path))
 
 
-class RecorderSettings(_Section):
-    name: str = DEFAULT_NAME  # client-id and durable subscription prefix
-    batch_size: PositiveInt = BATCH_SIZE
-    batch_wait: NonNegativeFloat = BATCH_WAIT
-    prefetch: PositiveInt = PREFETCH
+@dataclass(frozen=True, repr=False)
+class RecorderSettings(Section):
+    name: str = setting(DEFAULT_NAME, text)  # client-id and durable subscription prefix
+    batch_size: int = setting(BATCH_SIZE, _POSITIVE_INT)
+    batch_wait: float = setting(BATCH_WAIT, between(number, 0, float("inf")))
+    prefetch: int = setting(PREFETCH, _POSITIVE_INT)
 
 
-class ConsoleSettings(_Section):
-    host: str = "127.0.0.1"  # any other address needs a token
-    port: int = Field(default=8080, ge=0, le=65535)
-    token: SecretStr | None = None  # required by every request when set
+@dataclass(frozen=True, repr=False)
+class ConsoleSettings(Section):
+    host: str = setting("127.0.0.1", text)  # any other address needs a token
+    port: int = setting(8080, between(integer, 0, 65535))
+    token: Secret | None = setting(None, optional(secret))  # required by every request when set
     # Networks whose POST /api/logs/ needs no token: upstream's REST log handler sends none.
-    log_networks: tuple[IPvAnyNetwork, ...] = (IPv4Network("127.0.0.0/8"),
-                                               IPv6Network("::1/128"))
+    log_networks: tuple[IPv4Network | IPv6Network, ...] = setting(
+        (IPv4Network("127.0.0.0/8"), IPv6Network("::1/128")), networks)
 
 
-class RucioSection(_Section):
-    config: str | None = None  # a rucio.cfg whose [client] section is the lowest layer
-    host: str | None = None
-    auth_host: str | None = None
-    account: str | None = None
-    auth_type: str | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: str | None = None  # read for the password; wins over `password`
-    vo: str | None = None
-    ca_cert: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    client_proxy: str | None = None
+@dataclass(frozen=True, repr=False)
+class RucioSection(Section):
+    config: str | None = setting(None, _OPTIONAL_TEXT)  # a rucio.cfg whose [client] is lowest
+    host: str | None = setting(None, _OPTIONAL_TEXT)
+    auth_host: str | None = setting(None, _OPTIONAL_TEXT)
+    account: str | None = setting(None, _OPTIONAL_TEXT)
+    auth_type: str | None = setting(None, _OPTIONAL_TEXT)
+    username: str | None = setting(None, _OPTIONAL_TEXT)
+    password: Secret | None = setting(None, optional(secret))
+    password_file: str | None = setting(None, _OPTIONAL_TEXT)  # read for the password; wins
+    vo: str | None = setting(None, _OPTIONAL_TEXT)
+    ca_cert: str | None = setting(None, _OPTIONAL_TEXT)
+    client_cert: str | None = setting(None, _OPTIONAL_TEXT)
+    client_key: str | None = setting(None, _OPTIONAL_TEXT)
+    client_proxy: str | None = setting(None, _OPTIONAL_TEXT)
 
 
-class PandaSection(_Section):
-    url: str | None = None  # PANDA_URL
-    url_ssl: str | None = None  # PANDA_URL_SSL (default: url)
+@dataclass(frozen=True, repr=False)
+class PandaSection(Section):
+    url: str | None = setting(None, _OPTIONAL_TEXT)  # PANDA_URL
+    url_ssl: str | None = setting(None, _OPTIONAL_TEXT)  # PANDA_URL_SSL (default: url)
 
 
 # (section, key) -> environment variables, first set one wins (ours before upstream's)
@@ -211,56 +214,24 @@ class _Inputs:
     origins: dict[tuple[str, str], str]  # (section, key) -> its highest layer, for messages
 
 
-_INPUTS: contextvars.ContextVar[_Inputs | None] = contextvars.ContextVar("swf_settings",
-                                                                          default=None)
+_NO_INPUTS = _Inputs(environ={}, environment={}, file={}, origins={})
 
 
-class _Layer(PydanticBaseSettingsSource):
-    """A layer of already-read values (the environment's or the config file's)."""
+@dataclass(frozen=True)
+class Settings:
+    """Every deployment setting. Build it with ``load_settings`` (it reads the layers)."""
 
-    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self.values = values
+    store: StoreSettings = field(default_factory=StoreSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    recorder: RecorderSettings = field(default_factory=RecorderSettings)
+    rucio: RucioSection = field(default_factory=RucioSection)
+    panda: PandaSection = field(default_factory=PandaSection)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    _inputs: _Inputs = field(default=_NO_INPUTS, repr=False, compare=False)
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self.values.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return self.values
-
-
-class Settings(BaseSettings):
-    """Every deployment setting. Build it with ``load_settings`` (it knows the config file)."""
-
-    model_config = SettingsConfigDict(extra="forbid", frozen=True)
-
-    store: StoreSettings = Field(default_factory=StoreSettings)
-    broker: BrokerSettings = Field(default_factory=BrokerSettings)
-    agent: AgentSettings = Field(default_factory=AgentSettings)
-    recorder: RecorderSettings = Field(default_factory=RecorderSettings)
-    rucio: RucioSection = Field(default_factory=RucioSection)
-    panda: PandaSection = Field(default_factory=PandaSection)
-    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
-
-    _inputs: _Inputs = PrivateAttr()
     SECTIONS: ClassVar[tuple[str, ...]] = ("store", "broker", "agent", "recorder", "rucio",
                                            "panda", "console")
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
-                                   init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Flags (the keyword arguments), then the environment, then the config file (ours: not
-        pydantic-settings' own environment, dotenv and secrets sources)."""
-        inputs = _INPUTS.get() or _read_inputs(os.environ, None, {})
-        return (init_settings, _Layer(settings_cls, inputs.environment),
-                _Layer(settings_cls, inputs.file))
-
-    def model_post_init(self, context: Any) -> None:
-        self._inputs = _INPUTS.get() or _read_inputs(os.environ, None, {})
 
     def origin(self, section: str, key: str) -> str:
         """Where a setting came from: the command line, an environment variable, the config
@@ -287,6 +258,8 @@ class Settings(BaseSettings):
         """``[rucio]`` over the ``[client]`` section of Rucio's own rucio.cfg. A file that cannot
         be read is a ``problem`` the adapter reports on every command (only a workflow that uses
         Rucio needs these settings)."""
+        from agents.ddm.rucio import RucioSettings, read_client_section
+
         rucio = self.rucio
         path = rucio.config or _standard_rucio_config(self._inputs.environ)
         values: dict[str, Any] = {}
@@ -315,11 +288,15 @@ class Settings(BaseSettings):
         return RucioSettings(**values, source=source, problem=problem)
 
     def panda_settings(self) -> PandaSettings:
+        from agents.batch.panda import PandaSettings
+
         url = self.panda.url_ssl or self.panda.url
         return PandaSettings(url=url, plain_url=self.panda.url or url)
 
     def adapter_settings(self) -> AdapterSettings:
         """What ``agents.registry.create_adapter`` needs of the deployment."""
+        from agents.registry import AdapterSettings
+
         return AdapterSettings(rucio=self.rucio_settings(), panda=self.panda_settings())
 
 
@@ -335,13 +312,27 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, *,
              for section, values in flags.items()}
     init: dict[str, Any] = {section: values for section, values in given.items() if values}
     inputs = _read_inputs(env, path, init)
-    token = _INPUTS.set(inputs)
-    try:
-        return Settings(**init)
-    except ValidationError as problem:
-        raise SettingsError(_describe(problem, inputs, path)) from None
-    finally:
-        _INPUTS.reset(token)
+    layered = _layered(inputs.file, inputs.environment, init)
+    sections: dict[str, Section] = {}
+    problems: list[str] = []
+    where = f"config file {path}"
+    for name, values in layered.items():
+        model = _SECTION_MODELS.get(name)
+        if model is None:
+            problems.append(f"{where}: unknown table [{name}]{_hint(name, Settings.SECTIONS)}"
+                            if isinstance(values, dict) else
+                            f"{where}: unknown key {name!r} outside the tables "
+                            f"{', '.join(f'[{known}]' for known in Settings.SECTIONS)}")
+        elif not isinstance(values, dict):
+            problems.append(f"{where}: [{name}] must be a table")
+        else:
+            section, wrong = model.build(values)
+            problems.extend(_described(name, model, wrong, inputs, where))
+            if section is not None:
+                sections[name] = section
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return Settings(**sections, _inputs=inputs)  # type: ignore[arg-type]
 
 
 def broker_config(url: str | None = None, *, config_file: str | os.PathLike[str] | None = None,
@@ -390,6 +381,18 @@ def _read_inputs(env: Mapping[str, str], path: str | os.PathLike[str] | None,
     return _Inputs(environ=env, environment=environment, file=file, origins=origins)
 
 
+def _layered(*layers: dict[str, Any]) -> dict[str, Any]:
+    """The layers merged, later ones winning key by key inside tables (a table in a lower
+    layer is merged into, anything else is replaced)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            below = merged.get(key)
+            merged[key] = (_layered(below, value) if isinstance(below, dict)
+                           and isinstance(value, dict) else value)
+    return merged
+
+
 def _activemq_address(env: Mapping[str, str]) -> str | None:
     """Upstream's broker address (ACTIVEMQ_HOST, _PORT, _USE_SSL) as a URL, if any is set."""
     host, port, ssl = (env.get(name) or "" for name in ACTIVEMQ_ADDRESS)
@@ -416,27 +419,17 @@ def _standard_rucio_config(env: Mapping[str, str]) -> str | None:
     return "/opt/rucio/etc/rucio.cfg" if os.path.exists("/opt/rucio/etc/rucio.cfg") else None
 
 
-def _describe(problem: ValidationError, inputs: _Inputs,
-              path: str | os.PathLike[str] | None) -> str:
-    """pydantic's errors as one line, each with where the value came from (never the value)."""
-    where = f"config file {path}"
+def _described(section: str, model: type[Section], problems: list[Problem], inputs: _Inputs,
+               where: str) -> list[str]:
+    """A section's problems as lines, each with where the value came from (never the value)."""
     lines = []
-    for error in problem.errors():
-        loc = [str(part) for part in error["loc"]]
-        if error["type"] == "extra_forbidden" and len(loc) == 1:
-            lines.append(f"{where}: unknown table [{loc[0]}]{_hint(loc[0], Settings.SECTIONS)}"
-                         if isinstance(inputs.file.get(loc[0]), dict) else
-                         f"{where}: unknown key {loc[0]!r} outside the tables "
-                         f"{', '.join(f'[{name}]' for name in Settings.SECTIONS)}")
-        elif error["type"] == "extra_forbidden":
-            known = _SECTION_MODELS[loc[0]].model_fields
-            lines.append(f"{where}: unknown key {loc[1]!r} in [{loc[0]}]{_hint(loc[1], known)}")
-        elif len(loc) == 1:
-            lines.append(f"{where}: [{loc[0]}] must be a table")
+    for (key, *inside), message in problems:
+        if message is None:
+            lines.append(f"{where}: unknown key {key!r} in [{section}]{_hint(key, model.keys())}")
         else:
-            origin = inputs.origins.get((loc[0], loc[1]), where)
-            lines.append(f"{origin}: {'.'.join(loc)}: {error['msg']}")
-    return "; ".join(lines)
+            origin = inputs.origins.get((section, key), where)
+            lines.append(f"{origin}: {'.'.join((section, key, *inside))}: {message}")
+    return lines
 
 
 def _hint(name: str, known: Any) -> str:
@@ -444,19 +437,12 @@ def _hint(name: str, known: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
 
 
-def _secret(value: SecretStr | None) -> str | None:
+def _secret(value: Secret | None) -> str | None:
     return None if value is None else value.get_secret_value()
 
 
-def _public(text: str) -> str:
-    """A URL without the password its userinfo may hold (anything else unchanged)."""
-    if "://" not in text or "@" not in text:
-        return text
-    parts = urlsplit(text)
-    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
-
-_SECTION_MODELS: dict[str, type[BaseModel]] = {
+_SECTION_MODELS: dict[str, type[Section]] = {
     "store": StoreSettings, "broker": BrokerSettings, "agent": AgentSettings,
     "recorder": RecorderSettings, "rucio": RucioSection, "panda": PandaSection,
     "console": ConsoleSettings}

@@ -284,3 +284,40 @@ def test_the_networks_upstream_log_records_come_from(tmp_path: Path) -> None:
     config.write_text('[console]\nlog_networks = ["10.1.0.0/16", "fd00::/8"]\n')
     assert [str(net) for net in load_settings(config, environ={}).console.log_networks] == [
         "10.1.0.0/16", "fd00::/8"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[agent]\nheartbeat_interval = "2.5"\npayload_threads = 4.0\n',
+     {"heartbeat_interval": 2.5, "payload_threads": 4}),
+    ('[agent]\nuser = "x y"\n', "agent.user: String should match pattern"),
+    ('[agent]\npayload_threads = 4.5\n', "agent.payload_threads: Input should be a valid integer"),
+    ("[broker]\nverify = 1\n", {"verify": True}),
+    ("[broker]\nuser = 5\n", "broker.user: Input should be a valid string"),
+    ("[console]\nport = 70000\n", "console.port: Input should be less than or equal to 65535"),
+    ('[console]\nlog_networks = "10.0.0.0/8"\n', "console.log_networks: Input should be a "
+                                                 "valid list"),
+    ('[store]\nsender_zone = "Mars/Olympus"\n', "unknown time zone 'Mars/Olympus'"),
+])
+def test_values_are_converted_to_their_kind_or_refused(tmp_path: Path, text: str,
+                                                       expected: Any) -> None:
+    config = tmp_path / "swf.toml"
+    config.write_text(text)
+    if isinstance(expected, str):
+        with pytest.raises(SettingsError, match=expected):
+            load_settings(config, environ={})
+        return
+    settings = load_settings(config, environ={})
+    section = settings.agent if "agent" in text else settings.broker
+    assert {key: getattr(section, key) for key in expected} == expected
+    assert all(type(getattr(section, key)) is type(value) for key, value in expected.items())
+
+
+def test_reading_the_settings_loads_no_validation_library() -> None:
+    """Every command reads the settings at start: they must stay cheap to import (issue 15)."""
+    code = ("import sys; from swf.settings import load_settings; load_settings(environ={}); "
+            "print(sorted({name.split('.')[0] for name in sys.modules} & "
+            "{'pydantic', 'pydantic_settings', 'alembic', 'stomp', 'fastapi'}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
