@@ -53,6 +53,8 @@ import click
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
+from bytecode import compile_project  # noqa: E402
+
 from agents.config import load_workflow  # noqa: E402
 from agents.runtime import run_workflow  # noqa: E402
 from eventstore.store import EventStore  # noqa: E402
@@ -103,6 +105,7 @@ def in_process(folder: Path, overrides: tuple[str, ...]) -> dict[str, float | in
 @click.option("--skip-production", is_flag=True, help="Only the default workflow.")
 def main(repeat: int, stf_count: int, skip_production: bool) -> None:
     logging.disable(logging.WARNING)
+    compile_project(ROOT)
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch)
         walls = [cli_run(base / f"cli{i}") for i in range(repeat)]
