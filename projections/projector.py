@@ -151,7 +151,9 @@ class Projector:
         chunks = self._chunks(done, until, limit)
         if min(until - done, limit) >= source.READ_AHEAD_MIN and source.can_read_ahead(
                 self.engine):
-            chunks = source.read_ahead(chunks)
+            chunks = source.read_ahead(chunks, source.PACKED_DEPTH
+                                       if self.engine.dialect.name == "sqlite"
+                                       else source.READ_AHEAD_DEPTH)
         with closing(chunks):  # left early (an error): the reader and its connection end here
             for rows, covered in chunks:
                 # (a body to normalize has its destination and headers looked up by the store)

@@ -42,7 +42,8 @@ CHUNK = 5000  # rows per query of a streaming fold: small enough to stay in the 
 PARSED_AT_ONCE = 1000
 PACKED_CHUNK = PARSED_AT_ONCE  # rows per packed chunk (``Reads.fold_packed``)
 READ_AHEAD_MIN = 4 * CHUNK  # fewer rows than this are not worth a thread
-READ_AHEAD_DEPTH = 16  # chunks read ahead of the fold (bounds the memory it takes)
+READ_AHEAD_DEPTH = 4  # chunks read ahead of the fold (bounds the memory it takes)
+PACKED_DEPTH = READ_AHEAD_DEPTH * CHUNK // PACKED_CHUNK  # as many rows, in packed chunks
 Row = FoldRow  # (position, run_id, schema_version, time, execution_id, body)
 
 
