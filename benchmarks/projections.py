@@ -60,7 +60,9 @@ regex check was a third of the check's 1.1 us); bodies are parsed and folded 1,0
 (5,000 parsed at once outgrew the CPU caches: a third slower); on SQLite the read-ahead thread
 reads chunks SQLite packs into two JSON arrays with the GIL released, so it no longer competes
 with the fold for the GIL (building a tuple per row, it did: the thread then saved nothing).
-Under this load the second core was rarely free, so that overlap did not show in wall time.
+Under this load the second core was rarely free, so that overlap seldom showed in wall time;
+when it was (18:19 UTC, load average 1.5: three ``rebuild()`` calls per tree into full tables,
+alternating trees), after 5.97-6.15 s wall for 6.9 s of CPU, before 6.83-7.26 s.
 Where the time goes now, per event on the fold's thread: parsing the body 0.9 us, the
 canonical check 0.6 us, the fold 1.4 us; then rendering 0.45 s and writing 1.0 s (354k rows,
 mostly SQLite's own insert work: 60 to 2,000 rows per INSERT made no difference; an INSERT ...
