@@ -42,6 +42,34 @@ Re-measured on the settled quiet machine (2026-11-28 16:22 UTC, load average und
 events: raw read+decode 1.64 s (610k events/s); projector read+decode 3.50 s; rebuild in
 process 5.65 s (177k events/s, 3.44x the raw read); ``swf projections rebuild`` 6.20 s (3.78x),
 peak RSS 614 MB. Neither target is met.
+
+Issue 15's rebuild-speed work, measured 2026-11-28 17:51-18:06 UTC: the tree before (427320f)
+and after, run back to back four times on the same 1M-event store while other sessions ran
+(load average 1.7-9: single wall times vary by 20%):
+- before: raw read+decode 1.47-2.14 s; projector read+decode 5.09-5.79 s; rebuild in process
+  6.95-8.13 s (123-144k events/s; 3.8-4.8x the raw read; 6.7-7.7 s of CPU), as a command
+  7.65-7.84 s, peak RSS 607-612 MB;
+- after: raw read+decode 1.39-1.54 s (the same code: its spread is the load's); projector
+  read+decode 4.13-4.45 s; rebuild in process 6.53-7.31 s (137-153k events/s; 4.5-5.0x the
+  raw read; 6.7-7.4 s of CPU), as a command 6.71-8.24 s, peak RSS 615-640 MB.
+- the fold's own thread on 300k events read beforehand (thread CPU, best of 4): 3.27-3.71 us
+  an event before, 3.10-3.33 after (parse, canonical check, fold).
+So the projector's read+decode is a fifth faster, the whole rebuild only within the noise.
+What changed: the canonical check takes a timestamp equal to the stored time as canonical (its
+regex check was a third of the check's 1.1 us); bodies are parsed and folded 1,000 at a time
+(5,000 parsed at once outgrew the CPU caches: a third slower); on SQLite the read-ahead thread
+reads chunks SQLite packs into two JSON arrays with the GIL released, so it no longer competes
+with the fold for the GIL (building a tuple per row, it did: the thread then saved nothing).
+Under this load the second core was rarely free, so that overlap seldom showed in wall time;
+when it was (18:19 UTC, load average 1.5: three ``rebuild()`` calls per tree into full tables,
+alternating trees), after 5.97-6.15 s wall for 6.9 s of CPU, before 6.83-7.26 s.
+Where the time goes now, per event on the fold's thread: parsing the body 0.9 us, the
+canonical check 0.6 us, the fold 1.4 us; then rendering 0.45 s and writing 1.0 s (354k rows,
+mostly SQLite's own insert work: 60 to 2,000 rows per INSERT made no difference; an INSERT ...
+SELECT from json_each took 2.5x as long). Neither target is met: the fold's thread alone
+needs about 3 s for 1M events, and the write 1 s. What would still help: deciding the
+canonical check once at append (a column, with its migration; the check is then free for
+rows appended by today's catalog: -0.6 s), and fewer Python operations per slice event.
 """
 
 from __future__ import annotations

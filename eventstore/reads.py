@@ -32,6 +32,18 @@ FoldRow = tuple[int, int | None, int, str, str | None, bytes]
 _FOLD = "position, run_id, schema_version, coalesce(sent_at, recorded_at), execution_id, body"
 _FOLD_RANGE = (f"SELECT {_FOLD} FROM events WHERE position > {{0}} AND position <= {{0}} "
                f"AND reject_reason IS NULL ORDER BY position LIMIT {{0}}")
+# The same rows packed by SQLite into two JSON arrays, [[position, run_id, schema_version,
+# time, execution_id, null], ...] and the bodies (null for another schema's), in one result row
+# per chunk: SQLite builds them with the GIL released (a read-ahead thread's work overlaps the
+# fold's), and one orjson parse of each array replaces a Python tuple and a parse call per row.
+# The rows are fed to the aggregates in the subquery's order; their positions are returned too.
+_FOLD_PACKED = (
+    "SELECT count(*), max(position), CAST('[' || group_concat(json_array(position, run_id, "
+    "schema_version, coalesce(sent_at, recorded_at), execution_id, NULL), ',') || ']' AS BLOB), "
+    "CAST('[' || group_concat(CASE WHEN schema_version = {1} THEN body ELSE 'null' END, ',') "
+    "|| ']' AS BLOB) FROM (SELECT position, run_id, schema_version, sent_at, recorded_at, "
+    "execution_id, body FROM events WHERE position > {0} AND position <= {0} "
+    "AND reject_reason IS NULL ORDER BY position LIMIT {0})")
 _STORED = ", ".join(STORED_COLUMNS)
 _STEP = ("position, event_id, coalesce(sent_at, recorded_at), msg_type, sender, execution_id, "
          "reject_reason, run_id, schema_version, body")
@@ -39,6 +51,16 @@ _STEP = ("position, event_id, coalesce(sent_at, recorded_at), msg_type, sender, 
 READ_COLUMNS = ("position", "event_id", "recorded_at", "destination", "headers", "body",
                 "msg_type", "namespace", "execution_id", "run_id", "sender", "sent_at",
                 "schema_version", "reject_reason")
+
+
+class Packed(NamedTuple):
+    """A chunk of fold rows as SQLite packs them (``Reads.fold_packed``)."""
+
+    after: int  # the chunk is the valid rows of (after, covered]
+    covered: int
+    size: int  # how many rows
+    rows: bytes  # JSON: [[position, run_id, schema_version, time, execution_id, null], ...]
+    bodies: bytes  # JSON: the bodies in the same order, null for another schema's
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +96,8 @@ class Reads:
     def __init__(self, dialect: sa.Dialect) -> None:
         self._m = "?" if dialect.paramstyle == "qmark" else "%s"
         self._fold_range = _FOLD_RANGE.format(self._m)
+        self._fold_packed = (_FOLD_PACKED.format(self._m, SCHEMA_VERSION)
+                             if dialect.name == "sqlite" else None)
 
     def _connection(self) -> AbstractContextManager[sa.Connection]:
         raise NotImplementedError
@@ -191,14 +215,25 @@ class Reads:
                 self._fold_range, (after, until, limit)).cursor.fetchall())
         return rows, rows[-1][0] if len(rows) == limit else until
 
-    def destination_and_headers(self, position: int) -> tuple[str, dict[str, str]]:
-        """The destination and STOMP headers of the event at ``position`` (a body the catalog
-        must normalize may need them)."""
+    def fold_packed(self, after: int, until: int, limit: int) -> Packed | None:
+        """``fold_rows`` packed by the database (SQLite), or None: read ``fold_rows``."""
+        if self._fold_packed is None:
+            return None
         with self._connection() as conn:
-            destination, headers = conn.execute(
-                sa.select(events.c.destination, events.c.headers)
+            size, last, rows, bodies = conn.exec_driver_sql(
+                self._fold_packed, (after, until, limit)).one()
+        if not size:
+            return Packed(after, until, 0, b"[]", b"[]")
+        return Packed(after, last if size == limit else until, size, rows, bodies)
+
+    def examine_inputs(self, position: int) -> tuple[bytes, str, dict[str, str]]:
+        """The body, destination and STOMP headers of the event at ``position``: what the
+        catalog examines (for a body the fold must normalize)."""
+        with self._connection() as conn:
+            body, destination, headers = conn.execute(
+                sa.select(events.c.body, events.c.destination, events.c.headers)
                 .where(events.c.position == position)).one()
-        return destination, _headers(headers)
+        return bytes(body), destination, _headers(headers)
 
     # -- one execution -------------------------------------------------------------------------
 
@@ -566,7 +601,7 @@ def decoded(rows: Sequence[Any], normalize: bool) -> Iterator[Event]:
             # A body of another schema (a REST call's payload, maybe empty) is read with its
             # destination, never parsed as a bus message.
             data = loads(body) if schema_version == SCHEMA_VERSION else None
-            if data is None or needs_normalization(data, schema_version):
+            if data is None or needs_normalization(data, schema_version, sent_at):
                 verdict = examine(body, destination, headers=headers)
                 data = verdict.data
                 if data is None:

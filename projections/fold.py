@@ -255,18 +255,6 @@ class Fold:
         self.d_stfs.add(stf)
         return stf
 
-    def _slice_rec(self, run: RunRec, tf_filename: str, slice_id: int, time: str) -> SliceRec:
-        key = (run.ns, run.run, tf_filename, slice_id)
-        piece = self.slices.get(key)
-        if piece is None:
-            piece = self.slices[key] = SliceRec(run.ns, run.run, tf_filename, slice_id, time)
-        elif time > piece.updated_at:  # type: ignore[operator]
-            piece.updated_at = time
-        elif time < piece.created_at:  # type: ignore[operator]
-            piece.created_at = time
-        self.d_slices.add(piece)
-        return piece
-
     def announce(self, run: RunRec, piece: SliceRec) -> None:
         """A `slice` message made ``piece`` a slice of its run (it may have been unmatched)."""
         piece.announced = True
@@ -464,7 +452,15 @@ class Fold:
                 or (execution_id is not None and run.execution_id is None)):
             run = self._run(ns, number, execution_id, time)
         tf_filename = data["tf_filename"]
-        piece = self._slice_rec(run, tf_filename, data["slice_id"], time)
+        key = (ns, number, tf_filename, data["slice_id"])
+        piece = self.slices.get(key)  # (inline: the two hottest handlers)
+        if piece is None:
+            piece = self.slices[key] = SliceRec(ns, number, tf_filename, key[3], time)
+        elif time > piece.updated_at:  # type: ignore[operator]
+            piece.updated_at = time
+        elif time < piece.created_at:  # type: ignore[operator]
+            piece.created_at = time
+        self.d_slices.add(piece)
         if not piece.announced:
             self.announce(run, piece)
         stf_name = data.get("stf_filename")
@@ -499,7 +495,7 @@ class Fold:
             self._unmatched_failure(run, time, data)
             return
         key = (ns, number, data.get("tf_filename") or "", slice_id)
-        piece = self.slices.get(key)  # _slice_rec inlined
+        piece = self.slices.get(key)  # (inline: the two hottest handlers)
         if piece is None:
             piece = self.slices[key] = SliceRec(ns, number, key[2], key[3], time)
         elif time > piece.updated_at:  # type: ignore[operator]

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from eventstore.engine import lock_key
 from eventstore.errors import ReadOnlyStore
 from eventstore.migrate import upgrade, upgrade_store
-from eventstore.reads import Snapshot, scan_cache
+from eventstore.reads import Packed, Snapshot, scan_cache
 from eventstore.store import EventStore
 
 from . import source
@@ -151,28 +151,34 @@ class Projector:
         chunks = self._chunks(done, until, limit)
         if min(until - done, limit) >= source.READ_AHEAD_MIN and source.can_read_ahead(
                 self.engine):
-            chunks = source.read_ahead(chunks)
+            chunks = source.read_ahead(chunks, source.PACKED_DEPTH
+                                       if self.engine.dialect.name == "sqlite"
+                                       else source.READ_AHEAD_DEPTH)
         with closing(chunks):  # left early (an error): the reader and its connection end here
             for rows, covered in chunks:
                 # (a body to normalize has its destination and headers looked up by the store)
-                folded += source.fold_rows(fold, self.store, rows)
+                folded += source.fold_chunk(fold, self.store, rows)
                 if progress is not None:
                     progress(covered - done)
                 done = covered
         return folded, done
 
     def _chunks(self, done: int, until: int, limit: int
-                ) -> Generator[tuple[list[source.Row], int], None, None]:
+                ) -> Generator[tuple[list[source.Row] | Packed, int], None, None]:
         """Chunks of up to ``limit`` valid rows of (done, until], each read in a transaction of
         its own (positions up to ``until`` are committed: every read sees the same rows), with
-        the position each covers."""
+        the position each covers; packed by the database where it can (``Reads.fold_packed``)."""
         with self.engine.connect() as conn, scan_cache(conn):
             while done < until and limit > 0:
                 with conn.begin():  # not one long transaction: it would hold up checkpoints
-                    rows, covered = Snapshot(conn).fold_rows(done, until,
-                                                             min(source.CHUNK, limit))
-                yield rows, covered
-                limit -= len(rows)
+                    view = Snapshot(conn)
+                    packed = view.fold_packed(done, until, min(source.PACKED_CHUNK, limit))
+                    if packed is None:
+                        rows, covered = view.fold_rows(done, until, min(source.CHUNK, limit))
+                    else:
+                        covered = packed.covered
+                yield (rows, covered) if packed is None else (packed, covered)
+                limit -= len(rows) if packed is None else packed.size
                 done = covered
 
     # -- rebuild -------------------------------------------------------------------------------

@@ -145,6 +145,10 @@ def test_every_upstream_variant_needs_normalization(variant: dict) -> None:
         assert needs_normalization({key: value for key, value in canonical.items()
                                     if key != header_filled}, SCHEMA_VERSION)
     assert needs_normalization(canonical, SCHEMA_VERSION - 1)  # older shapes are upcast
+    # The event's stored time (always canonical) vouches only for a timestamp equal to it.
+    stored = "2026-01-01T00:00:00.000000Z"
+    assert not needs_normalization(canonical, SCHEMA_VERSION, stored)
+    assert needs_normalization({**canonical, **variant}, SCHEMA_VERSION, stored)
 
 
 def test_unknown_fields_pass_through() -> None:

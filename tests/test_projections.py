@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
 from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, TOPIC, Incoming, format_time
+from eventstore.reads import Packed, Reads
 from eventstore.store import EventStore
 from projections import projector as projector_module
 from projections import queries, source
@@ -684,6 +686,68 @@ def test_projector_reads_upstream_forms_like_the_store(env: Env) -> None:
     assert env.one(t.tf_slices)["status"] == "completed"
 
 
+def upstream_forms(env: Env) -> list[dict[str, Any]]:
+    """The scenario with bodies the catalog must normalize among the canonical ones."""
+    return [*scenario(env),
+            {"msg_type": "slice_result", "msg_id": "u-1", "namespace": NS, "run_id": str(RUN),
+             "timestamp": "2025-03-01T08:00:30+00:00",
+             "content": {"state": "done", "result": {"result": {"slice_id": 1,
+                                                                "tf_filename": TF[1]}}}},
+            {**env.msg("stf_ready", filename=STF[0], checksum="AD:0000ABCD"), "size": 77},
+            {**env.msg("end_run"), "total_files": 3, "run_id": str(RUN)}]
+
+
+def test_a_rebuild_from_packed_chunks_equals_one_from_rows(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    messages = upstream_forms(env)
+    env.send(*messages)
+    monkeypatch.setattr(source, "PACKED_CHUNK", 4)
+    packed = []
+    real = Reads.fold_packed
+
+    def counted(self: Reads, after: int, until: int, limit: int) -> Packed | None:
+        chunk = real(self, after, until, limit)
+        packed.append(chunk)
+        return chunk
+
+    monkeypatch.setattr(Reads, "fold_packed", counted)
+    assert env.projector.rebuild() == len(messages)
+    from_packed = env.dump()
+    if env.engine.dialect.name == "sqlite":
+        assert len(packed) > len(messages) // 4 and all(packed)
+    monkeypatch.setattr(Reads, "fold_packed", lambda self, after, until, limit: None)
+    assert env.projector.rebuild() == len(messages)
+    assert env.dump() == from_packed
+
+
+def test_a_packed_chunk_that_does_not_parse_is_read_row_by_row(env: Env) -> None:
+    messages = upstream_forms(env)
+    env.send(*messages)
+    top = env.store.head()
+    rows, _covered = env.store.fold_rows(0, top, top)
+    expected = Fold()
+    assert source.fold_rows(expected, env.store, rows) == len(messages)
+    broken = Packed(0, top, len(rows), b"[", b"[")  # (a body that would not embed)
+    fold = Fold()
+    assert source.fold_chunk(fold, env.store, broken) == len(messages)
+    assert snapshot(fold, changed_only=False) == snapshot(expected, changed_only=False)
+
+
+def test_a_packed_chunk_out_of_order_is_folded_in_position_order(env: Env) -> None:
+    messages = [*env.start(), env.slice(0, 0), env.result(0, 0, "processing"),
+                env.result(0, 0, "completed")]
+    env.send(*messages)
+    top = env.store.head()
+    rows, _covered = env.store.fold_rows(0, top, top)
+    reversed_rows = [[*row[:5], None] for row in reversed(rows)]
+    bodies = b"[" + b",".join(bytes(row[5]) for row in reversed(rows)) + b"]"
+    fold = Fold()
+    chunk = Packed(0, top, len(rows), orjson.dumps(reversed_rows), bodies)
+    assert source.fold_chunk(fold, env.store, chunk) == len(messages)
+    assert fold.position == top
+    assert [row["status"] for row in snapshot(fold)["tf_slices"]] == ["completed"]
+
+
 def test_migrations_match_the_table_definitions(db_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -705,20 +769,21 @@ def test_a_rebuild_read_ahead_by_a_thread_equals_a_serial_one(
     messages = scenario(env)
     env.send(*messages)
     monkeypatch.setattr(source, "CHUNK", 3)  # many chunks through the thread's queue
+    monkeypatch.setattr(source, "PACKED_CHUNK", 3)
     monkeypatch.setattr(source, "READ_AHEAD_MIN", 10**9)
     assert env.projector.rebuild() == len(messages)
     serial = env.dump()
     threads = []
     real = source.read_ahead
 
-    def counted(chunks: Any, depth: int = 2) -> Any:
+    def counted(chunks: Any, depth: int) -> Any:
         threads.append(depth)
-        return real(chunks, depth)
+        return real(chunks, 2)
 
     monkeypatch.setattr(source, "READ_AHEAD_MIN", 1)
     monkeypatch.setattr(source, "read_ahead", counted)
     assert env.projector.rebuild() == len(messages)
-    assert threads == [2]
+    assert len(threads) == 1
     assert env.dump() == serial
 
 
