@@ -331,8 +331,17 @@ def test_postgres_statistics_follow_bulk_appends(pg_url: str, monkeypatch) -> No
     with EventStore(pg_url) as store, store.engine.connect() as conn:
         query = sa.text("SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass")
         assert conn.execute(query).scalar() < 0  # never analyzed
+        target = conn.exec_driver_sql("SHOW default_statistics_target").scalar()
         store.append([incoming(sequence=i) for i in range(20)])
         assert conn.execute(query).scalar() == 20
+        # A small sample (coarse histograms), asked for in its own transaction only: the pooled
+        # session keeps the server's target for everything else.
+        bounds = conn.execute(sa.text(
+            "SELECT array_length(histogram_bounds, 1) FROM pg_stats WHERE schemaname = "
+            "current_schema() AND tablename = 'events' AND attname = 'position'")).scalar()
+        assert bounds == postgres_recorder.ANALYZE_TARGET + 1
+        with store.engine.connect() as pooled:
+            assert pooled.exec_driver_sql("SHOW default_statistics_target").scalar() == target
 
 
 # -- property: any batching of any repeats stores each event once, in first-seen order --------
