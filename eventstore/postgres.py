@@ -59,6 +59,11 @@ class PostgresRecorder:
             assert raw is not None
             from psycopg.errors import UniqueViolation  # lazily: only PostgreSQL needs psycopg
 
+            info = conn.connection.info  # lives as long as the DBAPI connection (its session)
+            if not info.get("swf_bytea_dumper"):
+                _dump_bytea_in_c(raw)
+                info["swf_bytea_dumper"] = True
+
             # One block of ``size`` positions in one step: every other draw from the sequence
             # happens under this lock too (the staged INSERT's defaults), so none falls inside.
             last = raw.execute(_RESERVE_BLOCK, (self._sequence, self._sequence, size)
@@ -122,6 +127,15 @@ class PostgresRecorder:
                 tuples = conn.exec_driver_sql(_RELTUPLES).scalar() or 0
                 self._unanalyzed = 0
         self._analyze_check_at = max(ANALYZE_MIN_ROWS, int(ANALYZE_GROWTH * tuples))
+
+
+def _dump_bytea_in_c(raw: Any) -> None:
+    """Let COPY write bytea (headers, body) with psycopg's compiled dumper: by default the type
+    name finds the DB-API ``Binary`` wrapper's dumper, a Python call per value (6% of the
+    client's time per event)."""
+    from psycopg.types.string import BytesBinaryDumper
+
+    raw.adapters.register_dumper(bytes, BytesBinaryDumper)
 
 
 def _copy_streaming(conn: sa.Connection, raw: Any, examined: Iterator[Examined],
