@@ -153,12 +153,16 @@ def _copy_streaming(conn: sa.Connection, raw: Any, examined: Iterator[Examined],
         with cursor.copy(_COPY_EVENTS) as copy:
             copy.set_types(_EVENT_TYPES)
             write_row = copy.write_row
+            add_event, add_headers = batch.append, encoded_headers.append
             for event, headers, resolved in examined:
                 event.position = positions[len(batch)]
-                batch.append(event)
-                encoded_headers.append(headers)
-                if resolved:
-                    write_row(_row(event, headers))
+                add_event(event)
+                add_headers(headers)
+                if resolved:  # _row(event, headers), inlined: it runs per event
+                    write_row((event.position, event.event_id, event.recorded_at,
+                               event.destination, headers, event.body, event.namespace,
+                               event.execution_id, event.run_id, event.msg_type, event.sender,
+                               event.sent_at, event.schema_version, event.reject_reason))
                 else:
                     waiting.append((event, headers))
         if waiting:

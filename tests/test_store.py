@@ -262,6 +262,12 @@ def test_execution_resolved_from_the_run(db_url: str) -> None:
                                        namespace="ns"),
                               Incoming.of({**upstream, "run_id": 9, "msg_id": "b2"})])
         assert [e.execution_id for e in batch.events] == [None, "exec-9", "exec-9"]
+        # A run's execution changing back and forth in one batch: always the latest one.
+        flip = store.append([
+            incoming("run_imminent", run_id=10, execution_id=execution, namespace="ns")
+            if execution else Incoming.of({**upstream, "run_id": 10, "msg_id": f"f{index}"})
+            for index, execution in enumerate(["A", "A", None, "B", None, "A", None])])
+        assert [e.execution_id for e in flip.events] == ["A", "A", "A", "B", "B", "A", "A"]
 
 
 def test_read_filters(store: EventStore) -> None:
