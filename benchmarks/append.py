@@ -121,10 +121,40 @@ def generate(count: int, seed: int = 7) -> list[Incoming]:
     return messages
 
 
-def timed(action: Callable[[], int]) -> tuple[int, float]:
-    began = time.perf_counter()
+Measured = tuple[str, int, float, str]  # name, events, seconds, CPU seconds (client/server)
+
+
+def timed(action: Callable[[], int], server: Callable[[], float | None] | None = None
+          ) -> tuple[int, float, str]:
+    """Events done, wall seconds, and CPU seconds of this process (and of the PostgreSQL
+    backend ``server`` reads, if any): under load from other processes, the steadier figure."""
+    began, used = time.perf_counter(), time.process_time()
+    served = server() if server else None
     count = action()
-    return count, time.perf_counter() - began
+    seconds = time.perf_counter() - began
+    cpu = f"{time.process_time() - used:.2f}"
+    served_after = server() if server else None
+    if served is not None and served_after is not None:
+        cpu += f"/{served_after - served:.2f}"
+    return count, seconds, cpu
+
+
+def backend_cpu(connection: Any) -> Callable[[], float | None]:
+    """CPU seconds used so far by the PostgreSQL backend serving a psycopg connection, read
+    from /proc when the server runs on this machine (None otherwise)."""
+    stat = Path(f"/proc/{connection.info.backend_pid}/stat")
+
+    def used() -> float | None:
+        try:
+            text = stat.read_text()
+        except OSError:
+            return None
+        if "(postgres)" not in text:  # a remote server's pid: some other local process
+            return None
+        fields = text.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    return used
 
 
 def append_all(store: EventStore, messages: list[Incoming], batch: int) -> int:
@@ -163,19 +193,18 @@ def bench_python() -> Path:
     return python
 
 
-def eventsourcing_baseline(import_file: Path, scratch: Path, batch: int
-                           ) -> list[tuple[str, int, float]]:
+def eventsourcing_baseline(import_file: Path, scratch: Path, batch: int) -> list[Measured]:
     """The library's SQLite recorders on the same bodies (see eventsourcing_baseline.py)."""
     done = subprocess.run(
         [str(bench_python()), str(ROOT / "benchmarks" / "eventsourcing_baseline.py"),
          str(import_file), str(scratch), str(batch)],
         capture_output=True, text=True, check=True)
     found = json.loads(done.stdout)
-    return [(f"eventsourcing SQLite {name} recorder", int(count), float(seconds))
+    return [(f"eventsourcing SQLite {name} recorder", int(count), float(seconds), "")
             for name, (count, seconds) in found.items()]
 
 
-def swf_import(import_file: Path, url: str) -> tuple[int, float]:
+def swf_import(import_file: Path, url: str) -> tuple[int, float, str]:
     """``swf import`` of the file in a fresh process (start-up included), into a fresh store."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     began = time.perf_counter()
@@ -184,10 +213,11 @@ def swf_import(import_file: Path, url: str) -> tuple[int, float]:
     seconds = time.perf_counter() - began
     if done.returncode != 0:
         raise click.ClickException(f"swf import failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout)["appended"], seconds
+    return json.loads(done.stdout)["appended"], seconds, ""
 
 
-def sqlite3_baseline(path: Path, messages: list[Incoming], batch: int) -> tuple[int, float]:
+def sqlite3_baseline(path: Path, messages: list[Incoming], batch: int
+                     ) -> tuple[int, float, str]:
     """Insert the same bytes with plain sqlite3 into an equivalent table: the physical limit."""
     import orjson
 
@@ -219,9 +249,9 @@ def sqlite3_baseline(path: Path, messages: list[Incoming], batch: int) -> tuple[
             db.execute("COMMIT")
         return len(rows)
 
-    count, seconds = timed(insert)
+    measured = timed(insert)
     db.close()
-    return count, seconds
+    return measured
 
 
 def baseline_rows(messages: list[Incoming]) -> list[tuple[Any, ...]]:
@@ -239,7 +269,8 @@ def baseline_rows(messages: list[Incoming]) -> list[tuple[Any, ...]]:
     return rows
 
 
-def pg_copy_baseline(url: str, messages: list[Incoming], batch: int) -> tuple[int, float]:
+def pg_copy_baseline(url: str, messages: list[Incoming], batch: int
+                     ) -> tuple[int, float, str]:
     """Binary COPY of the same rows into the store's own (empty) table, one transaction per
     batch, no examining, no idempotency: the server's floor for the store's table."""
     from eventstore.postgres import _COPY_EVENTS, _EVENT_TYPES
@@ -260,7 +291,7 @@ def pg_copy_baseline(url: str, messages: list[Incoming], batch: int) -> tuple[in
                     connection.commit()
                 return len(rows)
 
-            return timed(copy)
+            return timed(copy, backend_cpu(connection))
         finally:
             raw.close()
 
@@ -277,22 +308,33 @@ def catalog_precomputed(messages: list[Incoming]) -> Iterator[dict[bytes, Any]]:
         identity.examine = real
 
 
+def store_backend(store: EventStore) -> Callable[[], float | None] | None:
+    """The CPU reader of the PostgreSQL backend the store's (single, pooled) connection uses."""
+    if store.backend != "postgresql":
+        return None
+    with store.engine.connect() as conn:
+        return backend_cpu(conn.connection.driver_connection)
+
+
 def measure_store(label: str, urls: tuple[str, str], messages: list[Incoming], batch: int
-                  ) -> list[tuple[str, int, float]]:
+                  ) -> list[Measured]:
     """Append everything into a fresh store, re-append it, read it; then append everything
     into a second fresh store with the catalog's verdicts precomputed (the store's own cost)."""
     with EventStore(urls[0], namespace="epic-bench") as store:
+        server = store_backend(store)
         results = [(f"{label} append (batch {batch})",
-                    *timed(lambda: append_all(store, messages, batch)))]
+                    *timed(lambda: append_all(store, messages, batch), server))]
         results.append((f"{label} re-append (all duplicates)",
-                        *timed(lambda: len(messages) - append_all(store, messages, batch))))
+                        *timed(lambda: len(messages) - append_all(store, messages, batch),
+                               server)))
         results.append((f"{label} read + decode + normalize",
                         *timed(lambda: sum(1 for _ in store.read()))))
         results.append((f"{label} read_raw (decode only)",
                         *timed(lambda: sum(1 for _ in store.read_raw()))))
     with EventStore(urls[1], namespace="epic-bench") as store, catalog_precomputed(messages):
         results.insert(1, (f"{label} append, catalog precomputed",
-                           *timed(lambda: append_all(store, messages, batch))))
+                           *timed(lambda: append_all(store, messages, batch),
+                                  store_backend(store))))
     return results
 
 
@@ -312,12 +354,12 @@ def main(count: int, batch: int, pg_url: str, with_library: bool, repeat: int) -
     gc.freeze()  # the benchmark's own 200k messages must not make every GC pass slower
     size = sum(len(message.body) for message in messages) / len(messages)
     click.echo(f"{count} messages, mean body {size:.0f} bytes, batches of {batch}")
-    best: dict[str, tuple[int, float]] = {}  # per measurement, its fastest round
+    best: dict[str, tuple[int, float, str]] = {}  # per measurement, its fastest round
 
-    def keep(measured: list[tuple[str, int, float]]) -> None:
-        for name, events, seconds in measured:
+    def keep(measured: list[Measured]) -> None:
+        for name, events, seconds, cpu in measured:
             if name not in best or seconds < best[name][1]:
-                best[name] = (events, seconds)
+                best[name] = (events, seconds, cpu)
 
     for _round in range(repeat):
         with tempfile.TemporaryDirectory() as scratch:
@@ -335,24 +377,23 @@ def main(count: int, batch: int, pg_url: str, with_library: bool, repeat: int) -
                    *swf_import(import_file, f"sqlite:///{folder / 'import.db'}"))])
         if pg_url:
             keep(measure_postgres(pg_url, messages, batch))
-    results = [(name, events, seconds) for name, (events, seconds) in best.items()]
+    results = [(name, *measured) for name, measured in best.items()]
     baseline = best["sqlite3 executemany baseline"]
     base_rate = baseline[0] / baseline[1]
-    reference = {name: events / seconds for name, events, seconds in results}
+    reference = {name: events / seconds for name, events, seconds, _cpu in results}
     library_rate = reference.get("eventsourcing SQLite application recorder")
     copy_rate = reference.get("PostgreSQL raw COPY baseline")
     click.echo(f"{'measurement':<42} {'events':>9} {'seconds':>8} {'events/s':>10} "
-               f"{'vs base':>8} {'vs es/COPY':>10}")
-    for name, events, seconds in results:
+               f"{'vs base':>8} {'vs es/COPY':>10} {'CPU s (client/server)':>22}")
+    for name, events, seconds, cpu in results:
         rate = events / seconds if seconds else float("inf")
         other = copy_rate if name.startswith("PostgreSQL") else library_rate
         versus = f"{rate / other:>9.2f}x" if other else f"{'':>10}"
         click.echo(f"{name:<42} {events:>9} {seconds:>8.2f} {rate:>10,.0f} "
-                   f"{rate / base_rate:>7.2f}x {versus}")
+                   f"{rate / base_rate:>7.2f}x {versus} {cpu:>22}")
 
 
-def measure_postgres(pg_url: str, messages: list[Incoming], batch: int
-                     ) -> list[tuple[str, int, float]]:
+def measure_postgres(pg_url: str, messages: list[Incoming], batch: int) -> list[Measured]:
     """The same measurements in two scratch schemas, dropped afterwards."""
     admin_url = sa.make_url(pg_url).set(drivername="postgresql+psycopg")
     schemas = [f"swf_bench_{uuid.uuid4().hex[:10]}" for _ in range(3)]
