@@ -36,6 +36,44 @@ ev/s (the issue's 38.6k baseline is this one's figure); SQLite append 50,710 ev/
 application recorder, 1.31x the aggregate recorder; ``swf import`` 44,918 ev/s = 1.16x the
 aggregate recorder; catalog precomputed 67,307 ev/s; PostgreSQL append 75,438 ev/s = 0.61x raw
 COPY (122,948 ev/s): the PostgreSQL target is not met.
+
+PostgreSQL append, issue 15 (2026-11-28 18:21-18:29 UTC, load average 1.5-4.6 from other
+sessions): before (427320f) and after, alternating, two runs each of ``--repeat 2``; the CPU
+column (added here) is client/server seconds of the shown round:
+
+    measurement (ev/s)             before: run 1  run 2       after: run 1  run 2
+    PostgreSQL raw COPY                    95,526   99,097             103,701   96,240
+      CPU s client/server               0.26/1.97  0.30/1.92           0.27/1.80  0.22/1.76
+    PostgreSQL append                      63,445   68,021              75,162   79,008
+      vs raw COPY                           0.66x    0.69x               0.72x    0.82x
+      CPU s client/server               2.26/2.28  2.14/2.13           2.08/1.88  2.03/1.74
+    ... catalog precomputed                66,011   73,103              82,213   79,259
+    SQLite append vs es aggregate           1.28x    1.54x               1.51x    1.55x
+
+The target (>= 0.9x COPY or >= 100k ev/s) is still not met. The server now spends what the raw
+COPY does (the append's extra 0.2-0.3 s is gone); the client spends 10 us per event (examine
+about 4.7 us of it) against the server's 9 us, so the client is the floor, and at each batch's
+end the two wait for each other (the server drains its backlog, ~8 ms; the commit, ~3 ms).
+What each step gave, per 200,000 events (client figures: the pipeline into a discarding COPY
+writer, no server):
+
+- positions as one nextval + setval per batch instead of 5,000 nextvals: server -0.1 s;
+- the recorder's ANALYZE at statistics target 10 (3,000-row sample; autovacuum refines it):
+  0.25 s -> 0.04 s;
+- bytea through psycopg's compiled dumper (bytea's name found the DB-API Binary wrapper's
+  Python one): client 8.1 -> 7.5 us per event;
+- a run's execution noted only when it changes, the COPY row built inline: 6.9 -> 6.5 us;
+  the catalog setting the envelope keys one by one, not update(**...): examine 4.9 -> 4.75 us.
+
+Tried and dropped: psycopg's QueuedLibpqWriter (socket writes in a thread) was 10-20% slower
+(GIL hand-offs); rows preformatted with struct for ``copy.write()`` cost 2.8 us against
+write_row's 0.65 us; normalizing the parsed dict in place instead of a copy, and the GC off
+during the append, were within noise. Not tried: fewer columns (each holds data reads use; a
+small column costs the server a few bytes, not a parse). Index costs (server CPU of the raw
+COPY, 200k rows; the same for COPY and append, so they move the rate, not the ratio): all
+indexes 1.75-2.0 s; without the unique event_id index -0.4 to -0.5 s (it stays: idempotency);
+without ix_events_execution, ix_events_run or ix_events_msg_type -0.1 to -0.3 s each; the
+partial ix_events_rejected 0.03-0.17 s (noise); the primary key alone 0.68 s.
 """
 
 from __future__ import annotations
