@@ -36,6 +36,44 @@ ev/s (the issue's 38.6k baseline is this one's figure); SQLite append 50,710 ev/
 application recorder, 1.31x the aggregate recorder; ``swf import`` 44,918 ev/s = 1.16x the
 aggregate recorder; catalog precomputed 67,307 ev/s; PostgreSQL append 75,438 ev/s = 0.61x raw
 COPY (122,948 ev/s): the PostgreSQL target is not met.
+
+PostgreSQL append, issue 15 (2026-11-28 18:21-18:29 UTC, load average 1.5-4.6 from other
+sessions): before (427320f) and after, alternating, two runs each of ``--repeat 2``; the CPU
+column (added here) is client/server seconds of the shown round:
+
+    measurement (ev/s)             before: run 1  run 2       after: run 1  run 2
+    PostgreSQL raw COPY                    95,526   99,097             103,701   96,240
+      CPU s client/server               0.26/1.97  0.30/1.92           0.27/1.80  0.22/1.76
+    PostgreSQL append                      63,445   68,021              75,162   79,008
+      vs raw COPY                           0.66x    0.69x               0.72x    0.82x
+      CPU s client/server               2.26/2.28  2.14/2.13           2.08/1.88  2.03/1.74
+    ... catalog precomputed                66,011   73,103              82,213   79,259
+    SQLite append vs es aggregate           1.28x    1.54x               1.51x    1.55x
+
+The target (>= 0.9x COPY or >= 100k ev/s) is still not met. The server now spends what the raw
+COPY does (the append's extra 0.2-0.3 s is gone); the client spends 10 us per event (examine
+about 4.7 us of it) against the server's 9 us, so the client is the floor, and at each batch's
+end the two wait for each other (the server drains its backlog, ~8 ms; the commit, ~3 ms).
+What each step gave, per 200,000 events (client figures: the pipeline into a discarding COPY
+writer, no server):
+
+- positions as one nextval + setval per batch instead of 5,000 nextvals: server -0.1 s;
+- the recorder's ANALYZE at statistics target 10 (3,000-row sample; autovacuum refines it):
+  0.25 s -> 0.04 s;
+- bytea through psycopg's compiled dumper (bytea's name found the DB-API Binary wrapper's
+  Python one): client 8.1 -> 7.5 us per event;
+- a run's execution noted only when it changes, the COPY row built inline: 6.9 -> 6.5 us;
+  the catalog setting the envelope keys one by one, not update(**...): examine 4.9 -> 4.75 us.
+
+Tried and dropped: psycopg's QueuedLibpqWriter (socket writes in a thread) was 10-20% slower
+(GIL hand-offs); rows preformatted with struct for ``copy.write()`` cost 2.8 us against
+write_row's 0.65 us; normalizing the parsed dict in place instead of a copy, and the GC off
+during the append, were within noise. Not tried: fewer columns (each holds data reads use; a
+small column costs the server a few bytes, not a parse). Index costs (server CPU of the raw
+COPY, 200k rows; the same for COPY and append, so they move the rate, not the ratio): all
+indexes 1.75-2.0 s; without the unique event_id index -0.4 to -0.5 s (it stays: idempotency);
+without ix_events_execution, ix_events_run or ix_events_msg_type -0.1 to -0.3 s each; the
+partial ix_events_rejected 0.03-0.17 s (noise); the primary key alone 0.68 s.
 """
 
 from __future__ import annotations
@@ -121,10 +159,40 @@ def generate(count: int, seed: int = 7) -> list[Incoming]:
     return messages
 
 
-def timed(action: Callable[[], int]) -> tuple[int, float]:
-    began = time.perf_counter()
+Measured = tuple[str, int, float, str]  # name, events, seconds, CPU seconds (client/server)
+
+
+def timed(action: Callable[[], int], server: Callable[[], float | None] | None = None
+          ) -> tuple[int, float, str]:
+    """Events done, wall seconds, and CPU seconds of this process (and of the PostgreSQL
+    backend ``server`` reads, if any): under load from other processes, the steadier figure."""
+    began, used = time.perf_counter(), time.process_time()
+    served = server() if server else None
     count = action()
-    return count, time.perf_counter() - began
+    seconds = time.perf_counter() - began
+    cpu = f"{time.process_time() - used:.2f}"
+    served_after = server() if server else None
+    if served is not None and served_after is not None:
+        cpu += f"/{served_after - served:.2f}"
+    return count, seconds, cpu
+
+
+def backend_cpu(connection: Any) -> Callable[[], float | None]:
+    """CPU seconds used so far by the PostgreSQL backend serving a psycopg connection, read
+    from /proc when the server runs on this machine (None otherwise)."""
+    stat = Path(f"/proc/{connection.info.backend_pid}/stat")
+
+    def used() -> float | None:
+        try:
+            text = stat.read_text()
+        except OSError:
+            return None
+        if "(postgres)" not in text:  # a remote server's pid: some other local process
+            return None
+        fields = text.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    return used
 
 
 def append_all(store: EventStore, messages: list[Incoming], batch: int) -> int:
@@ -163,19 +231,18 @@ def bench_python() -> Path:
     return python
 
 
-def eventsourcing_baseline(import_file: Path, scratch: Path, batch: int
-                           ) -> list[tuple[str, int, float]]:
+def eventsourcing_baseline(import_file: Path, scratch: Path, batch: int) -> list[Measured]:
     """The library's SQLite recorders on the same bodies (see eventsourcing_baseline.py)."""
     done = subprocess.run(
         [str(bench_python()), str(ROOT / "benchmarks" / "eventsourcing_baseline.py"),
          str(import_file), str(scratch), str(batch)],
         capture_output=True, text=True, check=True)
     found = json.loads(done.stdout)
-    return [(f"eventsourcing SQLite {name} recorder", int(count), float(seconds))
+    return [(f"eventsourcing SQLite {name} recorder", int(count), float(seconds), "")
             for name, (count, seconds) in found.items()]
 
 
-def swf_import(import_file: Path, url: str) -> tuple[int, float]:
+def swf_import(import_file: Path, url: str) -> tuple[int, float, str]:
     """``swf import`` of the file in a fresh process (start-up included), into a fresh store."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     began = time.perf_counter()
@@ -184,10 +251,11 @@ def swf_import(import_file: Path, url: str) -> tuple[int, float]:
     seconds = time.perf_counter() - began
     if done.returncode != 0:
         raise click.ClickException(f"swf import failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout)["appended"], seconds
+    return json.loads(done.stdout)["appended"], seconds, ""
 
 
-def sqlite3_baseline(path: Path, messages: list[Incoming], batch: int) -> tuple[int, float]:
+def sqlite3_baseline(path: Path, messages: list[Incoming], batch: int
+                     ) -> tuple[int, float, str]:
     """Insert the same bytes with plain sqlite3 into an equivalent table: the physical limit."""
     import orjson
 
@@ -219,9 +287,9 @@ def sqlite3_baseline(path: Path, messages: list[Incoming], batch: int) -> tuple[
             db.execute("COMMIT")
         return len(rows)
 
-    count, seconds = timed(insert)
+    measured = timed(insert)
     db.close()
-    return count, seconds
+    return measured
 
 
 def baseline_rows(messages: list[Incoming]) -> list[tuple[Any, ...]]:
@@ -239,7 +307,8 @@ def baseline_rows(messages: list[Incoming]) -> list[tuple[Any, ...]]:
     return rows
 
 
-def pg_copy_baseline(url: str, messages: list[Incoming], batch: int) -> tuple[int, float]:
+def pg_copy_baseline(url: str, messages: list[Incoming], batch: int
+                     ) -> tuple[int, float, str]:
     """Binary COPY of the same rows into the store's own (empty) table, one transaction per
     batch, no examining, no idempotency: the server's floor for the store's table."""
     from eventstore.postgres import _COPY_EVENTS, _EVENT_TYPES
@@ -260,7 +329,7 @@ def pg_copy_baseline(url: str, messages: list[Incoming], batch: int) -> tuple[in
                     connection.commit()
                 return len(rows)
 
-            return timed(copy)
+            return timed(copy, backend_cpu(connection))
         finally:
             raw.close()
 
@@ -277,22 +346,33 @@ def catalog_precomputed(messages: list[Incoming]) -> Iterator[dict[bytes, Any]]:
         identity.examine = real
 
 
+def store_backend(store: EventStore) -> Callable[[], float | None] | None:
+    """The CPU reader of the PostgreSQL backend the store's (single, pooled) connection uses."""
+    if store.backend != "postgresql":
+        return None
+    with store.engine.connect() as conn:
+        return backend_cpu(conn.connection.driver_connection)
+
+
 def measure_store(label: str, urls: tuple[str, str], messages: list[Incoming], batch: int
-                  ) -> list[tuple[str, int, float]]:
+                  ) -> list[Measured]:
     """Append everything into a fresh store, re-append it, read it; then append everything
     into a second fresh store with the catalog's verdicts precomputed (the store's own cost)."""
     with EventStore(urls[0], namespace="epic-bench") as store:
+        server = store_backend(store)
         results = [(f"{label} append (batch {batch})",
-                    *timed(lambda: append_all(store, messages, batch)))]
+                    *timed(lambda: append_all(store, messages, batch), server))]
         results.append((f"{label} re-append (all duplicates)",
-                        *timed(lambda: len(messages) - append_all(store, messages, batch))))
+                        *timed(lambda: len(messages) - append_all(store, messages, batch),
+                               server)))
         results.append((f"{label} read + decode + normalize",
                         *timed(lambda: sum(1 for _ in store.read()))))
         results.append((f"{label} read_raw (decode only)",
                         *timed(lambda: sum(1 for _ in store.read_raw()))))
     with EventStore(urls[1], namespace="epic-bench") as store, catalog_precomputed(messages):
         results.insert(1, (f"{label} append, catalog precomputed",
-                           *timed(lambda: append_all(store, messages, batch))))
+                           *timed(lambda: append_all(store, messages, batch),
+                                  store_backend(store))))
     return results
 
 
@@ -312,12 +392,12 @@ def main(count: int, batch: int, pg_url: str, with_library: bool, repeat: int) -
     gc.freeze()  # the benchmark's own 200k messages must not make every GC pass slower
     size = sum(len(message.body) for message in messages) / len(messages)
     click.echo(f"{count} messages, mean body {size:.0f} bytes, batches of {batch}")
-    best: dict[str, tuple[int, float]] = {}  # per measurement, its fastest round
+    best: dict[str, tuple[int, float, str]] = {}  # per measurement, its fastest round
 
-    def keep(measured: list[tuple[str, int, float]]) -> None:
-        for name, events, seconds in measured:
+    def keep(measured: list[Measured]) -> None:
+        for name, events, seconds, cpu in measured:
             if name not in best or seconds < best[name][1]:
-                best[name] = (events, seconds)
+                best[name] = (events, seconds, cpu)
 
     for _round in range(repeat):
         with tempfile.TemporaryDirectory() as scratch:
@@ -335,24 +415,23 @@ def main(count: int, batch: int, pg_url: str, with_library: bool, repeat: int) -
                    *swf_import(import_file, f"sqlite:///{folder / 'import.db'}"))])
         if pg_url:
             keep(measure_postgres(pg_url, messages, batch))
-    results = [(name, events, seconds) for name, (events, seconds) in best.items()]
+    results = [(name, *measured) for name, measured in best.items()]
     baseline = best["sqlite3 executemany baseline"]
     base_rate = baseline[0] / baseline[1]
-    reference = {name: events / seconds for name, events, seconds in results}
+    reference = {name: events / seconds for name, events, seconds, _cpu in results}
     library_rate = reference.get("eventsourcing SQLite application recorder")
     copy_rate = reference.get("PostgreSQL raw COPY baseline")
     click.echo(f"{'measurement':<42} {'events':>9} {'seconds':>8} {'events/s':>10} "
-               f"{'vs base':>8} {'vs es/COPY':>10}")
-    for name, events, seconds in results:
+               f"{'vs base':>8} {'vs es/COPY':>10} {'CPU s (client/server)':>22}")
+    for name, events, seconds, cpu in results:
         rate = events / seconds if seconds else float("inf")
         other = copy_rate if name.startswith("PostgreSQL") else library_rate
         versus = f"{rate / other:>9.2f}x" if other else f"{'':>10}"
         click.echo(f"{name:<42} {events:>9} {seconds:>8.2f} {rate:>10,.0f} "
-                   f"{rate / base_rate:>7.2f}x {versus}")
+                   f"{rate / base_rate:>7.2f}x {versus} {cpu:>22}")
 
 
-def measure_postgres(pg_url: str, messages: list[Incoming], batch: int
-                     ) -> list[tuple[str, int, float]]:
+def measure_postgres(pg_url: str, messages: list[Incoming], batch: int) -> list[Measured]:
     """The same measurements in two scratch schemas, dropped afterwards."""
     admin_url = sa.make_url(pg_url).set(drivername="postgresql+psycopg")
     schemas = [f"swf_bench_{uuid.uuid4().hex[:10]}" for _ in range(3)]

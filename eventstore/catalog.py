@@ -744,9 +744,14 @@ def _normalize(message: dict[str, Any], content: dict[str, Any] | None, verdict:
     finish = _FINISH.get(msg_type)
     if finish is not None:
         finish(data)
-    data.update(msg_type=msg_type, msg_id=verdict.msg_id, namespace=verdict.namespace,
-                execution_id=verdict.execution_id, run_id=verdict.run_id,
-                sender=verdict.sender, timestamp=verdict.sent_at)
+    # One by one, not update(**...): half the cost, same order of new keys.
+    data["msg_type"] = msg_type
+    data["msg_id"] = verdict.msg_id
+    data["namespace"] = verdict.namespace
+    data["execution_id"] = verdict.execution_id
+    data["run_id"] = verdict.run_id
+    data["sender"] = verdict.sender
+    data["timestamp"] = verdict.sent_at
     if "created_at" in data:
         del data["created_at"]
     if "run_number" in data:

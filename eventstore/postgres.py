@@ -26,6 +26,11 @@ Resolve = Callable[[sa.Connection, list[Event], "int | None"], None]
 
 ANALYZE_MIN_ROWS = 10_000
 ANALYZE_GROWTH = 3  # analyze again once rows appended exceed 3x the last row estimate
+# The sample (300 rows per unit) of the recorder's own ANALYZE: 3,000 rows give the row count and
+# coarse histograms, enough to steer keyset pages to the index, at a tenth of the default's cost
+# (0.02 s instead of 0.2 s at 270k rows, paid by the append crossing the threshold); autovacuum's
+# ANALYZE, on its own schedule, refines them with the configured target.
+ANALYZE_TARGET = 10
 
 
 class PostgresRecorder:
@@ -54,8 +59,16 @@ class PostgresRecorder:
             assert raw is not None
             from psycopg.errors import UniqueViolation  # lazily: only PostgreSQL needs psycopg
 
-            positions = sorted(raw.execute(_NEXTVALS, (self._sequence, size),
-                                           binary=True).fetchone()[0])
+            info = conn.connection.info  # lives as long as the DBAPI connection (its session)
+            if not info.get("swf_bytea_dumper"):
+                _dump_bytea_in_c(raw)
+                info["swf_bytea_dumper"] = True
+
+            # One block of ``size`` positions in one step: every other draw from the sequence
+            # happens under this lock too (the staged INSERT's defaults), so none falls inside.
+            last = raw.execute(_RESERVE_BLOCK, (self._sequence, self._sequence, size)
+                               ).fetchone()[0]
+            positions = range(last - size + 1, last + 1)
             batch: list[Event] = []
             encoded_headers: list[bytes] = []
             raw.execute("SAVEPOINT swf_append")
@@ -107,6 +120,7 @@ class PostgresRecorder:
             tuples = conn.exec_driver_sql(_RELTUPLES).scalar() or 0
             if tuples < 0 or self._unanalyzed > ANALYZE_GROWTH * tuples:
                 log.debug("analyzing events after %d appended rows", self._unanalyzed)
+                conn.exec_driver_sql(f"SET LOCAL default_statistics_target = {ANALYZE_TARGET}")
                 conn.exec_driver_sql(
                     "ANALYZE events (position, execution_id, run_id, msg_type, reject_reason)")
                 conn.commit()
@@ -115,8 +129,17 @@ class PostgresRecorder:
         self._analyze_check_at = max(ANALYZE_MIN_ROWS, int(ANALYZE_GROWTH * tuples))
 
 
+def _dump_bytea_in_c(raw: Any) -> None:
+    """Let COPY write bytea (headers, body) with psycopg's compiled dumper: by default the type
+    name finds the DB-API ``Binary`` wrapper's dumper, a Python call per value (6% of the
+    client's time per event)."""
+    from psycopg.types.string import BytesBinaryDumper
+
+    raw.adapters.register_dumper(bytes, BytesBinaryDumper)
+
+
 def _copy_streaming(conn: sa.Connection, raw: Any, examined: Iterator[Examined],
-                    positions: list[int], batch: list[Event], encoded_headers: list[bytes],
+                    positions: range, batch: list[Event], encoded_headers: list[bytes],
                     resolve: Resolve) -> None:
     """COPY the batch straight into events while examining it, filling ``batch``.
 
@@ -130,12 +153,16 @@ def _copy_streaming(conn: sa.Connection, raw: Any, examined: Iterator[Examined],
         with cursor.copy(_COPY_EVENTS) as copy:
             copy.set_types(_EVENT_TYPES)
             write_row = copy.write_row
+            add_event, add_headers = batch.append, encoded_headers.append
             for event, headers, resolved in examined:
                 event.position = positions[len(batch)]
-                batch.append(event)
-                encoded_headers.append(headers)
-                if resolved:
-                    write_row(_row(event, headers))
+                add_event(event)
+                add_headers(headers)
+                if resolved:  # _row(event, headers), inlined: it runs per event
+                    write_row((event.position, event.event_id, event.recorded_at,
+                               event.destination, headers, event.body, event.namespace,
+                               event.execution_id, event.run_id, event.msg_type, event.sender,
+                               event.sent_at, event.schema_version, event.reject_reason))
                 else:
                     waiting.append((event, headers))
         if waiting:
@@ -198,7 +225,8 @@ _STAGE_TYPES = ["int4", "text", "text", "text", "bytea", "bytea", "text", "text"
                 "text", "text", "text", "int2", "text"]
 _COPY_STAGE = f"COPY swf_append_stage (seq, {', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _RELTUPLES = "SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass"
-_NEXTVALS = "SELECT array_agg(nextval(%s::regclass)) FROM generate_series(1, %s)"
+# nextval once and setval to the block's end: a tenth of the server's time for 5,000 nextvals.
+_RESERVE_BLOCK = "SELECT setval(%s::regclass, nextval(%s::regclass) + %s - 1)"
 _EVENT_TYPES = ["int8", *_STAGE_TYPES[1:]]
 _COPY_EVENTS = f"COPY events (position, {', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _INSERT_STAGED = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "

@@ -307,6 +307,7 @@ class EventStore(Reads):
         # Locals: this loop runs per event and global lookups show in profiles.
         stored_form, resolve, note, dumps, empty = as_stored, batch_runs.resolve, \
             batch_runs.note, orjson.dumps, _EMPTY_HEADERS
+        noted: tuple[str | None, int, str] | None = None  # a batch is mostly one run's events
         for message in messages:
             headers = message.headers
             event = stored_form(message.destination, headers, message.body, recorded_at,
@@ -321,7 +322,10 @@ class EventStore(Reads):
             if event.run_id is None:
                 yield event, encoded, True
             elif event.execution_id is not None:
-                note(event.namespace, event.run_id, event.execution_id)
+                run = (event.namespace, event.run_id, event.execution_id)
+                if run != noted:
+                    note(*run)
+                    noted = run
                 yield event, encoded, True
             else:
                 yield event, encoded, resolve(event)

@@ -262,6 +262,12 @@ def test_execution_resolved_from_the_run(db_url: str) -> None:
                                        namespace="ns"),
                               Incoming.of({**upstream, "run_id": 9, "msg_id": "b2"})])
         assert [e.execution_id for e in batch.events] == [None, "exec-9", "exec-9"]
+        # A run's execution changing back and forth in one batch: always the latest one.
+        flip = store.append([
+            incoming("run_imminent", run_id=10, execution_id=execution, namespace="ns")
+            if execution else Incoming.of({**upstream, "run_id": 10, "msg_id": f"f{index}"})
+            for index, execution in enumerate(["A", "A", None, "B", None, "A", None])])
+        assert [e.execution_id for e in flip.events] == ["A", "A", "A", "B", "B", "A", "A"]
 
 
 def test_read_filters(store: EventStore) -> None:
@@ -331,8 +337,17 @@ def test_postgres_statistics_follow_bulk_appends(pg_url: str, monkeypatch) -> No
     with EventStore(pg_url) as store, store.engine.connect() as conn:
         query = sa.text("SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass")
         assert conn.execute(query).scalar() < 0  # never analyzed
+        target = conn.exec_driver_sql("SHOW default_statistics_target").scalar()
         store.append([incoming(sequence=i) for i in range(20)])
         assert conn.execute(query).scalar() == 20
+        # A small sample (coarse histograms), asked for in its own transaction only: the pooled
+        # session keeps the server's target for everything else.
+        bounds = conn.execute(sa.text(
+            "SELECT array_length(histogram_bounds, 1) FROM pg_stats WHERE schemaname = "
+            "current_schema() AND tablename = 'events' AND attname = 'position'")).scalar()
+        assert bounds == postgres_recorder.ANALYZE_TARGET + 1
+        with store.engine.connect() as pooled:
+            assert pooled.exec_driver_sql("SHOW default_statistics_target").scalar() == target
 
 
 # -- property: any batching of any repeats stores each event once, in first-seen order --------
