@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
-from eventstore.reads import scan_cache
+from eventstore.reads import Packed, scan_cache
 from eventstore.store import Snapshot
 from projections import source as fast
 from projections import tables as t
@@ -89,14 +89,21 @@ def _fold(view: Snapshot, scope: Scope, limit: Limit, extra: Sequence[Row],
           progress: Progress | None) -> tuple[Fold, int]:
     fold = Fold(complete=True)
     count = 0
-    own: Iterator[list[Row]] = view.execution_rows(scope.execution_id, limit)
     engine = view.connection.engine
-    if limit.position is not None and fast.can_read_ahead(engine):
+    if limit.position is not None and not extra and fast.can_read_ahead(engine):
         # Rows up to a position are committed for good: a connection of the reader's own reads
-        # exactly the rows this snapshot would.
+        # exactly the rows this snapshot would. Packed chunks (SQLite) are read with the GIL
+        # released, beside the fold.
+        for chunk in fast.read_ahead(_execution_chunks_apart(engine, scope.execution_id, limit),
+                                     fast.PACKED_DEPTH):
+            count += fast.fold_chunk(fold, view, chunk)
+            if progress is not None:
+                progress(len(chunk) if isinstance(chunk, list) else chunk.size)
+        return fold, count
+    own: Iterator[list[Row]] = view.execution_rows(scope.execution_id, limit)
+    if limit.position is not None and fast.can_read_ahead(engine):
         own = fast.read_ahead(_execution_rows_apart(engine, scope.execution_id, limit))
-    chunks = source.merged(own, extra)
-    for rows in chunks:
+    for rows in source.merged(own, extra):  # (other executions' rows merged by position)
         count += fast.fold_rows(fold, view, rows)
         if progress is not None:
             progress(len(rows))
@@ -108,6 +115,13 @@ def _execution_rows_apart(engine: sa.Engine, execution_id: str, limit: Limit
     """The execution's fold rows within ``limit``, read on a connection of their own."""
     with engine.connect() as conn, scan_cache(conn), conn.begin():
         yield from Snapshot(conn).execution_rows(execution_id, limit)
+
+
+def _execution_chunks_apart(engine: sa.Engine, execution_id: str, limit: Limit
+                            ) -> Iterator[list[Row] | Packed]:
+    """``_execution_rows_apart`` packed where the database can (``Reads.execution_chunks``)."""
+    with engine.connect() as conn, scan_cache(conn), conn.begin():
+        yield from Snapshot(conn).execution_chunks(execution_id, limit, fast.PACKED_CHUNK)
 
 
 def rendered(fold: Fold, fresh: bool = True) -> dict[str, list[Row]]:
