@@ -210,6 +210,44 @@ def test_an_extra_stored_row_is_drift_too(sqlite_url) -> None:
             '"filename":"swf.100001.000099.stf"') in result.stdout
 
 
+def test_identical_tables_are_judged_in_sqlite_and_values_written_alike_still_differ(
+        sqlite_url, monkeypatch) -> None:
+    """Identical stored rows are not read into Python (SQLite writes them as JSON); a stored
+    value that Python tells apart but JSON might not (a boolean 2, a float in an integer
+    column) is still drift."""
+    from replay import rebuild
+
+    read: list[str] = []
+    real = rebuild.stored_table
+
+    def counted(conn: Any, scope: Any, name: str) -> list[Any]:
+        read.append(name)
+        return real(conn, scope, name)
+
+    monkeypatch.setattr(rebuild, "stored_table", counted)
+    execution = "fast_processing-swf-0001"
+    failures = FIXTURES / "slice_failures.jsonl"
+    with loaded(sqlite_url, failures) as store:
+        clean = replay(execution, "--db", sqlite_url)
+        assert clean.exit_code == 0 and clean.stdout_bytes == replay(
+            "--fixture", failures).stdout_bytes.replace(
+            b"(fixture slice_failures.jsonl)", b"(store)")
+        assert read == ["run_state", "workflow_tasks", "worker_requests"]  # same_as_stored
+        for edit, undo in (("final = 2 WHERE final = 1", "final = 1 WHERE final = 2"),
+                           ('"end" = "end" + 0.5 WHERE slice_id = 0',
+                            '"end" = "end" - 0.5 WHERE slice_id = 0')):
+            with store.engine.begin() as conn:
+                conn.exec_driver_sql(f"UPDATE tf_slices SET {edit}")
+            read.clear()
+            report = as_json(replay(execution, "--db", sqlite_url, "--json"))
+            assert "tf_slices" in read and not report["identical"], edit
+            changed = [change["columns"] for change in report["tables"]["tf_slices"]["changed"]]
+            assert changed and all(  # (2 != True, though both show as true)
+                list(columns) == ([] if "final" in edit else ["end"]) for columns in changed)
+            with store.engine.begin() as conn:
+                conn.exec_driver_sql(f"UPDATE tf_slices SET {undo}")
+
+
 def test_lagging_tables_are_not_drift(sqlite_url) -> None:
     """The tables are compared at their checkpoint, and the lag is reported; `swf projections
     catch-up` brings them up."""
