@@ -9,6 +9,7 @@ from the stored table, extra stored rows, and changed columns (stored -> rebuilt
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -176,6 +177,24 @@ class StoredTables(Mapping[str, list[Row]]):
     def __init__(self, conn: sa.Connection, scope: Scope) -> None:
         self._conn = conn
         self._scope = scope
+        self._written: dict[str, tuple[int, bytes] | None] = {}  # see prefetch
+        self._writer: threading.Thread | None = None
+        self._problem: BaseException | None = None
+
+    def prefetch(self) -> None:
+        """Have SQLite write the tables as JSON (``stored_json``) in a thread while the caller
+        goes on (renders): SQLite does it with the GIL released, on the second core. The
+        caller leaves the connection alone until it calls ``same``; the JSON is kept until
+        then (a fifth of what the rows it stands for take as Python objects)."""
+        def write() -> None:
+            try:
+                for name in TABLE_NAMES:
+                    self._written[name] = stored_json(self._conn, self._scope, name)
+            except BaseException as problem:  # raised by the caller's thread, in same()
+                self._problem = problem
+
+        self._writer = threading.Thread(target=write, name="swf-stored-json", daemon=True)
+        self._writer.start()
 
     def __getitem__(self, name: str) -> list[Row]:
         if name not in TABLE_BY_NAME:
@@ -188,8 +207,19 @@ class StoredTables(Mapping[str, list[Row]]):
     def __len__(self) -> int:
         return len(TABLE_NAMES)
 
+    def wait(self) -> None:
+        """Until ``prefetch``'s thread is done with the connection."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+
     def same(self, name: str, rows: Sequence[Row]) -> bool:
         """Whether the stored rows of table ``name`` are ``rows`` (see ``same_as_stored``)."""
+        self.wait()
+        if self._problem is not None:
+            raise self._problem
+        if name in self._written:
+            return same_as_stored(self._conn, self._scope, name, rows, self._written.pop(name))
         return same_as_stored(self._conn, self._scope, name, rows)
 
 
@@ -221,33 +251,51 @@ def stored_table(conn: sa.Connection, scope: Scope, name: str) -> list[Row]:
     return _normal(table, rows)
 
 
-def same_as_stored(conn: sa.Connection, scope: Scope, name: str, rows: Sequence[Row]) -> bool:
+def same_as_stored(conn: sa.Connection, scope: Scope, name: str, rows: Sequence[Row],
+                   written: tuple[int, bytes] | None | bool = True) -> bool:
     """Whether the stored rows of table ``name`` in the scope are exactly ``rows``, judged
     without making Python objects of them (most of a replay's compare): SQLite writes them as
-    JSON in key order, compared byte for byte with ``rows`` sorted and written by orjson.
-    False when unsure - not SQLite, run_state (read twice over), a float column (SQLite writes
-    15 digits), rows that do not sort, values written another way (a boolean other than 0/1,
-    a float in an integer column, an escape) - the rows are then read and compared as usual."""
+    JSON in key order (``stored_json``; ``written``: what it wrote, if asked before), compared
+    byte for byte with ``rows`` sorted and written by orjson. False when unsure - values
+    written another way (a boolean other than 0/1, a float in an integer column, an escape),
+    rows that do not sort, a table ``stored_json`` does not write - the rows are then read and
+    compared as usual."""
+    if written is True:
+        written = stored_json(conn, scope, name)
+    if not isinstance(written, tuple):
+        return False
+    count, stored = written
+    if count != len(rows):
+        return False
+    try:  # keys lead each row and are unique: sorted rows are in key order
+        return orjson.dumps(sorted(rows)) == stored
+    except (TypeError, orjson.JSONEncodeError):
+        return False
+
+
+def stored_json(conn: sa.Connection, scope: Scope, name: str) -> tuple[int, bytes] | None:
+    """(how many, a JSON array of them) of the stored rows of table ``name`` in the scope,
+    written by SQLite in key order, or None: not SQLite, run_state (read twice over), a float
+    column (SQLite writes 15 digits), a value JSON cannot hold."""
     table = TABLE_BY_NAME[name]
     if (conn.dialect.name != "sqlite" or name == "run_state"
             or any(isinstance(column.type, (sa.Float, sa.Numeric)) for column in table.columns)):
-        return False
-    try:  # keys lead each row and are unique: sorted rows are in key order
-        ours = orjson.dumps(sorted(rows))
-    except (TypeError, orjson.JSONEncodeError):
-        return False
+        return None
     quote = conn.dialect.identifier_preparer.quote
     key = ", ".join(quote(str(column.name)) for column in table.primary_key.columns)
     values = ", ".join(_as_json(quote(str(column.name)), column) for column in table.columns)
     count, pieces = 0, []
-    for where, params in _wheres("?", scope, name):
-        found, piece = _fetch(conn, (
-            f"SELECT count(*), CAST(group_concat(j, ',') AS BLOB) FROM (SELECT json_array("
-            f"{values}) AS j FROM {quote(name)} WHERE {where} ORDER BY {key})"), params)[0]
-        count += found
-        if found:
-            pieces.append(piece)
-    return count == len(rows) and ours == b"[" + b",".join(pieces) + b"]"
+    try:
+        for where, params in _wheres("?", scope, name):
+            found, piece = _fetch(conn, (
+                f"SELECT count(*), CAST(group_concat(j, ',') AS BLOB) FROM (SELECT json_array("
+                f"{values}) AS j FROM {quote(name)} WHERE {where} ORDER BY {key})"), params)[0]
+            count += found
+            if found:
+                pieces.append(piece)
+    except sa.exc.DBAPIError:  # (a BLOB: read and compared as usual)
+        return None
+    return count, b"[" + b",".join(pieces) + b"]"
 
 
 def _as_json(name: str, column: sa.Column[Any]) -> str:
@@ -389,16 +437,25 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
     distinct = sorted(set(stops.values()))
     rebuilt: dict[str, list[Row]] = {}
     events = 0
-    for stop in distinct:
-        fold, count = fold_execution(view, scope, Limit(position=stop), progress)
-        events = max(events, count)
-        rows = rebuilt_rows(fold, scope)
-        del fold  # its records are not needed to compare: freed before the stored rows come
-        owners = {name for name, at in stops.items() if at == stop}
-        for owner, table in TABLES:
-            if owner in owners:
-                rebuilt[str(table.name)] = rows[str(table.name)]
-        progress = None  # one bar, for the first (usually only) fold
-    diffs = diff_tables(rebuilt, stored(scope))
+    tables = None
+    try:
+        for stop in distinct:
+            fold, count = fold_execution(view, scope, Limit(position=stop), progress)
+            events = max(events, count)
+            if len(distinct) == 1:  # the final scope is known: SQLite writes them as we render
+                tables = stored(scope)
+                if isinstance(tables, StoredTables):
+                    tables.prefetch()
+            rows = rebuilt_rows(fold, scope)
+            del fold  # its records are not needed to compare: freed before the stored rows come
+            owners = {name for name, at in stops.items() if at == stop}
+            for owner, table in TABLES:
+                if owner in owners:
+                    rebuilt[str(table.name)] = rows[str(table.name)]
+            progress = None  # one bar, for the first (usually only) fold
+        diffs = diff_tables(rebuilt, stored(scope) if tables is None else tables)
+    finally:  # (an error on the way: the thread is done with the connection before it closes)
+        if isinstance(tables, StoredTables):
+            tables.wait()
     return Comparison(scope.execution_id, events, dict(stops), diffs,
                       list(scope.foreign_executions))

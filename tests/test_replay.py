@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,14 @@ def test_identical_tables_are_judged_in_sqlite_and_values_written_alike_still_di
         return real(conn, scope, name)
 
     monkeypatch.setattr(rebuild, "stored_table", counted)
+    writers: set[str] = set()
+    json_of = rebuild.stored_json
+
+    def written(conn: Any, scope: Any, name: str) -> Any:
+        writers.add(threading.current_thread().name)
+        return json_of(conn, scope, name)
+
+    monkeypatch.setattr(rebuild, "stored_json", written)
     execution = "fast_processing-swf-0001"
     failures = FIXTURES / "slice_failures.jsonl"
     with loaded(sqlite_url, failures) as store:
@@ -233,6 +242,7 @@ def test_identical_tables_are_judged_in_sqlite_and_values_written_alike_still_di
             "--fixture", failures).stdout_bytes.replace(
             b"(fixture slice_failures.jsonl)", b"(store)")
         assert read == ["run_state", "workflow_tasks", "worker_requests"]  # same_as_stored
+        assert writers == {"swf-stored-json"}  # while the rows were rendered
         for edit, undo in (("final = 2 WHERE final = 1", "final = 1 WHERE final = 2"),
                            ('"end" = "end" + 0.5 WHERE slice_id = 0',
                             '"end" = "end" - 0.5 WHERE slice_id = 0')):
