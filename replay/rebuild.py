@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -438,14 +439,15 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
     rebuilt: dict[str, list[Row]] = {}
     events = 0
     tables = None
-    try:
+    with quiet_gc(), ExitStack() as cleanup:  # (rendering and comparing make no cycles either)
         for stop in distinct:
             fold, count = fold_execution(view, scope, Limit(position=stop), progress)
             events = max(events, count)
             if len(distinct) == 1:  # the final scope is known: SQLite writes them as we render
                 tables = stored(scope)
                 if isinstance(tables, StoredTables):
-                    tables.prefetch()
+                    tables.prefetch()  # (done with the connection before it closes, on error)
+                    cleanup.callback(tables.wait)
             rows = rebuilt_rows(fold, scope)
             del fold  # its records are not needed to compare: freed before the stored rows come
             owners = {name for name, at in stops.items() if at == stop}
@@ -454,8 +456,5 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
                     rebuilt[str(table.name)] = rows[str(table.name)]
             progress = None  # one bar, for the first (usually only) fold
         diffs = diff_tables(rebuilt, stored(scope) if tables is None else tables)
-    finally:  # (an error on the way: the thread is done with the connection before it closes)
-        if isinstance(tables, StoredTables):
-            tables.wait()
     return Comparison(scope.execution_id, events, dict(stops), diffs,
                       list(scope.foreign_executions))
