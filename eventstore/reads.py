@@ -311,21 +311,22 @@ class Reads:
     def execution_chunks(self, execution_id: str, limit: Limit, packed: int,
                          chunk: int = FOLD_CHUNK) -> Iterator[list[FoldRow] | Packed]:
         """``execution_rows``, packed by the database ``packed`` rows at a time where it can
-        (SQLite, no time limit): see ``fold_packed``."""
+        (SQLite, no time limit): see ``fold_packed``. Read through the execution index, with
+        no count of its events first (a tenth of a second for a million): this runs in a
+        read-ahead thread, which keeps ahead of the fold either way."""
         if not self._packs or limit.time is not None:
             yield from self.execution_rows(execution_id, limit, chunk)
             return
         m = self._m
-        count, first, last = self._span(execution_id)
-        if not count:
-            return
-        until = last if limit.position is None else min(last, limit.position)
-        # "+execution_id": a dense span is read by position (see execution_rows), not through
-        # the execution index; its other executions' rows are dropped by SQLite
-        plus = "+" if count * 2 >= last - first + 1 else ""
-        sql = self._packed(f"{plus}execution_id = {m} AND position > {m} AND position <= {m} "
+        until = limit.position
+        if until is None:
+            with self._connection() as conn:
+                until = conn.exec_driver_sql(
+                    f"SELECT max(position) FROM events WHERE execution_id = {m}",
+                    (execution_id,)).scalar() or 0
+        sql = self._packed(f"execution_id = {m} AND position > {m} AND position <= {m} "
                            f"AND reject_reason IS NULL")
-        after = first - 1
+        after = 0
         while after < until:
             found = self._read_packed(sql, (execution_id, after, until, packed), after, until,
                                       packed, execution_id)
