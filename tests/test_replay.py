@@ -427,6 +427,23 @@ def test_progress_bar_goes_to_stderr_only() -> None:
     assert "re-drive" in barred.stderr
 
 
+def test_events_are_counted_only_for_a_bar_that_may_be_drawn(sqlite_url, monkeypatch) -> None:
+    from eventstore.reads import Reads
+
+    counted: list[str] = []
+    real = Reads.event_count
+    monkeypatch.setattr(Reads, "event_count",
+                        lambda self, execution_id: counted.append(execution_id) or real(
+                            self, execution_id))
+    execution = "fast_processing-swf-0001"
+    with loaded(sqlite_url):
+        plain = replay(execution, "--db", sqlite_url)  # (stderr is no terminal here)
+        assert counted == [] and plain.exit_code == 0
+        barred = replay(execution, "--db", sqlite_url, "--progress")
+        assert counted == [execution] and "rebuild" in barred.stderr
+        assert barred.stdout_bytes == plain.stdout_bytes
+
+
 # -- export and update -----------------------------------------------------------------------
 
 
