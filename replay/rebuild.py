@@ -189,8 +189,9 @@ class StoredTables(Mapping[str, list[Row]]):
         then (a fifth of what the rows it stands for take as Python objects)."""
         def write() -> None:
             try:
-                for name in TABLE_NAMES:
-                    self._written[name] = stored_json(self._conn, self._scope, name)
+                with scan_cache(self._conn):  # (each page is read once)
+                    for name in TABLE_NAMES:
+                        self._written[name] = stored_json(self._conn, self._scope, name)
             except BaseException as problem:  # raised by the caller's thread, in same()
                 self._problem = problem
 
