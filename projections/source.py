@@ -13,8 +13,8 @@ On SQLite a rebuild (and a replay, of its execution) reads packed chunks (``Read
 ``Reads.execution_chunks``): SQLite lays a chunk's rows out as two JSON arrays with the GIL
 released, so the read-ahead thread no longer competes with the fold for it (it did, building a
 tuple per row: a read-ahead thread then saved nothing), and the fold parses each array in one
-call. A chunk whose arrays do not parse (a body that would not
-embed) is read again row by row.
+call. A chunk whose arrays do not parse (a body that would not embed) is read again row by row
+(``Reads.packed_rows``: of the execution only, for a replay's).
 
 Few columns are read: each text column costs a string object per row. msg_type, namespace and
 sender come from the body (the catalog takes them from there too); execution_id is a column
