@@ -48,17 +48,22 @@ times; raw read+decode 2.0-2.2 s, a tenth slower than on the quiet machine above
   rescanned the fold's records, 0.5 s of the rendering;
 - identical stored tables judged by SQLite's JSON of them, written in a thread while the rows
   are rendered (``StoredTables.prefetch``, ``same_as_stored``), not read into Python objects;
-  anything unsure is read and compared as before;
+  anything unsure is read and compared as before; through a small page cache (``scan_cache``);
+  rebuilt rows already in key order compared unsorted;
 - the events counted only for a progress bar that may be drawn.
 
 Before (the tree before this work, the phases as this script now times them): in process
-7.52 s, as a command 7.59-7.83 s (7.6-7.8 s of CPU), peak RSS 689 MB; phases: fold 4.86 s,
-render 0.86 s, compare with the stored rows 1.01 s. After: in process 4.96-5.17 s, as a
-command 5.01-5.25 s (6.4-6.7 s of CPU: the second core does part of it), peak RSS 644 MB;
-phases: fold 3.36 s, render 0.95 s, compare 0.26 s. 1.51x as a command. The 5 s target is
-just missed under this load (5.01 s at best); what is left is the fold's main thread (parse
-0.7 s, canonical-body check about 0.6 s, handlers about 1.5 s, freeing the parsed bodies),
-rendering, and start-up (0.19 s of imports, 0.13 s of them SQLAlchemy's).
+7.52 s, as a command 7.59-7.83 s (7.6-7.8 s of CPU); phases: fold 4.86 s, render 0.86 s,
+compare with the stored rows 1.01 s. After (18:42-18:45): in process 4.96-5.17 s, as a command
+5.01-5.25 s (6.4-6.7 s of CPU: the second core does part of it); phases: fold 3.36 s, render
+0.95 s, compare 0.26 s: 1.51x as a command. With the rebuilt rows compared unsorted (18:55,
+load average 2-4.5): in process 4.87 s, as a command 5.21 s, compare 0.18 s. Run on its own
+(``/usr/bin/time``, 18:57, load average 2): before 8.24-8.40 s and 642 MB peak RSS, after
+5.21-5.35 s and 563 MB. (The peak RSS this script prints for the command, 644-704 MB after,
+689 MB before, varies with the state of this benchmark's own process.) The 5 s target is just
+missed (5.01 s at best, under some load); what is left is the fold's main thread (parse 0.7 s,
+canonical-body check about 0.6 s, handlers about 1.5 s, freeing the parsed bodies), rendering,
+and start-up (0.19 s of imports, 0.13 s of them SQLAlchemy's).
 """
 
 from __future__ import annotations
