@@ -9,11 +9,12 @@ wrapper, an aliased field, a checksum to normalize, an older schema version - go
 ``catalog.examine`` exactly as ``read`` would (its body, destination and headers looked up by
 position). The equivalence is tested against ``EventStore.read`` for every message form.
 
-On SQLite a rebuild reads packed chunks (``Reads.fold_packed``): SQLite lays a chunk's rows out
-as two JSON arrays with the GIL released, so the read-ahead thread no longer competes with the
-fold for it (it did, building a tuple per row: a read-ahead thread then saved nothing), and the
-fold parses each array in one call. A chunk whose arrays do not parse (a body that would not
-embed) is read again row by row.
+On SQLite a rebuild (and a replay, of its execution) reads packed chunks (``Reads.fold_packed``,
+``Reads.execution_chunks``): SQLite lays a chunk's rows out as two JSON arrays with the GIL
+released, so the read-ahead thread no longer competes with the fold for it (it did, building a
+tuple per row: a read-ahead thread then saved nothing), and the fold parses each array in one
+call. A chunk whose arrays do not parse (a body that would not embed) is read again row by row
+(``Reads.packed_rows``: of the execution only, for a replay's).
 
 Few columns are read: each text column costs a string object per row. msg_type, namespace and
 sender come from the body (the catalog takes them from there too); execution_id is a column
@@ -71,7 +72,7 @@ def unpacked(view: Reads, chunk: Packed) -> tuple[list[Any], list[dict[str, Any]
     except orjson.JSONDecodeError:
         rows = data = []
     if len(rows) != chunk.size or len(data) != chunk.size:
-        rows, _covered = view.fold_rows(chunk.after, chunk.covered, chunk.size)
+        rows = view.packed_rows(chunk)
         return rows, _parsed(rows)
     positions = [row[0] for row in rows]
     if positions != sorted(positions):  # (SQLite aggregates in the subquery's order)

@@ -202,7 +202,7 @@ def _opened(execution_id: str | None, db_url: str | None, fixture_path: Path | N
     try:
         with store.snapshot() as view:  # one moment of the store for the whole replay
             # counting is an index scan: only when a progress bar may want the length
-            events = view.event_count(execution_id) if progress is not False else int(
+            events = view.event_count(execution_id) if _may_show_progress(progress) else int(
                 view.has_events(execution_id))
             if not events:
                 raise ReplayError(f"no events of execution {execution_id} in the "
@@ -314,6 +314,11 @@ def _show_progress(progress: bool | None, length: int) -> bool:
     if progress is None:
         return length >= PROGRESS_FROM and sys.stderr.isatty()
     return progress and length > 0
+
+
+def _may_show_progress(progress: bool | None) -> bool:
+    """Whether ``_show_progress`` may be true for some length."""
+    return progress is True or (progress is None and sys.stderr.isatty())
 
 
 @contextmanager

@@ -9,13 +9,16 @@ from the stored table, extra stored rows, and changed columns (stored -> rebuilt
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import orjson
 import sqlalchemy as sa
 
-from eventstore.reads import scan_cache
+from eventstore.reads import Packed, scan_cache
 from eventstore.store import Snapshot
 from projections import source as fast
 from projections import tables as t
@@ -89,14 +92,21 @@ def _fold(view: Snapshot, scope: Scope, limit: Limit, extra: Sequence[Row],
           progress: Progress | None) -> tuple[Fold, int]:
     fold = Fold(complete=True)
     count = 0
-    own: Iterator[list[Row]] = view.execution_rows(scope.execution_id, limit)
     engine = view.connection.engine
-    if limit.position is not None and fast.can_read_ahead(engine):
+    if limit.position is not None and not extra and fast.can_read_ahead(engine):
         # Rows up to a position are committed for good: a connection of the reader's own reads
-        # exactly the rows this snapshot would.
+        # exactly the rows this snapshot would. Packed chunks (SQLite) are read with the GIL
+        # released, beside the fold.
+        for chunk in fast.read_ahead(_execution_chunks_apart(engine, scope.execution_id, limit),
+                                     fast.PACKED_DEPTH):
+            count += fast.fold_chunk(fold, view, chunk)
+            if progress is not None:
+                progress(len(chunk) if isinstance(chunk, list) else chunk.size)
+        return fold, count
+    own: Iterator[list[Row]] = view.execution_rows(scope.execution_id, limit)
+    if limit.position is not None and fast.can_read_ahead(engine):
         own = fast.read_ahead(_execution_rows_apart(engine, scope.execution_id, limit))
-    chunks = source.merged(own, extra)
-    for rows in chunks:
+    for rows in source.merged(own, extra):  # (other executions' rows merged by position)
         count += fast.fold_rows(fold, view, rows)
         if progress is not None:
             progress(len(rows))
@@ -108,6 +118,13 @@ def _execution_rows_apart(engine: sa.Engine, execution_id: str, limit: Limit
     """The execution's fold rows within ``limit``, read on a connection of their own."""
     with engine.connect() as conn, scan_cache(conn), conn.begin():
         yield from Snapshot(conn).execution_rows(execution_id, limit)
+
+
+def _execution_chunks_apart(engine: sa.Engine, execution_id: str, limit: Limit
+                            ) -> Iterator[list[Row] | Packed]:
+    """``_execution_rows_apart`` packed where the database can (``Reads.execution_chunks``)."""
+    with engine.connect() as conn, scan_cache(conn), conn.begin():
+        yield from Snapshot(conn).execution_chunks(execution_id, limit, fast.PACKED_CHUNK)
 
 
 def rendered(fold: Fold, fresh: bool = True) -> dict[str, list[Row]]:
@@ -161,6 +178,25 @@ class StoredTables(Mapping[str, list[Row]]):
     def __init__(self, conn: sa.Connection, scope: Scope) -> None:
         self._conn = conn
         self._scope = scope
+        self._written: dict[str, tuple[int, bytes] | None] = {}  # see prefetch
+        self._writer: threading.Thread | None = None
+        self._problem: BaseException | None = None
+
+    def prefetch(self) -> None:
+        """Have SQLite write the tables as JSON (``stored_json``) in a thread while the caller
+        goes on (renders): SQLite does it with the GIL released, on the second core. The
+        caller leaves the connection alone until it calls ``same``; the JSON is kept until
+        then (a fifth of what the rows it stands for take as Python objects)."""
+        def write() -> None:
+            try:
+                with scan_cache(self._conn):  # (each page is read once)
+                    for name in TABLE_NAMES:
+                        self._written[name] = stored_json(self._conn, self._scope, name)
+            except BaseException as problem:  # raised by the caller's thread, in same()
+                self._problem = problem
+
+        self._writer = threading.Thread(target=write, name="swf-stored-json", daemon=True)
+        self._writer.start()
 
     def __getitem__(self, name: str) -> list[Row]:
         if name not in TABLE_BY_NAME:
@@ -173,6 +209,37 @@ class StoredTables(Mapping[str, list[Row]]):
     def __len__(self) -> int:
         return len(TABLE_NAMES)
 
+    def wait(self) -> None:
+        """Until ``prefetch``'s thread is done with the connection."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+
+    def same(self, name: str, rows: Sequence[Row]) -> bool:
+        """Whether the stored rows of table ``name`` are ``rows`` (see ``same_as_stored``)."""
+        self.wait()
+        if self._problem is not None:
+            raise self._problem
+        if name in self._written:
+            return same_as_stored(self._conn, self._scope, name, rows, self._written.pop(name))
+        return same_as_stored(self._conn, self._scope, name, rows)
+
+
+def _wheres(m: str, scope: Scope, name: str) -> list[tuple[str, tuple[Any, ...]]]:
+    """The conditions (and their parameters) selecting table ``name``'s rows of the scope."""
+    if name in ("executions", "logs", "workflow_commands"):
+        return [(f"execution_id = {m}", (scope.execution_id,))]
+    wheres: list[tuple[str, tuple[Any, ...]]] = []
+    if name in _RUN_KEYED:
+        wheres = [(f"run_number = {m} AND namespace = {m}", (run, ns))
+                  for run, ns in sorted(scope.runs)]
+        if name == "run_state":
+            wheres.append((f"execution_id = {m}", (scope.execution_id,)))
+    elif name == "agents":
+        wheres = [(f"namespace = {m} AND name = {m}", (ns, agent))
+                  for ns, agent in sorted(scope.agents)]
+    return wheres  # workflow_definitions: none (see in_scope)
+
 
 def stored_table(conn: sa.Connection, scope: Scope, name: str) -> list[Row]:
     """The stored rows of table ``name`` in the execution's scope."""
@@ -181,20 +248,67 @@ def stored_table(conn: sa.Connection, scope: Scope, name: str) -> list[Row]:
     table = TABLE_BY_NAME[name]
     select = f"SELECT {', '.join(quote(c) for c in columns_of(table))} FROM {quote(name)}"
     rows: list[Row] = []
-    if name in ("executions", "logs", "workflow_commands"):
-        rows = _fetch(conn, f"{select} WHERE execution_id = {m}", (scope.execution_id,))
-    elif name in _RUN_KEYED:
-        for run, ns in sorted(scope.runs):
-            rows.extend(_fetch(conn, f"{select} WHERE run_number = {m} AND namespace = {m}",
-                               (run, ns)))
-        if name == "run_state":
-            rows.extend(_fetch(conn, f"{select} WHERE execution_id = {m}",
-                               (scope.execution_id,)))
-    elif name == "agents":
-        for ns, agent in sorted(scope.agents):
-            rows.extend(_fetch(conn, f"{select} WHERE namespace = {m} AND name = {m}",
-                               (ns, agent)))
+    for where, params in _wheres(m, scope, name):
+        rows.extend(_fetch(conn, f"{select} WHERE {where}", params))
     return _normal(table, rows)
+
+
+def same_as_stored(conn: sa.Connection, scope: Scope, name: str, rows: Sequence[Row],
+                   written: tuple[int, bytes] | None | bool = True) -> bool:
+    """Whether the stored rows of table ``name`` in the scope are exactly ``rows``, judged
+    without making Python objects of them (most of a replay's compare): SQLite writes them as
+    JSON in key order (``stored_json``; ``written``: what it wrote, if asked before), compared
+    byte for byte with ``rows`` sorted and written by orjson. False when unsure - values
+    written another way (a boolean other than 0/1, a float in an integer column, an escape),
+    rows that do not sort, a table ``stored_json`` does not write - the rows are then read and
+    compared as usual."""
+    if written is True:
+        written = stored_json(conn, scope, name)
+    if not isinstance(written, tuple):
+        return False
+    count, stored = written
+    if count != len(rows):
+        return False
+    try:  # keys lead each row and are unique: sorted rows are in key order (a fresh fold's
+        # usually are already: rendered in creation order)
+        return orjson.dumps(rows) == stored or orjson.dumps(sorted(rows)) == stored
+    except (TypeError, orjson.JSONEncodeError):
+        return False
+
+
+def stored_json(conn: sa.Connection, scope: Scope, name: str) -> tuple[int, bytes] | None:
+    """(how many, a JSON array of them) of the stored rows of table ``name`` in the scope,
+    written by SQLite in key order, or None: not SQLite, run_state (read twice over), a float
+    column (SQLite writes 15 digits), a value JSON cannot hold."""
+    table = TABLE_BY_NAME[name]
+    if (conn.dialect.name != "sqlite" or name == "run_state"
+            or any(isinstance(column.type, (sa.Float, sa.Numeric)) for column in table.columns)):
+        return None
+    quote = conn.dialect.identifier_preparer.quote
+    key = ", ".join(quote(str(column.name)) for column in table.primary_key.columns)
+    values = ", ".join(_as_json(quote(str(column.name)), column) for column in table.columns)
+    count, pieces = 0, []
+    try:
+        for where, params in _wheres("?", scope, name):
+            found, piece = _fetch(conn, (
+                f"SELECT count(*), CAST(group_concat(j, ',') AS BLOB) FROM (SELECT json_array("
+                f"{values}) AS j FROM {quote(name)} WHERE {where} ORDER BY {key})"), params)[0]
+            count += found
+            if found:
+                pieces.append(piece)
+    except sa.exc.DBAPIError:  # (a BLOB: read and compared as usual)
+        return None
+    return count, b"[" + b",".join(pieces) + b"]"
+
+
+def _as_json(name: str, column: sa.Column[Any]) -> str:
+    """A column's value as ``json_array`` should write it to equal orjson's of the rendered
+    value; anything else makes the rows differ (they are then compared one by one)."""
+    if isinstance(column.type, sa.Boolean):  # stored as 0/1, rendered as False/True
+        return f"CASE {name} WHEN 1 THEN json('true') WHEN 0 THEN json('false') ELSE {name} END"
+    if isinstance(column.type, sa.Integer):  # a float here must not be written as an integer
+        return f"CASE typeof({name}) WHEN 'real' THEN json_array({name}) ELSE {name} END"
+    return name
 
 
 def _fetch(conn: sa.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
@@ -278,7 +392,11 @@ def diff_tables(rebuilt: Mapping[str, Sequence[Row]], stored: Mapping[str, Seque
     for name in names:
         table = TABLE_BY_NAME[name]
         width = key_width(table)
-        ours, theirs = list(rebuilt.get(name, ())), list(stored.get(name, ()))
+        ours = list(rebuilt.get(name, ()))
+        if isinstance(stored, StoredTables) and stored.same(name, ours):
+            diffs.append(TableDiff(name, len(ours), len(ours)))
+            continue
+        theirs = list(stored.get(name, ()))
         diff = TableDiff(name, len(ours), len(theirs))
         diffs.append(diff)
         try:  # the usual case, compared in C: rows start with their (unique) key
@@ -322,16 +440,23 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
     distinct = sorted(set(stops.values()))
     rebuilt: dict[str, list[Row]] = {}
     events = 0
-    for stop in distinct:
-        fold, count = fold_execution(view, scope, Limit(position=stop), progress)
-        events = max(events, count)
-        rows = rebuilt_rows(fold, scope)
-        del fold  # its records are not needed to compare: freed before the stored rows come
-        owners = {name for name, at in stops.items() if at == stop}
-        for owner, table in TABLES:
-            if owner in owners:
-                rebuilt[str(table.name)] = rows[str(table.name)]
-        progress = None  # one bar, for the first (usually only) fold
-    diffs = diff_tables(rebuilt, stored(scope))
+    tables = None
+    with quiet_gc(), ExitStack() as cleanup:  # (rendering and comparing make no cycles either)
+        for stop in distinct:
+            fold, count = fold_execution(view, scope, Limit(position=stop), progress)
+            events = max(events, count)
+            if len(distinct) == 1:  # the final scope is known: SQLite writes them as we render
+                tables = stored(scope)
+                if isinstance(tables, StoredTables):
+                    tables.prefetch()  # (done with the connection before it closes, on error)
+                    cleanup.callback(tables.wait)
+            rows = rebuilt_rows(fold, scope)
+            del fold  # its records are not needed to compare: freed before the stored rows come
+            owners = {name for name, at in stops.items() if at == stop}
+            for owner, table in TABLES:
+                if owner in owners:
+                    rebuilt[str(table.name)] = rows[str(table.name)]
+            progress = None  # one bar, for the first (usually only) fold
+        diffs = diff_tables(rebuilt, stored(scope) if tables is None else tables)
     return Comparison(scope.execution_id, events, dict(stops), diffs,
                       list(scope.foreign_executions))

@@ -748,6 +748,66 @@ def test_a_packed_chunk_out_of_order_is_folded_in_position_order(env: Env) -> No
     assert [row["status"] for row in snapshot(fold)["tf_slices"]] == ["completed"]
 
 
+def interleaved(env: Env, others: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the execution's messages, and those with ``others`` events of another execution
+    after each): its span of the log dense (others=1) or sparse (others=2)."""
+    mine = upstream_forms(env)
+    sent: list[dict[str, Any]] = []
+    for message in mine:
+        sent.append(message)
+        sent += [env.msg("agent_log", ex="other-0001", run=RUN + 1, level="INFO", message="o")
+                 for _ in range(others)]
+    return mine, sent
+
+
+@pytest.mark.parametrize("others", [1, 2])
+def test_an_execution_read_in_packed_chunks_folds_as_one_read_in_rows(
+        env: Env, monkeypatch: pytest.MonkeyPatch, others: int) -> None:
+    from replay import rebuild
+    from replay.source import Limit, Scope
+
+    mine, sent = interleaved(env, others)
+    env.send(*sent)
+    monkeypatch.setattr(source, "PACKED_CHUNK", 4)
+    chunks: list[Any] = []
+    real = Reads.execution_chunks
+
+    def spied(self: Reads, *args: Any) -> Iterator[Any]:
+        for chunk in real(self, *args):
+            chunks.append(chunk)
+            yield chunk
+
+    def folded() -> tuple[dict[str, Any], int]:
+        with env.store.snapshot() as view:
+            fold, count = rebuild.fold_execution(view, Scope(EX), Limit(position=view.head()))
+        return snapshot(fold, changed_only=False), count
+
+    monkeypatch.setattr(Reads, "execution_chunks", spied)
+    from_packed, count = folded()
+    assert count == len(mine)
+    if env.engine.dialect.name == "sqlite":
+        assert len(chunks) > len(mine) // 4
+        assert all(isinstance(chunk, Packed) and chunk.size for chunk in chunks)
+    monkeypatch.setattr(Reads, "execution_chunks",
+                        lambda self, execution_id, limit, packed: self.execution_rows(
+                            execution_id, limit))
+    assert folded() == (from_packed, count)
+
+
+def test_a_packed_execution_chunk_that_does_not_parse_is_read_row_by_row(env: Env) -> None:
+    mine, sent = interleaved(env, 1)
+    env.send(*sent)
+    top = env.store.head()
+    rows, _covered = env.store.fold_rows(0, top, top)
+    expected = Fold()
+    assert source.fold_rows(expected, env.store, [row for row in rows if row[4] == EX]) == len(
+        mine)
+    broken = Packed(0, top, len(mine), b"[", b"[", EX)  # (a body that would not embed)
+    fold = Fold()
+    assert source.fold_chunk(fold, env.store, broken) == len(mine)
+    assert snapshot(fold, changed_only=False) == snapshot(expected, changed_only=False)
+
+
 def test_migrations_match_the_table_definitions(db_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,68 @@ def test_an_extra_stored_row_is_drift_too(sqlite_url) -> None:
             '"filename":"swf.100001.000099.stf"') in result.stdout
 
 
+def test_identical_tables_are_judged_in_sqlite_and_values_written_alike_still_differ(
+        sqlite_url, monkeypatch) -> None:
+    """Identical stored rows are not read into Python (SQLite writes them as JSON); a stored
+    value that Python tells apart but JSON might not (a boolean 2, a float in an integer
+    column) is still drift."""
+    from replay import rebuild
+
+    read: list[str] = []
+    real = rebuild.stored_table
+
+    def counted(conn: Any, scope: Any, name: str) -> list[Any]:
+        read.append(name)
+        return real(conn, scope, name)
+
+    monkeypatch.setattr(rebuild, "stored_table", counted)
+    writers: set[str] = set()
+    json_of = rebuild.stored_json
+
+    def written(conn: Any, scope: Any, name: str) -> Any:
+        writers.add(threading.current_thread().name)
+        return json_of(conn, scope, name)
+
+    monkeypatch.setattr(rebuild, "stored_json", written)
+    execution = "fast_processing-swf-0001"
+    failures = FIXTURES / "slice_failures.jsonl"
+    with loaded(sqlite_url, failures) as store:
+        clean = replay(execution, "--db", sqlite_url)
+        assert clean.exit_code == 0 and clean.stdout_bytes == replay(
+            "--fixture", failures).stdout_bytes.replace(
+            b"(fixture slice_failures.jsonl)", b"(store)")
+        assert read == ["run_state", "workflow_tasks", "worker_requests"]  # same_as_stored
+        assert writers == {"swf-stored-json"}  # while the rows were rendered
+        for edit, undo in (("final = 2 WHERE final = 1", "final = 1 WHERE final = 2"),
+                           ('"end" = "end" + 0.5 WHERE slice_id = 0',
+                            '"end" = "end" - 0.5 WHERE slice_id = 0')):
+            with store.engine.begin() as conn:
+                conn.exec_driver_sql(f"UPDATE tf_slices SET {edit}")
+            read.clear()
+            report = as_json(replay(execution, "--db", sqlite_url, "--json"))
+            assert "tf_slices" in read and not report["identical"], edit
+            changed = [change["columns"] for change in report["tables"]["tf_slices"]["changed"]]
+            assert changed and all(  # (2 != True, though both show as true)
+                list(columns) == ([] if "final" in edit else ["end"]) for columns in changed)
+            with store.engine.begin() as conn:
+                conn.exec_driver_sql(f"UPDATE tf_slices SET {undo}")
+
+
+def test_stored_rows_are_judged_the_same_in_any_order_of_the_rebuilt(sqlite_url) -> None:
+    from replay import rebuild
+    from replay.source import Limit, Scope
+
+    with loaded(sqlite_url) as store, store.snapshot() as view:
+        scope = Scope("fast_processing-swf-0001")
+        fold, _count = rebuild.fold_execution(view, scope, Limit(position=view.head()))
+        rows = rebuild.rebuilt_rows(fold, scope)["tf_slices"]
+        assert len(rows) > 1 and rebuild.same_as_stored(view.connection, scope, "tf_slices",
+                                                        rows)
+        assert rebuild.same_as_stored(view.connection, scope, "tf_slices", rows[::-1])
+        changed = [*rows[:-1], (*rows[-1][:-1], not rows[-1][-1])]
+        assert not rebuild.same_as_stored(view.connection, scope, "tf_slices", changed)
+
+
 def test_lagging_tables_are_not_drift(sqlite_url) -> None:
     """The tables are compared at their checkpoint, and the lag is reported; `swf projections
     catch-up` brings them up."""
@@ -377,6 +440,23 @@ def test_progress_bar_goes_to_stderr_only() -> None:
     barred = replay("--fixture", PAUSE, "--agents", "--progress")
     assert barred.stdout_bytes == plain.stdout_bytes
     assert "re-drive" in barred.stderr
+
+
+def test_events_are_counted_only_for_a_bar_that_may_be_drawn(sqlite_url, monkeypatch) -> None:
+    from eventstore.reads import Reads
+
+    counted: list[str] = []
+    real = Reads.event_count
+    monkeypatch.setattr(Reads, "event_count",
+                        lambda self, execution_id: counted.append(execution_id) or real(
+                            self, execution_id))
+    execution = "fast_processing-swf-0001"
+    with loaded(sqlite_url):
+        plain = replay(execution, "--db", sqlite_url)  # (stderr is no terminal here)
+        assert counted == [] and plain.exit_code == 0
+        barred = replay(execution, "--db", sqlite_url, "--progress")
+        assert counted == [execution] and "rebuild" in barred.stderr
+        assert barred.stdout_bytes == plain.stdout_bytes
 
 
 # -- export and update -----------------------------------------------------------------------
