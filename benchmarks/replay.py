@@ -64,6 +64,12 @@ load average 2-4.5): in process 4.87 s, as a command 5.21 s, compare 0.18 s. Run
 missed (5.01 s at best, under some load); what is left is the fold's main thread (parse 0.7 s,
 canonical-body check about 0.6 s, handlers about 1.5 s, freeing the parsed bodies), rendering,
 and start-up (0.19 s of imports, 0.13 s of them SQLAlchemy's).
+
+On the merged tree of issue 15's work (2026-11-28 19:19 UTC, load average 0.9-1.1, 1M events,
+best of 3): raw read+decode 2.09 s; replay in process 4.87 s, as a command 5.31 s (6.8 s of
+CPU, peak RSS 627 MB; 5.73 and 5.87 s in the other two rounds): 6% over the target at best.
+Besides its ~0.3 s of start-up, the command spends ~0.7 s of system time, mostly first-touch
+page faults on its ~600 MB, which in-process runs reuse from the previous round.
 """
 
 from __future__ import annotations

@@ -35,6 +35,15 @@ the production run took 18.3 s (16,171 events/s) and the default ``swf run`` bes
 rounds of 3. The production target (20 s) is met; the ``swf run`` target (0.6 s) is met by the
 best run only, within the noise. (A first round at 16:01, just after a test suite, measured
 21.0 s and 0.694 s: the figures above are from a machine that had settled.)
+
+After the settings lost pydantic and the group its eager imports (2026-11-28 19:18 UTC, another
+machine of the same kind, load average 0.6-0.9, bytecode compiled first, before = 427320f,
+alternating rounds of ``--repeat 5 --skip-production``): ``swf run`` best 0.619-0.675 s, median
+0.683-0.718 s before; best 0.565-0.583 s, median 0.600-0.620 s after. Met by the best runs and
+by the medians within their noise. What is left of its start-up, besides SQLAlchemy: alembic
+for the fresh store's migrations (it imports mako and through it pygments, and the PostgreSQL
+dialect: 0.1-0.2 s). The production run: 18.3-21.6 s after, 21.8 s before in the same minutes
+(load-bound; 15.5-16.6 s on the quieter machine above).
 """
 
 from __future__ import annotations
