@@ -15,7 +15,8 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+
+from agents.transport.broker import without_secret
 
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
@@ -216,7 +217,4 @@ Problem = tuple[tuple[str, ...], "str | None"]  # (key path, message; None: an u
 
 def _public(value: Any) -> Any:
     """A URL without the password its userinfo may hold (anything else unchanged)."""
-    if type(value) is not str or "://" not in value or "@" not in value:
-        return value
-    parts = urlsplit(value)
-    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+    return without_secret(value) if type(value) is str and "://" in value else value

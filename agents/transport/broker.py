@@ -56,20 +56,21 @@ class BrokerConfig:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in PLAIN_SCHEMES | TLS_SCHEMES:
-            raise BrokerConfigError(f"not a STOMP broker URL: {_without_secret(url)!r} "
+            raise BrokerConfigError(f"not a STOMP broker URL: {without_secret(url)!r} "
                                     "(expected stomp://HOST:PORT or stomp+ssl://HOST:PORT)")
         try:
             port = parts.port or DEFAULT_PORT
         except ValueError:
-            raise BrokerConfigError(f"bad port in broker URL {_without_secret(url)!r}") from None
+            raise BrokerConfigError(f"bad port in broker URL {without_secret(url)!r}") from None
         if not parts.hostname:
-            raise BrokerConfigError(f"no host in broker URL {_without_secret(url)!r}")
+            raise BrokerConfigError(f"no host in broker URL {without_secret(url)!r}")
         values = {"user": parts.username, "password": parts.password,
                   **{key: value for key, value in options.items() if value is not None}}
         return cls(host=parts.hostname, port=port, tls=scheme in TLS_SCHEMES, **values)
 
 
-def _without_secret(url: str) -> str:
+def without_secret(url: str) -> str:
+    """``url`` without the password its userinfo may hold (for messages and reprs)."""
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url
