@@ -157,18 +157,6 @@ def networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
     return tuple(found)
 
 
-def checked(convert: Convert, message: str | None = None) -> Convert:
-    """``convert``'s ValueError as an ``Invalid`` (with its own message unless given one)."""
-    def check(value: Any) -> Any:
-        try:
-            return convert(value)
-        except Invalid:
-            raise
-        except ValueError as problem:
-            raise Invalid(message or f"Value error, {problem}") from None
-    return check
-
-
 # -- sections -------------------------------------------------------------------------------------
 
 

@@ -54,12 +54,12 @@ from eventstore.catalog import resolve_zone
 from eventstore.engine import DEFAULT_URL
 
 from .fields import (
+    Invalid,
     Problem,
     Secret,
     Section,
     above,
     between,
-    checked,
     flag,
     integer,
     matching,
@@ -88,8 +88,12 @@ class SettingsError(ValueError):
     holds no secret."""
 
 
-def _known_zone(name: str) -> str:
-    resolve_zone(name)  # ValueError names the unknown zone
+def _known_zone(value: Any) -> str:
+    name = text(value)
+    try:
+        resolve_zone(name)
+    except ValueError as problem:  # it names the unknown zone
+        raise Invalid(f"Value error, {problem}") from None
     return name
 
 
@@ -101,7 +105,7 @@ class StoreSettings(Section):
     url: str = setting(DEFAULT_URL, text)  # SQLAlchemy URL; postgresql://user@host:5432/db
     # The IANA zone senders' naive local times are read in (by swf record, swf import, swf serve
     # and the live agents alike, so that they all store and decide on the same times).
-    sender_zone: str = setting("UTC", checked(lambda zone: _known_zone(text(zone))))
+    sender_zone: str = setting("UTC", _known_zone)
 
 
 @dataclass(frozen=True, repr=False)
