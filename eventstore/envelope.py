@@ -55,6 +55,8 @@ class Event:
     schema_version: int
     reject_reason: str | None  # None means valid
     data: dict[str, Any] | None = None
+    # Valid, and the body in the catalog's canonical shape when appended (``Verdict.canonical``)
+    canonical: bool = False
 
     @property
     def valid(self) -> bool:

@@ -57,16 +57,18 @@ def as_stored(destination: str, headers: dict[str, str], body: bytes, recorded_a
         body = bytes(body)
     verdict = examine(body, destination, expected_namespace, headers, sender_zone)
     run_id = verdict.run_id
+    canonical = verdict.canonical
     # Rarely true; ordered cheapest first (a one-byte search is a memchr).
     if (len(body) > COLUMN_LIMIT or (b"\\" in body and b"\\u0000" in body)
             or "\x00" in destination
             or (run_id is not None and not _INT64_MIN <= run_id <= _INT64_MAX)):
         destination = _storable(verdict, destination)
         run_id = verdict.run_id
+        canonical = False  # its columns may no longer be the body's values
     return Event(0, event_id(verdict.msg_id, headers, destination, body), recorded_at,
                  destination, headers, body, verdict.msg_type, verdict.namespace,
                  verdict.execution_id, run_id, verdict.sender, verdict.sent_at,
-                 verdict.schema_version, verdict.reason, verdict.data)
+                 verdict.schema_version, verdict.reason, verdict.data, canonical)
 
 
 def as_rejected(destination: str, headers: dict[str, str], body: bytes, recorded_at: str,

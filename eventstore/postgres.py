@@ -15,9 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .catalog import canonical_revision
 from .engine import lock_key
 from .envelope import Event
-from .schema import EVENT_COLUMNS, STORED_COLUMNS
+from .schema import APPEND_COLUMNS, STORED_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ def _copy_streaming(conn: sa.Connection, raw: Any, examined: Iterator[Examined],
             copy.set_types(_EVENT_TYPES)
             write_row = copy.write_row
             add_event, add_headers = batch.append, encoded_headers.append
+            mark = canonical_revision()
             for event, headers, resolved in examined:
                 event.position = positions[len(batch)]
                 add_event(event)
@@ -162,7 +164,8 @@ def _copy_streaming(conn: sa.Connection, raw: Any, examined: Iterator[Examined],
                     write_row((event.position, event.event_id, event.recorded_at,
                                event.destination, headers, event.body, event.namespace,
                                event.execution_id, event.run_id, event.msg_type, event.sender,
-                               event.sent_at, event.schema_version, event.reject_reason))
+                               event.sent_at, event.schema_version, event.reject_reason,
+                               mark if event.canonical else None))
                 else:
                     waiting.append((event, headers))
         if waiting:
@@ -176,7 +179,8 @@ def _copy_streaming(conn: sa.Connection, raw: Any, examined: Iterator[Examined],
 def _row(event: Event, headers: bytes) -> tuple[Any, ...]:
     return (event.position, event.event_id, event.recorded_at, event.destination, headers,
             event.body, event.namespace, event.execution_id, event.run_id, event.msg_type,
-            event.sender, event.sent_at, event.schema_version, event.reject_reason)
+            event.sender, event.sent_at, event.schema_version, event.reject_reason,
+            canonical_revision() if event.canonical else None)
 
 
 def _insert_staged(conn: sa.Connection, raw: Any, batch: list[Event],
@@ -198,11 +202,12 @@ def _copy_insert(raw: Any, batch: list[Event], encoded_headers: list[bytes]) -> 
         with cursor.copy(_COPY_STAGE) as copy:
             copy.set_types(_STAGE_TYPES)
             write_row = copy.write_row
+            mark = canonical_revision()
             for seq, (event, headers) in enumerate(zip(batch, encoded_headers, strict=True)):
                 write_row((seq, event.event_id, event.recorded_at, event.destination, headers,
                            event.body, event.namespace, event.execution_id, event.run_id,
                            event.msg_type, event.sender, event.sent_at, event.schema_version,
-                           event.reject_reason))
+                           event.reject_reason, mark if event.canonical else None))
         # ON CONFLICT: a duplicate is skipped and reported, never an error.
         cursor.execute(_INSERT_STAGED)
         return dict(cursor.fetchall())
@@ -218,19 +223,19 @@ _CREATE_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS swf_append_stage (
     seq integer, event_id text, recorded_at text, destination text, headers bytea, body bytea,
     namespace text, execution_id text, run_id bigint, msg_type text, sender text, sent_at text,
-    schema_version smallint, reject_reason text
+    schema_version smallint, reject_reason text, canonical integer
 ) ON COMMIT DELETE ROWS
 """
 _STAGE_TYPES = ["int4", "text", "text", "text", "bytea", "bytea", "text", "text", "int8",
-                "text", "text", "text", "int2", "text"]
-_COPY_STAGE = f"COPY swf_append_stage (seq, {', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+                "text", "text", "text", "int2", "text", "int4"]
+_COPY_STAGE = f"COPY swf_append_stage (seq, {', '.join(APPEND_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _RELTUPLES = "SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass"
 # nextval once and setval to the block's end: a tenth of the server's time for 5,000 nextvals.
 _RESERVE_BLOCK = "SELECT setval(%s::regclass, nextval(%s::regclass) + %s - 1)"
 _EVENT_TYPES = ["int8", *_STAGE_TYPES[1:]]
-_COPY_EVENTS = f"COPY events (position, {', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-_INSERT_STAGED = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-                  f"SELECT {', '.join(EVENT_COLUMNS)} FROM swf_append_stage ORDER BY seq "
+_COPY_EVENTS = f"COPY events (position, {', '.join(APPEND_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_INSERT_STAGED = (f"INSERT INTO events ({', '.join(APPEND_COLUMNS)}) "
+                  f"SELECT {', '.join(APPEND_COLUMNS)} FROM swf_append_stage ORDER BY seq "
                   f"ON CONFLICT (event_id) DO NOTHING RETURNING event_id, position")
 _RESTORE = (f"INSERT INTO events ({', '.join(STORED_COLUMNS)}) "
             f"VALUES ({', '.join(['%s'] * len(STORED_COLUMNS))})")

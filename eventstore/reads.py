@@ -5,7 +5,9 @@ its ``Snapshot`` (every read on one connection, inside one transaction: one mome
 and ``.connection`` lets the caller read its own tables at that same moment).
 
 Rows for the fold (``FoldRow``) are plain tuples - position, run_id, schema_version, event time,
-execution_id, body - read with driver-level SQL: the fold's hot path allocates nothing more.
+execution_id, body, and whether the body carries today's canonical mark (``catalog.
+canonical_revision``: its shape check may be skipped) - read with driver-level SQL: the fold's hot
+path allocates nothing more.
 Rows "as stored" are tuples in ``STORED_COLUMNS`` order.
 """
 
@@ -20,7 +22,7 @@ from typing import Any, NamedTuple, cast
 import orjson
 import sqlalchemy as sa
 
-from .catalog import SCHEMA_VERSION, complete, examine, needs_normalization
+from .catalog import SCHEMA_VERSION, canonical_revision, complete, examine, needs_normalization
 from .envelope import Event, format_time, parse_time
 from .schema import STORED_COLUMNS, events, reservations
 
@@ -28,8 +30,11 @@ FOLD_CHUNK = 5000  # rows per query of a streaming fold: small enough to stay in
 _IN_CHUNK = 500  # values per IN (...) list
 _EMPTY_HEADERS = b"{}"
 
-FoldRow = tuple[int, int | None, int, str, str | None, bytes]
-_FOLD = "position, run_id, schema_version, coalesce(sent_at, recorded_at), execution_id, body"
+FoldRow = tuple[int, int | None, int, str, str | None, bytes, Any]
+# (an integer the code computes, not an input: safe in the SQL text)
+_MARKED = f"coalesce(canonical = {canonical_revision()}, false)"
+_FOLD = ("position, run_id, schema_version, coalesce(sent_at, recorded_at), execution_id, body, "
+         f"{_MARKED}")
 _FOLD_RANGE = (f"SELECT {_FOLD} FROM events WHERE position > {{0}} AND position <= {{0}} "
                f"AND reject_reason IS NULL ORDER BY position LIMIT {{0}}")
 # The same rows packed by SQLite into two JSON arrays, [[position, run_id, schema_version,
@@ -39,10 +44,11 @@ _FOLD_RANGE = (f"SELECT {_FOLD} FROM events WHERE position > {{0}} AND position 
 # The rows are fed to the aggregates in the subquery's order; their positions are returned too.
 _PACKED = (
     "SELECT count(*), max(position), CAST('[' || group_concat(json_array(position, run_id, "
-    "schema_version, coalesce(sent_at, recorded_at), execution_id, NULL), ',') || ']' AS BLOB), "
-    "CAST('[' || group_concat(CASE WHEN schema_version = {version} THEN body ELSE 'null' END, "
-    "',') || ']' AS BLOB) FROM (SELECT position, run_id, schema_version, sent_at, recorded_at, "
-    "execution_id, body FROM events WHERE {where} ORDER BY position LIMIT {m})")
+    "schema_version, coalesce(sent_at, recorded_at), execution_id, NULL, marked), ',') || ']' "
+    "AS BLOB), CAST('[' || group_concat(CASE WHEN schema_version = {version} THEN body ELSE "
+    "'null' END, ',') || ']' AS BLOB) FROM (SELECT position, run_id, schema_version, sent_at, "
+    "recorded_at, execution_id, body, " + _MARKED + " AS marked FROM events WHERE {where} "
+    "ORDER BY position LIMIT {m})")
 _STORED = ", ".join(STORED_COLUMNS)
 _STEP = ("position, event_id, coalesce(sent_at, recorded_at), msg_type, sender, execution_id, "
          "reject_reason, run_id, schema_version, body")
@@ -58,7 +64,7 @@ class Packed(NamedTuple):
     after: int  # the chunk is the valid rows of (after, covered]
     covered: int
     size: int  # how many rows
-    rows: bytes  # JSON: [[position, run_id, schema_version, time, execution_id, null], ...]
+    rows: bytes  # JSON: [[position, run_id, schema_version, time, execution_id, null, 0|1], ...]
     bodies: bytes  # JSON: the bodies in the same order, null for another schema's
     execution_id: str | None = None  # only this execution's rows (``execution_chunks``)
 

@@ -39,6 +39,8 @@ events = sa.Table(
     sa.Column("sent_at", sa.String()),
     sa.Column("schema_version", sa.SmallInteger(), nullable=False),
     sa.Column("reject_reason", sa.Text()),  # NULL means valid
+    # catalog.canonical_revision() when the body was canonical at append (migration 0003)
+    sa.Column("canonical", sa.Integer()),
     sa.UniqueConstraint("event_id", name="uq_events_event_id"),
     sa.Index("ix_events_execution", "execution_id", "position"),
     sa.Index("ix_events_run", "run_id", "position"),
@@ -79,5 +81,8 @@ store_info = sa.Table(
 EVENT_COLUMNS = ("event_id", "recorded_at", "destination", "headers", "body", "namespace",
                  "execution_id", "run_id", "msg_type", "sender", "sent_at", "schema_version",
                  "reject_reason")
-# Every stored column, in the table's order (an event exported or restored exactly as stored).
+# Every stored column, in the table's order (an event exported or restored exactly as stored),
+# but the canonical mark: a cache of the catalog's verdict, not part of what was received.
 STORED_COLUMNS = ("position", *EVENT_COLUMNS)
+# What the append paths write: the event and its mark.
+APPEND_COLUMNS = (*EVENT_COLUMNS, "canonical")

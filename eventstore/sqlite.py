@@ -21,15 +21,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
 
+from .catalog import canonical_revision
 from .envelope import Event
-from .schema import EVENT_COLUMNS, STORED_COLUMNS
+from .schema import APPEND_COLUMNS, STORED_COLUMNS
 
 Examined = tuple[Event, bytes, bool]  # (event, encoded headers, execution resolved in batch)
 Resolve = Callable[[sa.Connection, list[Event], "int | None"], None]
 
 _IN_CHUNK = 5000  # bound parameters per IN (...) query, well below SQLite's 32766
-_INSERT = (f"INSERT INTO events (position, {', '.join(EVENT_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))}) "
+_INSERT = (f"INSERT INTO events (position, {', '.join(APPEND_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * (len(APPEND_COLUMNS) + 1))}) "
            f"ON CONFLICT (event_id) DO NOTHING")
 _RESTORE = (f"INSERT INTO events ({', '.join(STORED_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(STORED_COLUMNS))})")
@@ -179,13 +180,14 @@ def _rows(batch: list[Event], encoded_headers: list[bytes], start: int) -> list[
     """Number the batch from ``start + 1`` and lay it out as INSERT parameters."""
     rows = []
     position = start
+    mark = canonical_revision()
     for event, headers in zip(batch, encoded_headers, strict=True):
         position += 1
         event.position = position
         rows.append((position, event.event_id, event.recorded_at, event.destination, headers,
                      event.body, event.namespace, event.execution_id, event.run_id,
                      event.msg_type, event.sender, event.sent_at, event.schema_version,
-                     event.reject_reason))
+                     event.reject_reason, mark if event.canonical else None))
     return rows
 
 

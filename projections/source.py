@@ -4,8 +4,10 @@
 alone would cap a rebuild far below its 250k events/s target. The projector reads the columns it
 needs with the store's ``fold_rows`` instead: rejected rows are skipped without decoding, and a
 body already in the catalog's normalized shape (what our own senders write;
-``catalog.needs_normalization`` decides) is only parsed. Anything else - an upstream ``content``
-wrapper, an aliased field, a checksum to normalize, an older schema version - goes through
+``catalog.needs_normalization`` decides, or decided at append: a row marked with today's
+``canonical_revision`` skips the check, which costs as much as parsing) is only parsed.
+Anything else - an upstream ``content`` wrapper, an aliased field, a checksum to normalize, an
+older schema version - goes through
 ``catalog.examine`` exactly as ``read`` would (its body, destination and headers looked up by
 position). The equivalence is tested against ``EventStore.read`` for every message form.
 
@@ -45,7 +47,7 @@ PACKED_CHUNK = PARSED_AT_ONCE  # rows per packed chunk (``Reads.fold_packed``)
 READ_AHEAD_MIN = 4 * CHUNK  # fewer rows than this are not worth a thread
 READ_AHEAD_DEPTH = 4  # chunks read ahead of the fold (bounds the memory it takes)
 PACKED_DEPTH = READ_AHEAD_DEPTH * CHUNK // PACKED_CHUNK  # as many rows, in packed chunks
-Row = FoldRow  # (position, run_id, schema_version, time, execution_id, body)
+Row = FoldRow  # (position, run_id, schema_version, time, execution_id, body, canonical mark)
 
 
 def _examined(view: Reads, position: int
@@ -84,9 +86,9 @@ def unpacked(view: Reads, chunk: Packed) -> tuple[list[Any], list[dict[str, Any]
 def _decoded(view: Reads, rows: list[Any], parsed: list[dict[str, Any] | None]
              ) -> Iterator[Item]:
     """Each row as a fold item; rows the catalog rejects today are skipped."""
-    for (position, run, version, time, execution_id, _body), data in zip(rows, parsed,
-                                                                        strict=True):
-        if data is None or needs_normalization(data, version, time):
+    for (position, run, version, time, execution_id, _body, marked), data in zip(
+            rows, parsed, strict=True):
+        if data is None or (not marked and needs_normalization(data, version, time)):
             found = _examined(view, position)
             if found is None:
                 continue
@@ -125,9 +127,9 @@ def fold_parsed(fold: Fold, view: Reads, rows: list[Any],
     ``Fold.feed``."""
     handlers = fold.handlers
     count = 0
-    for (position, run, version, time, execution_id, _body), data in zip(rows, parsed,
-                                                                        strict=True):
-        if data is None or needs_normalization(data, version, time):
+    for (position, run, version, time, execution_id, _body, marked), data in zip(
+            rows, parsed, strict=True):
+        if data is None or (not marked and needs_normalization(data, version, time)):
             found = _examined(view, position)
             if found is None:
                 continue

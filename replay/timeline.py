@@ -108,7 +108,9 @@ def steps(view: Snapshot, scope: Scope, limit: Limit) -> Iterator[Step]:
              body) in rows:
             step = Step(position, event_id, time, msg_type, sender, execution_id, reason)
             if reason is None:
-                items = fast.decode(view, [(position, run, version, time, execution_id, body)])
+                # (unmarked: stepping is not the hot path, its row reads no mark)
+                items = fast.decode(view, [(position, run, version, time, execution_id, body,
+                                            False)])
                 if items:
                     fold.feed(items)
                     step.changes = _changes(snapshot(fold), seen)

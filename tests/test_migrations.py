@@ -19,7 +19,7 @@ from eventstore.envelope import Incoming
 from eventstore.errors import ReadOnlyStore, SchemaOutdated, SchemaTooNew, StoreUnavailable
 from eventstore.store import EventStore
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 def _tables(engine: sa.Engine) -> set[str]:

@@ -12,6 +12,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from eventstore import catalog
 from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, TOPIC, Incoming, format_time
 from eventstore.reads import Packed, Reads
 from eventstore.store import EventStore
@@ -720,6 +721,53 @@ def test_a_rebuild_from_packed_chunks_equals_one_from_rows(
     assert env.dump() == from_packed
 
 
+def _marks(env: Env) -> dict[str, int | None]:
+    with env.engine.connect() as conn:
+        return dict(conn.exec_driver_sql("SELECT event_id, canonical FROM events").all())
+
+
+def test_canonical_bodies_are_marked_at_append(env: Env) -> None:
+    """What the catalog finds in its canonical shape is marked with today's revision; an
+    upstream form, a rejected message, are not."""
+    canonical = env.msg("start_run")
+    upstream = {**env.msg("end_run"), "total_files": 3}
+    rejected = {**env.msg("stf_gen"), "filename": 7}
+    env.send(canonical, upstream, rejected)
+    revision = catalog.canonical_revision()
+    assert revision > 0
+    assert _marks(env) == {canonical["msg_id"]: revision, upstream["msg_id"]: None,
+                           rejected["msg_id"]: None}
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_marked_row_skips_the_shape_check_and_a_stale_mark_does_not(
+        env: Env, monkeypatch: pytest.MonkeyPatch, packed: bool) -> None:
+    messages = upstream_forms(env)
+    env.send(*messages)
+    if not packed:
+        monkeypatch.setattr(Reads, "fold_packed", lambda self, after, until, limit: None)
+    checked: list[str] = []
+    real = source.needs_normalization
+
+    def counted(message: dict[str, Any], version: int, stored_time: str | None = None) -> bool:
+        checked.append(message.get("msg_id", "?"))
+        return real(message, version, stored_time)
+
+    monkeypatch.setattr(source, "needs_normalization", counted)
+    assert env.projector.rebuild() == len(messages)
+    marked = env.dump()
+    unmarked = {m["msg_id"] for m in messages} - {
+        ident for ident, mark in _marks(env).items() if mark is not None}
+    assert sorted(checked) == sorted(unmarked)  # the upstream forms among them, not all
+    assert {m["msg_id"] for m in messages[-3:]} <= unmarked and len(unmarked) < len(messages)
+    with env.engine.begin() as conn:  # marks of other rules (an older catalog): unknown
+        conn.exec_driver_sql("UPDATE events SET canonical = canonical + 1")
+    checked.clear()
+    assert env.projector.rebuild() == len(messages)
+    assert len(checked) == len(messages)
+    assert env.dump() == marked
+
+
 def test_a_packed_chunk_that_does_not_parse_is_read_row_by_row(env: Env) -> None:
     messages = upstream_forms(env)
     env.send(*messages)
@@ -739,7 +787,7 @@ def test_a_packed_chunk_out_of_order_is_folded_in_position_order(env: Env) -> No
     env.send(*messages)
     top = env.store.head()
     rows, _covered = env.store.fold_rows(0, top, top)
-    reversed_rows = [[*row[:5], None] for row in reversed(rows)]
+    reversed_rows = [[*row[:5], None, row[6]] for row in reversed(rows)]
     bodies = b"[" + b",".join(bytes(row[5]) for row in reversed(rows)) + b"]"
     fold = Fold()
     chunk = Packed(0, top, len(rows), orjson.dumps(reversed_rows), bodies)
