@@ -358,3 +358,17 @@ def test_p0003_upgrades_a_p0002_database_with_rows(db_url: str) -> None:
         projector.catch_up()
         assert {entry["name"]: entry["position"] for entry in projector.status()} == {
             name: 1 for name in NAMES}
+
+
+def test_store_migrations_build_exactly_the_declared_tables(db_url: str) -> None:
+    """Each revision (0003: the canonical mark) leaves the events tables equal to schema.py."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from eventstore.schema import metadata
+
+    with EventStore(db_url) as store, store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        differences = compare_metadata(context, metadata)
+    assert [diff for diff in differences
+            if not (diff[0] == "remove_table" and diff[1].name not in metadata.tables)] == []
