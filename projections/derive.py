@@ -8,6 +8,7 @@ counter drift.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -29,6 +30,10 @@ class Changes:
 
     def count(self) -> int:
         return sum(map(len, self.upserts.values())) + sum(map(len, self.deletes.values()))
+
+
+_created = attrgetter("created_at")
+_updated = attrgetter("updated_at")
 
 
 def _pieces_status(pieces: Iterable[SliceRec], updated_at: str | None,
@@ -86,7 +91,18 @@ def settle(fold: Fold, fresh: bool = False
     runs = fold.d_runs
     sample_keys = set()
     every_run = fold.runs
-    for p in fold.d_slices:
+    changed: Iterable[SliceRec] = fold.d_slices
+    if fresh:  # every slice is changed: each run's announced ones at once, the rest one by one
+        for run in every_run.values():
+            if run.slices:
+                first = min(map(_created, run.slices))
+                last = max(map(_updated, run.slices))
+                if first < run.created_at:
+                    run.created_at = first
+                if last > run.updated_at:
+                    run.updated_at = last
+        changed = [p for p in fold.slices.values() if not p.announced]
+    for p in changed:
         run = every_run[(p.ns, p.run)]  # its first/last times include its slices' (Fold._slice)
         if p.created_at < run.created_at:  # type: ignore[operator]
             run.created_at = p.created_at
