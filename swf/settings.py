@@ -37,18 +37,14 @@ Workflow parameters are not settings: they are agents/config.py's (TOML workflow
 
 from __future__ import annotations
 
-import configparser
-import difflib
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from agents.config import DEFAULT_USER
-from agents.recorder import BATCH_SIZE, BATCH_WAIT, DEFAULT_NAME, PREFETCH
+from agents.defaults import BATCH_SIZE, BATCH_WAIT, DEFAULT_USER, PREFETCH, RECORDER_NAME
 from agents.transport.broker import BrokerConfig, BrokerConfigError
 from eventstore.catalog import resolve_zone
 from eventstore.engine import DEFAULT_URL
@@ -137,7 +133,7 @@ class AgentSettings(Section):
 
 @dataclass(frozen=True, repr=False)
 class RecorderSettings(Section):
-    name: str = setting(DEFAULT_NAME, text)  # client-id and durable subscription prefix
+    name: str = setting(RECORDER_NAME, text)  # client-id and durable subscription prefix
     batch_size: int = setting(BATCH_SIZE, _POSITIVE_INT)
     batch_wait: float = setting(BATCH_WAIT, between(number, 0, float("inf")))
     prefetch: int = setting(PREFETCH, _POSITIVE_INT)
@@ -262,6 +258,8 @@ class Settings:
         """``[rucio]`` over the ``[client]`` section of Rucio's own rucio.cfg. A file that cannot
         be read is a ``problem`` the adapter reports on every command (only a workflow that uses
         Rucio needs these settings)."""
+        import configparser  # here: only a workflow that uses Rucio reads its rucio.cfg
+
         from agents.ddm.rucio import RucioSettings, read_client_section
 
         rucio = self.rucio
@@ -349,6 +347,8 @@ def read_config_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """A TOML config file as a dict ({} without a path)."""
     if path is None:
         return {}
+    import tomllib  # here: most commands run without a config file, and it costs ~2 ms
+
     try:
         return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as problem:
@@ -437,6 +437,8 @@ def _described(section: str, model: type[Section], problems: list[Problem], inpu
 
 
 def _hint(name: str, known: Any) -> str:
+    import difflib  # here: only a mistyped name needs it
+
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
 
