@@ -212,6 +212,8 @@ Reader = Callable[[dict[str, Any], dict[str, str], dict[str, str], bytes], Readi
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """One upstream monitor endpoint: the calls it matches and how they are read."""
+
     method: str
     path: re.Pattern[str]
     msg_type: str

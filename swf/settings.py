@@ -98,6 +98,8 @@ def _known_zone(value: Any) -> str:
 
 @dataclass(frozen=True, repr=False)
 class StoreSettings(Section):
+    """[store]: the event store."""
+
     url: str = setting(DEFAULT_URL, text)  # SQLAlchemy URL; postgresql://user@host:5432/db
     # The IANA zone senders' naive local times are read in (by swf record, swf import, swf serve
     # and the live agents alike, so that they all store and decide on the same times).
@@ -106,6 +108,8 @@ class StoreSettings(Section):
 
 @dataclass(frozen=True, repr=False)
 class BrokerSettings(Section):
+    """[broker]: the ActiveMQ broker and how to log in."""
+
     url: str | None = setting(None, _OPTIONAL_TEXT)  # stomp://HOST:PORT or stomp+ssl://HOST:PORT
     user: str | None = setting(None, _OPTIONAL_TEXT)
     password: Secret | None = setting(None, optional(secret))
@@ -118,6 +122,8 @@ class BrokerSettings(Section):
 
 @dataclass(frozen=True, repr=False)
 class AgentSettings(Section):
+    """[agent]: how a live agent names itself, where its data goes, how it runs."""
+
     # Who executions and agents are recorded as ({workflow}-{user}-0001, TYPE-agent-{user}):
     # a setting, never the login name, so a run does not depend on who starts it.
     user: str = setting(DEFAULT_USER, matching(r"^[A-Za-z0-9_.]+$"))
@@ -133,6 +139,8 @@ class AgentSettings(Section):
 
 @dataclass(frozen=True, repr=False)
 class RecorderSettings(Section):
+    """[recorder]: `swf record`'s subscriptions and batches."""
+
     name: str = setting(RECORDER_NAME, text)  # client-id and durable subscription prefix
     batch_size: int = setting(BATCH_SIZE, _POSITIVE_INT)
     batch_wait: float = setting(BATCH_WAIT, between(number, 0, float("inf")))
@@ -141,6 +149,8 @@ class RecorderSettings(Section):
 
 @dataclass(frozen=True, repr=False)
 class ConsoleSettings(Section):
+    """[console]: where `swf serve` listens and who may call it."""
+
     host: str = setting("127.0.0.1", text)  # any other address needs a token
     port: int = setting(8080, between(integer, 0, 65535))
     token: Secret | None = setting(None, optional(secret))  # required by every request when set
@@ -151,6 +161,8 @@ class ConsoleSettings(Section):
 
 @dataclass(frozen=True, repr=False)
 class RucioSection(Section):
+    """[rucio]: the Rucio server and credentials (over its own rucio.cfg)."""
+
     config: str | None = setting(None, _OPTIONAL_TEXT)  # a rucio.cfg whose [client] is lowest
     host: str | None = setting(None, _OPTIONAL_TEXT)
     auth_host: str | None = setting(None, _OPTIONAL_TEXT)
@@ -168,6 +180,8 @@ class RucioSection(Section):
 
 @dataclass(frozen=True, repr=False)
 class PandaSection(Section):
+    """[panda]: the PanDA server."""
+
     url: str | None = setting(None, _OPTIONAL_TEXT)  # PANDA_URL
     url_ssl: str | None = setting(None, _OPTIONAL_TEXT)  # PANDA_URL_SSL (default: url)
 
