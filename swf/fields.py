@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agents.transport.broker import without_secret
-
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
@@ -205,4 +203,6 @@ Problem = tuple[tuple[str, ...], "str | None"]  # (key path, message; None: an u
 
 def _public(value: Any) -> Any:
     """A URL without the password its userinfo may hold (anything else unchanged)."""
+    from agents.transport.broker import without_secret  # here: only a repr needs the broker's
+
     return without_secret(value) if type(value) is str and "://" in value else value

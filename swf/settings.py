@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from agents.defaults import BATCH_SIZE, BATCH_WAIT, DEFAULT_USER, PREFETCH, RECORDER_NAME
-from agents.transport.broker import BrokerConfig, BrokerConfigError
 from eventstore.catalog import resolve_zone
 from eventstore.engine import DEFAULT_URL
 
@@ -68,10 +67,12 @@ from .fields import (
     text,
 )
 
-if TYPE_CHECKING:  # the adapters' modules are imported by the methods that build their settings
+if TYPE_CHECKING:  # the adapters' and the broker's modules are imported by the methods that
+    # build their settings: most commands need none of them (agents.transport: ~3 ms)
     from agents.batch.panda import PandaSettings
     from agents.ddm.rucio import RucioSettings
     from agents.registry import AdapterSettings
+    from agents.transport.broker import BrokerConfig
 
 UPSTREAM_PORT = 61612  # ACTIVEMQ_PORT's default, as in upstream's BaseAgent
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -255,6 +256,8 @@ class Settings:
     # -- the typed settings the libraries take ----------------------------------------------------
 
     def broker_config(self) -> BrokerConfig:
+        from agents.transport.broker import BrokerConfig, BrokerConfigError
+
         broker = self.broker
         if not broker.url:
             raise BrokerConfigError(

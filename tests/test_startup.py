@@ -14,7 +14,7 @@ from projections import Projector
 
 REPO = Path(__file__).resolve().parent.parent
 NOT_FOR_A_QUERY = ("alembic", "stomp", "tenacity", "tomllib", "configparser", "difflib",
-                   "agents.recorder", "agents.config", "agents.transport.consumer",
+                   "agents.recorder", "agents.config", "agents.transport",
                    "projections.fold", "projections.source", "projections.derive",
                    "projections.load")
 

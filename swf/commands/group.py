@@ -98,12 +98,11 @@ def main(verbose: int) -> None:
 def load(config_path: Path | None = None, **flags: Mapping[str, Any] | None) -> Settings:
     """The settings for a command: its flags (per section), the environment, the config file
     (``config_path``, else $SWF_CONFIG)."""
-    from agents.transport.broker import BrokerConfigError
     from swf.settings import SettingsError, load_settings
 
     try:
         return load_settings(config_path, **flags)
-    except (SettingsError, BrokerConfigError) as problem:
+    except SettingsError as problem:
         raise SettingsProblem(str(problem)) from None
 
 
