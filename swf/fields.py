@@ -189,6 +189,20 @@ class Section:
                 problems.append(((key, *map(str, problem.where)), str(problem)))
         return (None, problems) if problems else (cls(**converted), [])
 
+    # Equality and hash by value, written once here: the sections are declared eq=False, as
+    # dataclass would otherwise generate both for every one of them at import (~1M
+    # instructions a section, on every command's start-up).
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, field.name) for field in dataclasses.fields(self))
+
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={_public(value)!r}" for name, value in self._items())
         return f"{type(self).__name__}({shown})"

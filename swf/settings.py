@@ -97,7 +97,7 @@ def _known_zone(value: Any) -> str:
 # -- the sections --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class StoreSettings(Section):
     """[store]: the event store."""
 
@@ -107,7 +107,7 @@ class StoreSettings(Section):
     sender_zone: str = setting("UTC", _known_zone)
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class BrokerSettings(Section):
     """[broker]: the ActiveMQ broker and how to log in."""
 
@@ -121,7 +121,7 @@ class BrokerSettings(Section):
     vhost: str | None = setting(None, _OPTIONAL_TEXT)
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class AgentSettings(Section):
     """[agent]: how a live agent names itself, where its data goes, how it runs."""
 
@@ -138,7 +138,7 @@ class AgentSettings(Section):
     sent_log: Path | None = setting(None, optional(path))
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class RecorderSettings(Section):
     """[recorder]: `swf record`'s subscriptions and batches."""
 
@@ -148,7 +148,7 @@ class RecorderSettings(Section):
     prefetch: int = setting(PREFETCH, _POSITIVE_INT)
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class ConsoleSettings(Section):
     """[console]: where `swf serve` listens and who may call it."""
 
@@ -160,7 +160,7 @@ class ConsoleSettings(Section):
         (IPv4Network("127.0.0.0/8"), IPv6Network("::1/128")), networks)
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class RucioSection(Section):
     """[rucio]: the Rucio server and credentials (over its own rucio.cfg)."""
 
@@ -179,7 +179,7 @@ class RucioSection(Section):
     client_proxy: str | None = setting(None, _OPTIONAL_TEXT)
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class PandaSection(Section):
     """[panda]: the PanDA server."""
 
