@@ -26,7 +26,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 WORKFLOW_SUFFIX = "_default.toml"
-DEFAULT_USER = "swf"  # who an execution is recorded as unless told (`[agent] user`)
 AGENT_SECTIONS = ("data", "fastmon", "fast_processing", "processing")
 
 

@@ -52,8 +52,9 @@ from typing import Any
 import orjson
 
 from agents.base import Adapter, Agent, Command, Output, Send, derive_id
-from agents.config import DEFAULT_USER, WorkflowConfig
+from agents.config import WorkflowConfig
 from agents.daq import DaqSimulator
+from agents.defaults import DEFAULT_USER
 from agents.heartbeat import LogContext, heartbeat
 from agents.runtime import Allocation, allocate
 from agents.transport import Delivery, SendRefused, Transport, TransportClosed

@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agents.defaults import BATCH_SIZE, BATCH_WAIT, PREFETCH, RECORDER_NAME
 from agents.retry import RetryPolicy, Transient, retry_call
 from agents.transport.broker import (
     Backoff,
@@ -56,10 +57,6 @@ from eventstore.errors import is_outage
 
 log = logging.getLogger("swf.recorder")
 
-DEFAULT_NAME = "swf-recorder"
-BATCH_SIZE = 500
-BATCH_WAIT = 0.02  # seconds a batch waits for more messages after its first
-PREFETCH = 5000  # unacked messages per subscription the broker may push ahead
 # The writer's hand-off: past this many messages (or bytes of bodies) received and not yet
 # stored, the consumer stops reading its socket until the writer catches up.
 BACKLOG_MESSAGES = 8 * BATCH_SIZE
@@ -361,7 +358,7 @@ class BrokerRecorder:
     """The recorder on a STOMP broker: a durable ``client-individual`` subscription per recorded
     destination, all on one connection whose ``client-id`` is ``name``."""
 
-    def __init__(self, store: Any, config: BrokerConfig, *, name: str = DEFAULT_NAME,
+    def __init__(self, store: Any, config: BrokerConfig, *, name: str = RECORDER_NAME,
                  destinations: Sequence[str] = RECORDED_DESTINATIONS,
                  batch_size: int = BATCH_SIZE, batch_wait: float = BATCH_WAIT,
                  prefetch: int = PREFETCH, heartbeat: float = 10.0,

@@ -43,9 +43,10 @@ from typing import Any
 import orjson
 
 from agents.base import Adapter, Agent, Command, Output, Send
-from agents.config import DEFAULT_USER, WorkflowConfig, param
+from agents.config import WorkflowConfig, param
 from agents.daq import DaqSimulator
 from agents.dataroot import resolve_data_root
+from agents.defaults import DEFAULT_USER
 from agents.heartbeat import LogCapture, LogContext, heartbeat
 from agents.registry import AdapterSettings, create_adapter, create_agent, workflow_agents
 from eventstore.envelope import TOPIC, Event, Incoming, format_time, parse_time

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+from contextlib import suppress
 from typing import Any
 from urllib.parse import quote
 
@@ -141,6 +142,9 @@ def _use_wal(cursor: Any) -> None:
     Several connections opening a fresh file at once race for the switch, and SQLite answers
     the loser "database is locked" at once, without its busy handler: retry with backoff.
     """
+    with suppress(sqlite3.OperationalError):  # then the retries below
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() in ("wal", "memory"):
+            return  # the usual case, checked without tenacity: importing it costs ~5 ms
     from tenacity import (  # lazily: a third of a second of start-up is all imports already
         Retrying,
         retry_if_exception,

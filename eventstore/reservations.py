@@ -31,6 +31,8 @@ FIRST_RUN_NUMBER = 100001
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
+    """An execution's reserved id, run number and start time."""
+
     execution_id: str
     run_number: int
     start_time: str

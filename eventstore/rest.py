@@ -39,6 +39,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 PREFIX = "rest:"
@@ -212,8 +213,10 @@ Reader = Callable[[dict[str, Any], dict[str, str], dict[str, str], bytes], Readi
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """One upstream monitor endpoint: the calls it matches and how they are read."""
+
     method: str
-    path: re.Pattern[str]
+    path: str  # after /api/, with {id} for the path parameter
     msg_type: str
     read: Reader
     bodyless: bool = False  # the client sends no payload
@@ -565,71 +568,66 @@ def _state_event(payload: dict[str, Any], _params: dict[str, str], _headers: dic
                    stamp=_field(payload, "timestamp", _STR, True), needs_run=True)
 
 
-def _route(method: str, path: str, msg_type: str, read: Reader, **options: Any) -> Route:
-    pattern = re.compile("/api/" + path.replace("{id}", "(?P<id>[^/]+)") + r"\Z")
-    return Route(method, pattern, msg_type, read, **options)
-
-
 ROUTES: tuple[Route, ...] = (
-    _route("POST", "state/next-agent-id/", "rest_agent_id", _agent_id, bodyless=True,
-           fields={"agent_id": "int"}),
-    _route("POST", "state/next-run-number/", "rest_run_number", _run_number, bodyless=True,
-           fields={"run_number": "bigint"}),
-    _route("POST", "state/next-workflow-execution-id/", "rest_execution_sequence",
-           _execution_sequence, bodyless=True, fields={"sequence": "int", "workflow_name": "str"}),
-    _route("POST", "namespaces/ensure/", "rest_namespace", _namespace,
-           fields={"name": "str", "owner": "str", "description": "str"}),
-    _route("POST", "systemagents/heartbeat/", "rest_heartbeat", _heartbeat,
-           fields={"agent_type": "str", "status": "str", "operational_state": "str",
-                   "pid": "int", "hostname": "str", "description": "str",
-                   "mq_connected": "bool", "workflow_enabled": "bool"}),
-    _route("POST", "subscribers/", "rest_subscriber", _subscriber,
-           fields={"subscriber_name": "str", "description": "str", "is_active": "bool",
-                   "fraction": "float"}),
-    _route("POST", "logs/", "rest_log", _log,
-           fields={"level": "str", "levelno": "int", "message": "str", "module": "str",
-                   "funcname": "str", "lineno": "int", "app_name": "str", "process": "int",
-                   "thread": "int", "extra_data": "dict"}),
-    _route("POST", "workflow-definitions/", "rest_workflow_definition", _definition,
-           fields={"definition_id": "bigint", "workflow_name": "str", "version": "str",
-                   "workflow_type": "str", "definition": "str", "parameter_values": "dict",
-                   "created_by": "str"}),
-    _route("POST", "workflow-executions/", "rest_execution", _execution,
-           fields={"workflow": "str", "parameters": "dict", "workflow_definition": "int",
-                   "status": "str", "executed_by": "str", "start_time": "str",
-                   "end_time": "str"}),
-    _route("PATCH", "workflow-executions/{id}/", "rest_execution_update", _execution_update,
-           fields={"status": "str", "end_time": "str"}),
-    _route("POST", "run-states/", "rest_run_state", _run_state, runless=False,
-           fields={"phase": "str", "state": "str", "substate": "str",
-                   "target_worker_count": "int"}),
-    _route("PATCH", "run-states/{id}/", "rest_run_state_update", _run_state_update,
-           runless=False, fields={"phase": "str", "state": "str", "substate": "str",
-                                  "target_worker_count": "int"}),
-    _route("POST", "runs/", "rest_run", _run, runless=False,
-           fields={"start_time": "str", "end_time": "str", "run_conditions": "dict"}),
-    _route("PATCH", "runs/{id}/", "rest_run_update", _run_update, runless=False,
-           fields={"end_time": "str"}),
-    _route("POST", "stf-files/", "rest_stf_file", _stf_file, runless=False,
-           fields={"filename": "str", "size_bytes": "bigint", "checksum": "str",
-                   "sequence": "int", "status": "str", "machine_state": "str"}),
-    _route("PATCH", "stf-files/{id}/", "rest_stf_file_update", _stf_file_update,
-           runless=False, fields={"filename": "str", "status": "str"}),
-    _route("POST", "fastmon-files/", "rest_tf_file", _tf_file, runless=False,
-           fields={"tf_filename": "str", "stf_filename": "str", "tf_first": "bigint",
-                   "tf_last": "bigint", "tf_count": "int", "file_size_bytes": "bigint",
-                   "status": "str"}),
-    _route("POST", "tf-slices/", "rest_slice", _slice, runless=False,
-           fields={"slice_id": "int", "tf_filename": "str", "slice_filename": "str",
-                   "stf_filename": "str", "start": "bigint", "end": "bigint",
-                   "tf_count": "int", "retry": "int", "status": "str"}),
-    _route("PATCH", "tf-slices/{id}/", "rest_slice_update", _slice_update, runless=False,
-           fields={"slice_id": "int", "tf_filename": "str", "slice_filename": "str",
-                   "status": "str", "reported": "str", "worker": "str", "error": "str",
-                   "retry": "int"}),
-    _route("POST", "system-state-events/", "rest_state_event", _state_event, runless=False,
-           fields={"event_type": "str", "state": "str", "substate": "str",
-                   "event_data": "dict"}),
+    Route("POST", "state/next-agent-id/", "rest_agent_id", _agent_id, bodyless=True,
+          fields={"agent_id": "int"}),
+    Route("POST", "state/next-run-number/", "rest_run_number", _run_number, bodyless=True,
+          fields={"run_number": "bigint"}),
+    Route("POST", "state/next-workflow-execution-id/", "rest_execution_sequence",
+          _execution_sequence, bodyless=True, fields={"sequence": "int", "workflow_name": "str"}),
+    Route("POST", "namespaces/ensure/", "rest_namespace", _namespace,
+          fields={"name": "str", "owner": "str", "description": "str"}),
+    Route("POST", "systemagents/heartbeat/", "rest_heartbeat", _heartbeat,
+          fields={"agent_type": "str", "status": "str", "operational_state": "str",
+                  "pid": "int", "hostname": "str", "description": "str",
+                  "mq_connected": "bool", "workflow_enabled": "bool"}),
+    Route("POST", "subscribers/", "rest_subscriber", _subscriber,
+          fields={"subscriber_name": "str", "description": "str", "is_active": "bool",
+                  "fraction": "float"}),
+    Route("POST", "logs/", "rest_log", _log,
+          fields={"level": "str", "levelno": "int", "message": "str", "module": "str",
+                  "funcname": "str", "lineno": "int", "app_name": "str", "process": "int",
+                  "thread": "int", "extra_data": "dict"}),
+    Route("POST", "workflow-definitions/", "rest_workflow_definition", _definition,
+          fields={"definition_id": "bigint", "workflow_name": "str", "version": "str",
+                  "workflow_type": "str", "definition": "str", "parameter_values": "dict",
+                  "created_by": "str"}),
+    Route("POST", "workflow-executions/", "rest_execution", _execution,
+          fields={"workflow": "str", "parameters": "dict", "workflow_definition": "int",
+                  "status": "str", "executed_by": "str", "start_time": "str",
+                  "end_time": "str"}),
+    Route("PATCH", "workflow-executions/{id}/", "rest_execution_update", _execution_update,
+          fields={"status": "str", "end_time": "str"}),
+    Route("POST", "run-states/", "rest_run_state", _run_state, runless=False,
+          fields={"phase": "str", "state": "str", "substate": "str",
+                  "target_worker_count": "int"}),
+    Route("PATCH", "run-states/{id}/", "rest_run_state_update", _run_state_update,
+          runless=False, fields={"phase": "str", "state": "str", "substate": "str",
+                                 "target_worker_count": "int"}),
+    Route("POST", "runs/", "rest_run", _run, runless=False,
+          fields={"start_time": "str", "end_time": "str", "run_conditions": "dict"}),
+    Route("PATCH", "runs/{id}/", "rest_run_update", _run_update, runless=False,
+          fields={"end_time": "str"}),
+    Route("POST", "stf-files/", "rest_stf_file", _stf_file, runless=False,
+          fields={"filename": "str", "size_bytes": "bigint", "checksum": "str",
+                  "sequence": "int", "status": "str", "machine_state": "str"}),
+    Route("PATCH", "stf-files/{id}/", "rest_stf_file_update", _stf_file_update,
+          runless=False, fields={"filename": "str", "status": "str"}),
+    Route("POST", "fastmon-files/", "rest_tf_file", _tf_file, runless=False,
+          fields={"tf_filename": "str", "stf_filename": "str", "tf_first": "bigint",
+                  "tf_last": "bigint", "tf_count": "int", "file_size_bytes": "bigint",
+                  "status": "str"}),
+    Route("POST", "tf-slices/", "rest_slice", _slice, runless=False,
+          fields={"slice_id": "int", "tf_filename": "str", "slice_filename": "str",
+                  "stf_filename": "str", "start": "bigint", "end": "bigint",
+                  "tf_count": "int", "retry": "int", "status": "str"}),
+    Route("PATCH", "tf-slices/{id}/", "rest_slice_update", _slice_update, runless=False,
+          fields={"slice_id": "int", "tf_filename": "str", "slice_filename": "str",
+                  "status": "str", "reported": "str", "worker": "str", "error": "str",
+                  "retry": "int"}),
+    Route("POST", "system-state-events/", "rest_state_event", _state_event, runless=False,
+          fields={"event_type": "str", "state": "str", "substate": "str",
+                  "event_data": "dict"}),
 )
 REST_TYPES: frozenset[str] = frozenset(route.msg_type for route in ROUTES)
 RUNLESS_TYPES: frozenset[str] = frozenset(route.msg_type for route in ROUTES if route.runless)
@@ -643,12 +641,20 @@ def destination(method: str, path: str) -> str:
 def match(destination_text: str) -> tuple[Route, dict[str, str]]:
     """The endpoint a destination names, and its path parameters; Refused for none."""
     method, _, path = destination_text[len(PREFIX):].partition(" ")
-    for route in ROUTES:
+    for route, pattern in _patterns():
         if route.method == method:
-            found = route.path.match(path)
+            found = pattern.match(path)
             if found is not None:
                 return route, found.groupdict()
     raise Refused(f"no upstream monitor endpoint {_short(method)} {_short(path)}")
+
+
+@cache
+def _patterns() -> tuple[tuple[Route, re.Pattern[str]], ...]:
+    """Each route with its path's regular expression, compiled on the first call: every
+    process that opens a store imports this module, few of them read REST calls (~1 ms)."""
+    return tuple((route, re.compile("/api/" + route.path.replace("{id}", "(?P<id>[^/]+)")
+                                    + r"\Z")) for route in ROUTES)
 
 
 def payload_of(route: Route, body: bytes, loads: Callable[[bytes], Any]) -> dict[str, Any]:

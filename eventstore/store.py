@@ -110,6 +110,8 @@ __all__ = ["DEFAULT_URL", "STORED_COLUMNS", "AppendResult", "EventStore", "FoldR
 
 @dataclass(slots=True)
 class AppendResult:
+    """What an append stored, what it found stored already, and how many it rejected."""
+
     events: list[Event] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     rejected: int = 0

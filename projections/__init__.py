@@ -13,8 +13,24 @@ rows), ``load`` (rows back into the fold for catch-up), ``source`` (decoding the
 ``projector`` (checkpoints, catch-up, rebuild), ``queries`` (audit queries).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from . import queries
-from .fold import Fold
 from .projector import NAMES, Projector, upgrade_projections
+
+if TYPE_CHECKING:
+    from .fold import Fold
+
+
+def __getattr__(name: str) -> Any:
+    """``Fold`` on first use: importing the package (every query does) need not load the fold."""
+    if name == "Fold":
+        from .fold import Fold
+
+        return Fold
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["NAMES", "Fold", "Projector", "queries", "upgrade_projections"]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Generator, Iterator
 from contextlib import closing, contextmanager, suppress
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -30,11 +30,15 @@ from eventstore.migrate import upgrade, upgrade_store
 from eventstore.reads import Packed, Snapshot, scan_cache
 from eventstore.store import EventStore
 
-from . import source
-from .derive import Changes, flushed, render
-from .fold import Fold
-from .load import preload
 from .tables import PROJECTIONS, projection_checkpoints
+
+# The fold and what feeds and renders it (fold, records, derive, load, source) are imported by
+# the methods that fold: a query's catch-up usually finds nothing to apply, and its command's
+# start-up need not pay for them (~2 ms).
+if TYPE_CHECKING:
+    from . import source
+    from .derive import Changes
+    from .fold import Fold
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,8 @@ class Projector:
             if done >= top:
                 return applied
             if fold is None or fold.checkpoint != done:
+                from .fold import Fold
+
                 fold = Fold(complete=done == 0)
                 fold.checkpoint = done
             try:
@@ -124,6 +130,10 @@ class Projector:
 
     def _step(self, fold: Fold, marks: dict[str, int], done: int, top: int) -> int:
         """Fold and commit one batch after ``done``."""
+        from . import source
+        from .derive import flushed, render
+        from .load import preload
+
         with quiet_gc():
             if fold.complete:  # nothing to load: stream
                 applied, covered = self._stream(fold, done, top, self.batch_size)
@@ -147,6 +157,8 @@ class Projector:
                 progress: Progress | None = None) -> tuple[int, int]:
         """Fold up to ``limit`` events of (done, until] in small chunks; returns how many were
         folded and the position covered."""
+        from . import source
+
         folded = 0
         chunks = self._chunks(done, until, limit)
         if min(until - done, limit) >= source.READ_AHEAD_MIN and source.can_read_ahead(
@@ -168,6 +180,8 @@ class Projector:
         """Chunks of up to ``limit`` valid rows of (done, until], each read in a transaction of
         its own (positions up to ``until`` are committed: every read sees the same rows), with
         the position each covers; packed by the database where it can (``Reads.fold_packed``)."""
+        from . import source
+
         with self.engine.connect() as conn, scan_cache(conn):
             while done < until and limit > 0:
                 with conn.begin():  # not one long transaction: it would hold up checkpoints
@@ -203,6 +217,9 @@ class Projector:
                 log.info("another process advanced the projections; rebuilding again")
 
     def _replace(self, names: Collection[str], target: int, progress: Progress | None) -> int:
+        from .derive import render
+        from .fold import Fold
+
         fold = Fold(complete=True)
         others = [name for name in NAMES if name not in names]
         with quiet_gc():

@@ -33,6 +33,8 @@ class AmbiguousExecution(LookupError):
 
 @dataclass(frozen=True, slots=True)
 class _Spec:
+    """How a table is queried: its time and status columns and its order."""
+
     table: sa.Table
     time: str  # the column --since/--until compare with
     status: str | None  # the column --status compares with

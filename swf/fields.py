@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agents.transport.broker import without_secret
-
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
@@ -191,6 +189,20 @@ class Section:
                 problems.append(((key, *map(str, problem.where)), str(problem)))
         return (None, problems) if problems else (cls(**converted), [])
 
+    # Equality and hash by value, written once here: the sections are declared eq=False, as
+    # dataclass would otherwise generate both for every one of them at import (~1M
+    # instructions a section, on every command's start-up).
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, field.name) for field in dataclasses.fields(self))
+
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={_public(value)!r}" for name, value in self._items())
         return f"{type(self).__name__}({shown})"
@@ -205,4 +217,6 @@ Problem = tuple[tuple[str, ...], "str | None"]  # (key path, message; None: an u
 
 def _public(value: Any) -> Any:
     """A URL without the password its userinfo may hold (anything else unchanged)."""
+    from agents.transport.broker import without_secret  # here: only a repr needs the broker's
+
     return without_secret(value) if type(value) is str and "://" in value else value

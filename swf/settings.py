@@ -37,19 +37,14 @@ Workflow parameters are not settings: they are agents/config.py's (TOML workflow
 
 from __future__ import annotations
 
-import configparser
-import difflib
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from agents.config import DEFAULT_USER
-from agents.recorder import BATCH_SIZE, BATCH_WAIT, DEFAULT_NAME, PREFETCH
-from agents.transport.broker import BrokerConfig, BrokerConfigError
+from agents.defaults import BATCH_SIZE, BATCH_WAIT, DEFAULT_USER, PREFETCH, RECORDER_NAME
 from eventstore.catalog import resolve_zone
 from eventstore.engine import DEFAULT_URL
 
@@ -72,10 +67,12 @@ from .fields import (
     text,
 )
 
-if TYPE_CHECKING:  # the adapters' modules are imported by the methods that build their settings
+if TYPE_CHECKING:  # the adapters' and the broker's modules are imported by the methods that
+    # build their settings: most commands need none of them (agents.transport: ~3 ms)
     from agents.batch.panda import PandaSettings
     from agents.ddm.rucio import RucioSettings
     from agents.registry import AdapterSettings
+    from agents.transport.broker import BrokerConfig
 
 UPSTREAM_PORT = 61612  # ACTIVEMQ_PORT's default, as in upstream's BaseAgent
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -100,16 +97,20 @@ def _known_zone(value: Any) -> str:
 # -- the sections --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class StoreSettings(Section):
+    """[store]: the event store."""
+
     url: str = setting(DEFAULT_URL, text)  # SQLAlchemy URL; postgresql://user@host:5432/db
     # The IANA zone senders' naive local times are read in (by swf record, swf import, swf serve
     # and the live agents alike, so that they all store and decide on the same times).
     sender_zone: str = setting("UTC", _known_zone)
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class BrokerSettings(Section):
+    """[broker]: the ActiveMQ broker and how to log in."""
+
     url: str | None = setting(None, _OPTIONAL_TEXT)  # stomp://HOST:PORT or stomp+ssl://HOST:PORT
     user: str | None = setting(None, _OPTIONAL_TEXT)
     password: Secret | None = setting(None, optional(secret))
@@ -120,8 +121,10 @@ class BrokerSettings(Section):
     vhost: str | None = setting(None, _OPTIONAL_TEXT)
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class AgentSettings(Section):
+    """[agent]: how a live agent names itself, where its data goes, how it runs."""
+
     # Who executions and agents are recorded as ({workflow}-{user}-0001, TYPE-agent-{user}):
     # a setting, never the login name, so a run does not depend on who starts it.
     user: str = setting(DEFAULT_USER, matching(r"^[A-Za-z0-9_.]+$"))
@@ -135,16 +138,20 @@ class AgentSettings(Section):
     sent_log: Path | None = setting(None, optional(path))
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class RecorderSettings(Section):
-    name: str = setting(DEFAULT_NAME, text)  # client-id and durable subscription prefix
+    """[recorder]: `swf record`'s subscriptions and batches."""
+
+    name: str = setting(RECORDER_NAME, text)  # client-id and durable subscription prefix
     batch_size: int = setting(BATCH_SIZE, _POSITIVE_INT)
     batch_wait: float = setting(BATCH_WAIT, between(number, 0, float("inf")))
     prefetch: int = setting(PREFETCH, _POSITIVE_INT)
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class ConsoleSettings(Section):
+    """[console]: where `swf serve` listens and who may call it."""
+
     host: str = setting("127.0.0.1", text)  # any other address needs a token
     port: int = setting(8080, between(integer, 0, 65535))
     token: Secret | None = setting(None, optional(secret))  # required by every request when set
@@ -153,8 +160,10 @@ class ConsoleSettings(Section):
         (IPv4Network("127.0.0.0/8"), IPv6Network("::1/128")), networks)
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class RucioSection(Section):
+    """[rucio]: the Rucio server and credentials (over its own rucio.cfg)."""
+
     config: str | None = setting(None, _OPTIONAL_TEXT)  # a rucio.cfg whose [client] is lowest
     host: str | None = setting(None, _OPTIONAL_TEXT)
     auth_host: str | None = setting(None, _OPTIONAL_TEXT)
@@ -170,8 +179,10 @@ class RucioSection(Section):
     client_proxy: str | None = setting(None, _OPTIONAL_TEXT)
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # Section compares and hashes
 class PandaSection(Section):
+    """[panda]: the PanDA server."""
+
     url: str | None = setting(None, _OPTIONAL_TEXT)  # PANDA_URL
     url_ssl: str | None = setting(None, _OPTIONAL_TEXT)  # PANDA_URL_SSL (default: url)
 
@@ -245,6 +256,8 @@ class Settings:
     # -- the typed settings the libraries take ----------------------------------------------------
 
     def broker_config(self) -> BrokerConfig:
+        from agents.transport.broker import BrokerConfig, BrokerConfigError
+
         broker = self.broker
         if not broker.url:
             raise BrokerConfigError(
@@ -262,6 +275,8 @@ class Settings:
         """``[rucio]`` over the ``[client]`` section of Rucio's own rucio.cfg. A file that cannot
         be read is a ``problem`` the adapter reports on every command (only a workflow that uses
         Rucio needs these settings)."""
+        import configparser  # here: only a workflow that uses Rucio reads its rucio.cfg
+
         from agents.ddm.rucio import RucioSettings, read_client_section
 
         rucio = self.rucio
@@ -349,6 +364,8 @@ def read_config_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """A TOML config file as a dict ({} without a path)."""
     if path is None:
         return {}
+    import tomllib  # here: most commands run without a config file, and it costs ~2 ms
+
     try:
         return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as problem:
@@ -437,6 +454,8 @@ def _described(section: str, model: type[Section], problems: list[Problem], inpu
 
 
 def _hint(name: str, known: Any) -> str:
+    import difflib  # here: only a mistyped name needs it
+
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
 

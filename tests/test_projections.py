@@ -16,8 +16,7 @@ from eventstore import catalog
 from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, TOPIC, Incoming, format_time
 from eventstore.reads import Packed, Reads
 from eventstore.store import EventStore
-from projections import projector as projector_module
-from projections import queries, source
+from projections import derive, queries, source
 from projections import tables as t
 from projections.derive import snapshot
 from projections.fold import Fold
@@ -604,7 +603,7 @@ def test_a_concurrent_catch_up_never_applies_an_event_twice(
     env.store.append(Incoming.of(m, SLICE_QUEUE if m["msg_type"] == "slice" else TOPIC)
                      for m in messages[5:])
     rival = Projector(env.store)
-    real_render = projector_module.render
+    real_render = derive.render
     raced: list[int] = []
 
     def render_after_a_rival(*args: Any, **kwargs: Any) -> Any:
@@ -613,7 +612,7 @@ def test_a_concurrent_catch_up_never_applies_an_event_twice(
             raced[0] = rival.catch_up()
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(projector_module, "render", render_after_a_rival)
+    monkeypatch.setattr(derive, "render", render_after_a_rival)  # the projector imports it
     assert env.projector.catch_up() == 0  # it found the work done and applied nothing
     assert raced == [len(messages) - 5]
     caught_up = env.dump()

@@ -321,3 +321,20 @@ def test_reading_the_settings_loads_no_validation_library() -> None:
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_sections_compare_and_hash_by_value() -> None:
+    """Section's own __eq__/__hash__ (the sections are eq=False dataclasses, issue 15)."""
+    from swf.fields import Secret
+    from swf.settings import BrokerSettings, StoreSettings
+
+    store = StoreSettings(url="sqlite:///a.db")
+    assert store == StoreSettings(url="sqlite:///a.db")
+    assert hash(store) == hash(StoreSettings(url="sqlite:///a.db"))
+    assert store != StoreSettings(url="sqlite:///b.db")
+    assert store != StoreSettings(url="sqlite:///a.db", sender_zone="Europe/Paris")
+    assert BrokerSettings() != StoreSettings()  # another section, even with no value given
+    assert (BrokerSettings(password=Secret("p")) == BrokerSettings(password=Secret("p"))
+            != BrokerSettings(password=Secret("q")))
+    assert load_settings(environ={}) == load_settings(environ={})
+    assert load_settings(environ={"SWF_DB": "sqlite:///x.db"}) != load_settings(environ={})

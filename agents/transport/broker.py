@@ -30,6 +30,8 @@ class BrokerConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
+    """Where the broker is and how to log in (``from_url`` reads a stomp:// URL)."""
+
     host: str
     port: int = DEFAULT_PORT
     tls: bool = False

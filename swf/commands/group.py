@@ -11,9 +11,11 @@ swf/settings.py: flags > environment > config file > defaults. A command passes 
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -62,12 +64,27 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands:
-            for module in COMMAND_MODULES.get(cmd_name, ()):
-                name, _, attribute = module.partition(":")
-                loaded = importlib.import_module(name)
-                if attribute:
-                    self.add_command(getattr(loaded, attribute), cmd_name)
+            with _no_collection():
+                for module in COMMAND_MODULES.get(cmd_name, ()):
+                    name, _, attribute = module.partition(":")
+                    loaded = importlib.import_module(name)
+                    if attribute:
+                        self.add_command(getattr(loaded, attribute), cmd_name)
         return super().get_command(ctx, cmd_name)
+
+
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """No garbage collection while a command's modules import: they create hundreds of
+    thousands of objects that all live on (SQLAlchemy's alone), and the collections those
+    allocations trigger find nothing to free - ~4% of a `swf query`'s instructions."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,12 +98,11 @@ def main(verbose: int) -> None:
 def load(config_path: Path | None = None, **flags: Mapping[str, Any] | None) -> Settings:
     """The settings for a command: its flags (per section), the environment, the config file
     (``config_path``, else $SWF_CONFIG)."""
-    from agents.transport.broker import BrokerConfigError
     from swf.settings import SettingsError, load_settings
 
     try:
         return load_settings(config_path, **flags)
-    except (SettingsError, BrokerConfigError) as problem:
+    except SettingsError as problem:
         raise SettingsProblem(str(problem)) from None
 
 
