@@ -30,7 +30,7 @@ from eventstore.migrate import upgrade, upgrade_store
 from eventstore.reads import Packed, Snapshot, scan_cache
 from eventstore.store import EventStore
 
-from .tables import PROJECTIONS, projection_checkpoints
+from .tables import PROJECTIONS, metadata, projection_checkpoints
 
 # The fold and what feeds and renders it (fold, records, derive, load, source) are imported by
 # the methods that fold: a query's catch-up usually finds nothing to apply, and its command's
@@ -58,7 +58,7 @@ class Moved(Exception):
 def upgrade_projections(engine: sa.Engine) -> None:
     """Create or upgrade the projection tables (and the store's, which they read)."""
     upgrade_store(engine)
-    upgrade(engine, SCRIPTS, VERSION_TABLE)
+    upgrade(engine, SCRIPTS, VERSION_TABLE, metadata.create_all)
 
 
 class Projector:

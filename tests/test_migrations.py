@@ -372,3 +372,82 @@ def test_store_migrations_build_exactly_the_declared_tables(db_url: str) -> None
         differences = compare_metadata(context, metadata)
     assert [diff for diff in differences
             if not (diff[0] == "remove_table" and diff[1].name not in metadata.tables)] == []
+
+
+def _schema(url: str) -> dict[str, Any]:
+    """Everything of a database's schema that reads and writes depend on, per table: columns
+    (name, type, nullable, default) in order, keys, indexes with their conditions, and the
+    version tables' rows."""
+    engine = create_engine(url)
+    shape: dict[str, Any] = {}
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        for name in sorted(inspector.get_table_names()):
+            columns = [(c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                       for c in inspector.get_columns(name)]
+            indexes = sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]),
+                              sorted((k, str(v)) for k, v in
+                                     i.get("dialect_options", {}).items()))
+                             for i in inspector.get_indexes(name))
+            uniques = sorted((u["name"], tuple(u["column_names"]))
+                             for u in inspector.get_unique_constraints(name))
+            shape[name] = (columns, inspector.get_pk_constraint(name)["constrained_columns"],
+                           uniques, indexes)
+            if name.startswith("swf_schema_"):
+                shape[name] += (sorted(row[0] for row in conn.exec_driver_sql(
+                    f'SELECT version_num FROM "{name}"')),)
+        if engine.dialect.name == "sqlite":  # WITHOUT ROWID, partial index conditions
+            shape["sqlite_master"] = sorted(conn.exec_driver_sql(
+                "SELECT type, name, sql LIKE '%WITHOUT ROWID%', sql LIKE '%WHERE%' "
+                "FROM sqlite_master").all())
+        else:
+            schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+            shape["pg_indexes"] = sorted((name, definition.replace(f"{schema}.", ""))
+                                         for name, definition in conn.exec_driver_sql(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = "
+                "current_schema()").all())
+    engine.dispose()
+    return shape
+
+
+def test_a_fresh_database_gets_the_schema_its_migrations_would_build(
+        db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh database is built from the declared tables and stamped without alembic; the
+    result equals what running every migration builds (columns in the same order too)."""
+    from projections.projector import Projector
+
+    with EventStore(db_url) as store:
+        Projector(store)
+    fresh = _schema(db_url)
+    assert fresh["swf_schema_eventstore"][-1] == [HEAD]
+    real_upgrade = migrate.upgrade
+    monkeypatch.setattr(migrate, "upgrade",  # every migration, through alembic
+                        lambda engine, scripts, table, create=None: real_upgrade(engine, scripts,
+                                                                                 table))
+    import projections.projector as projector_module
+    monkeypatch.setattr(projector_module, "upgrade", migrate.upgrade)
+    if db_url.startswith("sqlite"):
+        migrated_url = f"sqlite:///{tmp_path / 'migrated.db'}"
+        with EventStore(migrated_url) as store:
+            Projector(store)
+        assert _schema(migrated_url) == fresh
+    else:
+        from tests.conftest import fresh_pg_schema
+
+        with fresh_pg_schema() as migrated_url:
+            with EventStore(migrated_url) as store:
+                Projector(store)
+            assert _schema(migrated_url) == fresh
+
+
+def test_a_fresh_store_opens_without_alembic(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from eventstore.store import EventStore; "
+            "from projections.projector import Projector; "
+            f"s = EventStore('sqlite:///{tmp_path / 'fresh.db'}'); Projector(s); s.close(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]"
