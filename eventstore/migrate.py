@@ -14,7 +14,7 @@ and its code calls ``upgrade(engine, script_location, version_table)`` before fi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -27,16 +27,15 @@ from .errors import SchemaOutdated, SchemaTooNew, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-Create = Callable[[sa.Connection], None]  # builds a package's newest schema on a fresh database
 STORE_SCRIPTS = str(Path(__file__).resolve().parent / "migrations")
 STORE_VERSION_TABLE = "swf_schema_eventstore"
 
 
 def upgrade_store(engine: sa.Engine) -> None:
     """Bring the event store's tables to the newest revision this code knows."""
-    from .schema import create_fresh
+    from .schema import metadata
 
-    upgrade(engine, STORE_SCRIPTS, STORE_VERSION_TABLE, create_fresh)
+    upgrade(engine, STORE_SCRIPTS, STORE_VERSION_TABLE, metadata)
 
 
 def check_store(engine: sa.Engine) -> None:
@@ -66,13 +65,13 @@ def check_current(engine: sa.Engine, script_location: str, version_table: str, w
 
 
 def upgrade(engine: sa.Engine, script_location: str, version_table: str,
-            create: Create | None = None) -> None:
+            metadata: sa.MetaData | None = None) -> None:
     """Upgrade one package's tables to its heads; cheap (one query) when already current.
 
-    ``create``: builds the package's newest schema on a database that has none of it, exactly
-    as its migrations would (a test holds the two equal); the heads are then stamped without
-    loading alembic (two fifths of a fresh ``swf run``). Raises SchemaTooNew if the database
-    carries a revision unknown to ``script_location``.
+    ``metadata``: the package's tables as its migrations leave them (a test holds the two
+    equal), created as declared on a database that has none of them, the heads then stamped
+    without loading alembic (two fifths of a fresh ``swf run``). Raises SchemaTooNew if the
+    database carries a revision unknown to ``script_location``.
     """
     try:
         with engine.connect() as conn:
@@ -82,8 +81,8 @@ def upgrade(engine: sa.Engine, script_location: str, version_table: str,
     declared = declared_heads(script_location)
     if current == declared:
         return  # the common case, decided without loading alembic (a third of `swf` start-up)
-    if not current and declared and create is not None and _created(
-            engine, version_table, declared, create):
+    if not current and declared and metadata is not None and _created(
+            engine, version_table, declared, metadata):
         return
     from alembic import command
     from alembic.config import Config
@@ -107,21 +106,18 @@ def upgrade(engine: sa.Engine, script_location: str, version_table: str,
         command.upgrade(config, "heads")
 
 
-def _created(engine: sa.Engine, version_table: str, heads: frozenset[str], create: Create
-             ) -> bool:
-    """Build the newest schema with ``create`` and stamp ``heads``, if the database still has
-    no version table under the migration lock (False: another opener got there first, or it
-    holds tables of an unversioned history - left to alembic)."""
+def _created(engine: sa.Engine, version_table: str, heads: frozenset[str],
+             metadata: sa.MetaData) -> bool:
+    """Create ``metadata``'s tables and stamp ``heads``, if under the migration lock the
+    database still has no version table and none of the tables (False: another opener got
+    there first, or the tables are of an unversioned history - left to alembic)."""
     with _migration_lock(engine, version_table) as conn:
         inspector = sa.inspect(conn)
-        if inspector.has_table(version_table):
+        if inspector.has_table(version_table) or set(metadata.tables) & set(
+                inspector.get_table_names()):
             return False
-        before = set(inspector.get_table_names())
         log.info("creating %s at %s", version_table, sorted(heads))
-        create(conn)
-        created = set(sa.inspect(conn).get_table_names()) - before
-        if not created:
-            raise RuntimeError(f"creating the tables of {version_table} created none")
+        metadata.create_all(conn, checkfirst=False)
         # alembic's own version table, as it creates it
         versions = sa.Table(version_table, sa.MetaData(),
                             sa.Column("version_num", sa.String(32), nullable=False),

@@ -51,6 +51,11 @@ events = sa.Table(
     # every process that touches the schema (a tenth of `swf run`'s start-up on SQLite).
     sa.Index("ix_events_rejected", "position"),
 )
+# A fresh store's tables are created from these declarations (``migrate.upgrade``): the partial
+# index is made so there as migration 0001 makes it (a test compares the two schemas).
+sa.event.listen(events, "after_create", sa.DDL("DROP INDEX ix_events_rejected"))
+sa.event.listen(events, "after_create", sa.DDL(
+    "CREATE INDEX ix_events_rejected ON events (position) WHERE reject_reason IS NOT NULL"))
 
 # Execution ids and run numbers handed out by ``EventStore.reserve_execution``: one row per
 # reservation, written under the store's write lock, so two concurrent runs never get the same
@@ -87,12 +92,3 @@ STORED_COLUMNS = ("position", *EVENT_COLUMNS)
 # What the append paths write: the event and its mark.
 APPEND_COLUMNS = (*EVENT_COLUMNS, "canonical")
 
-
-def create_fresh(conn: sa.Connection) -> None:
-    """These tables on a database that has none, as migrations 0001-0003 leave them (a test
-    compares the two): the rejected-rows index is partial, which its declaration above leaves
-    to the migrations."""
-    metadata.create_all(conn)
-    conn.exec_driver_sql("DROP INDEX ix_events_rejected")
-    conn.exec_driver_sql(
-        "CREATE INDEX ix_events_rejected ON events (position) WHERE reject_reason IS NOT NULL")

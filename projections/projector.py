@@ -58,7 +58,7 @@ class Moved(Exception):
 def upgrade_projections(engine: sa.Engine) -> None:
     """Create or upgrade the projection tables (and the store's, which they read)."""
     upgrade_store(engine)
-    upgrade(engine, SCRIPTS, VERSION_TABLE, metadata.create_all)
+    upgrade(engine, SCRIPTS, VERSION_TABLE, metadata)
 
 
 class Projector:

@@ -422,8 +422,8 @@ def test_a_fresh_database_gets_the_schema_its_migrations_would_build(
     assert fresh["swf_schema_eventstore"][-1] == [HEAD]
     real_upgrade = migrate.upgrade
     monkeypatch.setattr(migrate, "upgrade",  # every migration, through alembic
-                        lambda engine, scripts, table, create=None: real_upgrade(engine, scripts,
-                                                                                 table))
+                        lambda engine, scripts, table, metadata=None: real_upgrade(
+                            engine, scripts, table))
     import projections.projector as projector_module
     monkeypatch.setattr(projector_module, "upgrade", migrate.upgrade)
     if db_url.startswith("sqlite"):
