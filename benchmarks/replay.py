@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +87,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
+import child  # noqa: E402
 from bigstore import log_builder, store_options, store_path  # noqa: E402
 from bytecode import compile_project  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
@@ -112,16 +112,10 @@ def raw_read(url: str, execution_id: str) -> int:
 def run_command(argv: list[str]) -> tuple[float, float, int, int, str]:
     """Run a command: (wall seconds, CPU seconds, its peak RSS in MB, exit code, last line
     printed)."""
-    began = time.perf_counter()
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert child.stdout is not None
-    output = child.stdout.read().decode(errors="replace")
-    _pid, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    lines = output.strip().splitlines()
-    return (time.perf_counter() - began, usage.ru_utime + usage.ru_stime,
-            usage.ru_maxrss // 1024, child.returncode, lines[-1] if lines else "")
+    measured = child.run(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = (measured.stdout + measured.stderr).strip().splitlines()
+    return (measured.wall, measured.cpu, measured.rss_mb, measured.code,
+            lines[-1] if lines else "")
 
 
 def phases(url: str, execution_id: str) -> dict[str, float]:
