@@ -26,6 +26,7 @@ from .envelope import Event
 from .schema import COLUMN_LIMIT
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_BACKSLASH = ord("\\")
 
 RunKey = tuple[str | None, int]  # (namespace, run_id)
 
@@ -58,8 +59,9 @@ def as_stored(destination: str, headers: dict[str, str], body: bytes, recorded_a
     verdict = examine(body, destination, expected_namespace, headers, sender_zone)
     run_id = verdict.run_id
     canonical = verdict.canonical
-    # Rarely true; ordered cheapest first (a one-byte search is a memchr).
-    if (len(body) > COLUMN_LIMIT or (b"\\" in body and b"\\u0000" in body)
+    # Rarely true; ordered cheapest first. A backslash is searched as an int: a memchr, where
+    # bytes `in` bytes first tries the needle as an int and raises and drops a TypeError.
+    if (len(body) > COLUMN_LIMIT or (_BACKSLASH in body and b"\\u0000" in body)
             or "\x00" in destination
             or (run_id is not None and not _INT64_MIN <= run_id <= _INT64_MAX)):
         destination = _storable(verdict, destination)
