@@ -156,18 +156,22 @@ def _copy_streaming(conn: sa.Connection, raw: Any, examined: Iterator[Examined],
             write_row = copy.write_row
             add_event, add_headers = batch.append, encoded_headers.append
             mark = canonical_revision()
+            position = positions.start  # the examined are at most ``size``: checked below
             for event, headers, resolved in examined:
-                event.position = positions[len(batch)]
+                event.position = position
                 add_event(event)
                 add_headers(headers)
                 if resolved:  # _row(event, headers), inlined: it runs per event
-                    write_row((event.position, event.event_id, event.recorded_at,
-                               event.destination, headers, event.body, event.namespace,
-                               event.execution_id, event.run_id, event.msg_type, event.sender,
-                               event.sent_at, event.schema_version, event.reject_reason,
+                    write_row((position, event.event_id, event.recorded_at, event.destination,
+                               headers, event.body, event.namespace, event.execution_id,
+                               event.run_id, event.msg_type, event.sender, event.sent_at,
+                               event.schema_version, event.reject_reason,
                                mark if event.canonical else None))
                 else:
                     waiting.append((event, headers))
+                position += 1
+            if position > positions.stop:  # the reserved block overflowed: roll back
+                raise RuntimeError(f"{len(batch)} events for {len(positions)} positions")
         if waiting:
             resolve(conn, [event for event, _headers in waiting], positions[0])
             with cursor.copy(_COPY_EVENTS) as copy:
