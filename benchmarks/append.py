@@ -108,7 +108,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
 from eventstore import identity  # noqa: E402
-from eventstore.catalog import examine  # noqa: E402
+from eventstore.catalog import canonical_revision, examine  # noqa: E402
 from eventstore.engine import SQLITE_WAL_AUTOCHECKPOINT  # noqa: E402
 from eventstore.envelope import (  # noqa: E402
     RESULT_QUEUE,
@@ -309,7 +309,8 @@ def baseline_rows(messages: list[Incoming]) -> list[tuple[Any, ...]]:
                                         message.body), "2025-06-01T12:00:00.000000Z",
                      message.destination, orjson.dumps(message.headers), message.body,
                      verdict.namespace, verdict.execution_id, verdict.run_id, verdict.msg_type,
-                     verdict.sender, verdict.sent_at, 1, verdict.reason))
+                     verdict.sender, verdict.sent_at, 1, verdict.reason,
+                     canonical_revision() if verdict.canonical else None))
     return rows
 
 
