@@ -299,8 +299,9 @@ def examine(body: bytes, destination: str = "", expected_namespace: str | None =
     verdict = Verdict()
     try:
         message = _decode(body)
-        canonical = not needs_normalization(message, SCHEMA_VERSION)  # before anything reads it
         content = _read_envelope(message, verdict, headers or None, sender_zone or UTC)
+        # (the envelope only reads the message; a canonical stamp is its sent_at as it is)
+        canonical = not needs_normalization(message, SCHEMA_VERSION, verdict.sent_at)
         data = _normalize(message, content, verdict)
         if expected_namespace is not None and verdict.namespace != expected_namespace:
             raise Rejected(
@@ -547,7 +548,7 @@ def _read_envelope(message: dict[str, Any], verdict: Verdict, headers: dict[str,
     else:
         verdict.run_id = _run_number(run_id)
     stamp = get("timestamp")
-    if type(stamp) is str and not forwarded and _CANONICAL_TIME.match(stamp):
+    if type(stamp) is str and not forwarded and _canonical_time(stamp):
         verdict.sent_at = stamp  # canonical already: no parse, and no zone can apply
     else:
         verdict.sent_at = _sent_at(message, content if forwarded else None, headers, zone)
