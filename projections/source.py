@@ -26,10 +26,8 @@ because the store may have resolved it from the run.
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 from collections.abc import Generator, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -204,44 +202,15 @@ def read_ahead(chunks: Iterator[Any], depth: int = READ_AHEAD_DEPTH
                 close()
 
     thread = threading.Thread(target=reader, name="swf-read-ahead", daemon=True)
-    with _prompt_handoff():
-        thread.start()
-        try:
-            while True:
-                item = handoff.get()
-                if item is _END:
-                    return
-                if isinstance(item, _Failed):
-                    raise item.problem
-                yield item
-        finally:
-            stop.set()
-            thread.join()
-
-
-# The interpreter's switch interval while a reader runs beside a fold. The reader holds the GIL
-# only briefly between its database calls, but each time it wants it back it waits until the
-# fold's thread is made to let go: 5 ms by default, so a packed chunk took longer to hand over
-# than to fold, and a replay of 1M events waited 0.7-1.0 s for its chunks (0.06-0.1 s at this).
-_HANDOFF_INTERVAL = 0.0005
-_handoff_lock = threading.Lock()
-_handoff_users = 0
-_handoff_saved = 0.0
-
-
-@contextmanager
-def _prompt_handoff() -> Iterator[None]:
-    """The short switch interval for as long as any read-ahead runs (it is the process's)."""
-    global _handoff_users, _handoff_saved
-    with _handoff_lock:
-        if _handoff_users == 0:
-            _handoff_saved = sys.getswitchinterval()
-            sys.setswitchinterval(min(_handoff_saved, _HANDOFF_INTERVAL))
-        _handoff_users += 1
+    thread.start()
     try:
-        yield
+        while True:
+            item = handoff.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.problem
+            yield item
     finally:
-        with _handoff_lock:
-            _handoff_users -= 1
-            if _handoff_users == 0:
-                sys.setswitchinterval(_handoff_saved)
+        stop.set()
+        thread.join()

@@ -920,20 +920,3 @@ def test_read_ahead_hands_on_the_reader_error_and_stops_a_reader_left_early() ->
     chunks.close()  # the consumer stops: the reader must stop too
     assert "swf-read-ahead" not in {thread.name for thread in threading.enumerate()} - before
     assert len(produced) <= 2 + 2 + 1  # read, queued (depth), one waiting to be queued
-
-
-def test_read_ahead_shortens_the_switch_interval_while_any_reader_runs() -> None:
-    """The fold's thread lets the reader have the GIL promptly; the interval is the process's,
-    so it comes back as it was once the last reader ends, whatever the order."""
-    import sys
-
-    usual = sys.getswitchinterval()
-    first = source.read_ahead(iter([1, 2]))
-    assert next(first) == 1
-    assert sys.getswitchinterval() < usual
-    second = source.read_ahead(iter([3, 4]))
-    assert next(second) == 3
-    assert list(first) == [2]  # the first ends while the second still reads
-    assert sys.getswitchinterval() < usual
-    second.close()
-    assert sys.getswitchinterval() == usual
