@@ -393,9 +393,11 @@ class Reads:
         extra, params = self._within(limit)
         runs_in = f"run_id IN ({', '.join([m] * len(numbers))})"
         with self._connection() as conn:
+            # "+run_id" too: through the few run_imminent rows, never the runs' every event
+            # (SQLite's planner, without statistics, may take either index)
             others = sorted(row[0] for row in conn.exec_driver_sql(
                 f"SELECT DISTINCT execution_id FROM events WHERE msg_type = 'run_imminent' "
-                f"AND {runs_in} AND execution_id <> {m}{extra}",
+                f"AND +{runs_in} AND execution_id <> {m}{extra}",
                 (*numbers, execution_id, *params)).fetchall())
             owners = "execution_id IS NULL"
             if others:
