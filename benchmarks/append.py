@@ -80,6 +80,17 @@ On the merged tree of issue 15's work (2026-11-28 19:20 UTC, load average about 
 append 49,321 ev/s = 1.57x the aggregate recorder (met), 0.57x the application recorder; ``swf
 import`` 40,930 ev/s = 1.31x the aggregate recorder; PostgreSQL append 74,567 ev/s = 0.74x raw
 COPY (101,169 ev/s), with the catalog precomputed 0.80x: not met.
+
+Issue 15, third stop (2026-11-28 21:25 UTC, quiet, ``--repeat 2``): the append now also marks
+each canonical body (``catalog.canonical_revision``): examine of a slice_result 68.7k -> 77.3k
+instructions (judged after the envelope, with its sent_at: 81.2k at first), and the
+PostgreSQL append numbers positions from a running counter. eventsourcing application
+recorder 101,897 ev/s, aggregate recorder 40,110 ev/s; SQLite append 49,174 ev/s = 1.23x the
+aggregate recorder (met), 0.48x the application recorder; ``swf import`` 40,671 ev/s;
+PostgreSQL raw COPY 115,795 ev/s, append 75,671 ev/s = 0.65x (client/server CPU 2.12/1.60 s;
+with the catalog precomputed 81,958 ev/s, client 1.12 s): not met. Overlapping one batch's
+commit with the next batch's examination needs an append API that streams batches (every
+``append`` call commits before it returns); measured on one effective core it showed no gain.
 """
 
 from __future__ import annotations

@@ -75,6 +75,19 @@ On the merged tree of issue 15's work (2026-11-28 19:19 UTC, load average 0.8-1.
 raw read+decode 2.07 s; rebuild in process 6.29 s (159k events/s), ``swf projections rebuild``
 6.21 s (161k events/s, 3.00x the raw read; the previous session's 3.44x was on a machine whose
 raw read took 1.64 s), 7.1 s of CPU, peak RSS 637 MB. Neither target is met.
+
+Issue 15, third stop (2026-11-28 21:28-21:34 UTC, another machine of the same kind, quiet; the
+store built by the code measured, so its rows carry the canonical mark and the fold skips the
+shape check): raw read+decode 1.34-1.54 s; rebuild in process 5.22-5.39 s (185-191k
+events/s), ``swf projections rebuild`` 5.16-5.17 s (193-194k events/s, 3.4-3.7x the raw
+read), 6.0-6.1 s of CPU, peak RSS 448-458 MB. Before (1e19a62, back to back, on its own
+store): 5.98 s in process, 6.42 s as a command (156k events/s), 6.9 s of CPU. Phases in
+process: fold 3.0-3.2 s (its thread waited 0.04 s in all for the read-ahead), render 0.55 s,
+freeing the fold 0.14 s, writing 354k rows 1.03-1.11 s. 5M events: 33.9 s as a command (148k
+events/s), peak RSS 1,972 MB (4.4x the 1M figure). Neither target is met: the fold's thread
+(parse 0.9 us, the fold 1.8 us an event) and SQLite's insert of the rows are each more than
+the budget leaves; a bounded memory needs a fold that evicts settled records and keeps
+incremental counters (see the issue's closing note).
 """
 
 from __future__ import annotations

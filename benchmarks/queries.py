@@ -42,6 +42,15 @@ machine: 0.41-0.46 s for ``query runs``), 3-18 ms in process, 15-28 ms of work i
 process with the modules imported. The target is met by the query work and by 7 of 23 commands;
 the slowest command is 0.05 s over it: SQLAlchemy's import is half of the command and the
 interpreter with its site packages another 0.04 s.
+
+Issue 15, third stop (2026-11-28 21:09-21:34 UTC, quiet, bytecode compiled): the query
+commands no longer import the recorder, tenacity, the broker clients, tomllib, configparser,
+difflib or the fold (``tests/test_startup.py``), the command's imports run with the collector
+off, dataclasses get docstrings (no ``inspect.signature``): callgrind ``swf query runs``
+1,308.6M -> 1,191.7M instructions. Every query 0.267-0.301 s (one round) and 0.245-0.304 s
+(another; ``query tasks`` does 3 ms of work): 21-22 of 23 at or under 0.3 s, the slowest 1-4
+ms over; before, on this machine, 0.299-0.326 s. ``python -c pass`` 0.030 s, ``swf --help``
+0.262 s; SQLAlchemy's import is still about two thirds of every command.
 """
 
 from __future__ import annotations

@@ -70,6 +70,19 @@ best of 3): raw read+decode 2.09 s; replay in process 4.87 s, as a command 5.31 
 CPU, peak RSS 627 MB; 5.73 and 5.87 s in the other two rounds): 6% over the target at best.
 Besides its ~0.3 s of start-up, the command spends ~0.7 s of system time, mostly first-touch
 page faults on its ~600 MB, which in-process runs reuse from the previous round.
+
+Issue 15, third stop (2026-11-28 21:29-21:34 UTC, another machine of the same kind, quiet, load
+average 0.7-1; the store built by the code measured): the store marks at append the bodies its
+catalog finds canonical, and the fold skips its shape check for them (0.9 of 3.6 us an event);
+a fresh render widens each run's times by its slices at once. 1M events, best of 3: raw
+read+decode 2.20 s; in process 4.22-4.27 s; as a command 4.44-4.53 s (6.0-6.2 s of CPU), peak
+RSS 598-605 MB; phases: fold 3.03 s, render 0.84 s, compare 0.14 s. The tree before (1e19a62),
+back to back on its own store: 4.97-5.08 s as a command (5.68-6.20 s earlier that evening),
+562 MB (``/usr/bin/time``). The 5 s target is met. Not bounded: 5M events 38.7 s, 2,934 MB.
+The peak RSS printed before this stop was this script's own high-water mark, not the
+command's (``child.py``). A store created with the indexes in another order than migration
+0001's made SQLite walk the run's every event to find its announcements (+0.3 s, +250 MB):
+fixed, and the query no longer depends on it.
 """
 
 from __future__ import annotations

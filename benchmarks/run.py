@@ -44,6 +44,15 @@ by the medians within their noise. What is left of its start-up, besides SQLAlch
 for the fresh store's migrations (it imports mako and through it pygments, and the PostgreSQL
 dialect: 0.1-0.2 s). The production run: 18.3-21.6 s after, 21.8 s before in the same minutes
 (load-bound; 15.5-16.6 s on the quieter machine above).
+
+Issue 15, third stop (2026-11-28 21:09-21:38 UTC, quiet): a fresh database gets the declared
+schema and its heads stamped without alembic (``migrate.upgrade``; a test holds it equal to
+the migrations' on both backends): callgrind ``swf run`` in an empty directory 2,256M ->
+1,642M instructions; best 0.377-0.384 s, median 0.385-0.397 s (the tree before, back to back:
+best 0.511 s, median 0.537 s). Met with room. The production run: 17.9-20.8 s in three
+rounds, then 21.8 and 22.5 s alternating with the tree before at 21.1 and 21.7 s as the
+machine slowed: the canonical mark costs the append about 0.4 us an event (3-5% of this run),
+which the rebuilds and replays get back twice over. At the target, not safely under it.
 """
 
 from __future__ import annotations
