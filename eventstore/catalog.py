@@ -437,21 +437,21 @@ def needs_normalization(message: dict[str, Any], schema_version: int,
 
 
 @functools.cache
-def canonical_revision() -> int:
+def canonical_revision() -> int | None:
     """What the store marks a canonical body with at append (``Verdict.canonical``), so a
     reader can skip ``needs_normalization`` (a third of a rebuild's decoding): a digest of the
     code that judges it - this module and the canonical time format. A mark is trusted only by
     the very rules that made it: after any edit of them, even of a comment, older marks are
-    unknown (checked again, as unmarked rows are), never wrong. 0 where the code cannot be read
-    (no mark is ever 0)."""
+    unknown (checked again, as unmarked rows are), never wrong. None where the code cannot be
+    read: nothing is marked then, and no mark is trusted."""
     digest = 0
     for path in (__file__, envelope.__file__):
         try:
             with open(path, "rb") as source:
                 digest = zlib.crc32(source.read(), digest)
         except (OSError, TypeError):
-            return 0
-    return digest & 0x7FFFFFFF or 1
+            return None
+    return digest & 0x7FFFFFFF
 
 
 def complete(message: dict[str, Any]) -> dict[str, Any]:

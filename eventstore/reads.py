@@ -32,7 +32,8 @@ _EMPTY_HEADERS = b"{}"
 
 FoldRow = tuple[int, int | None, int, str, str | None, bytes, Any]
 # (an integer the code computes, not an input: safe in the SQL text)
-_MARKED = f"coalesce(canonical = {canonical_revision()}, false)"
+_MARKED = ("false" if canonical_revision() is None
+           else f"coalesce(canonical = {canonical_revision()}, false)")
 _FOLD = ("position, run_id, schema_version, coalesce(sent_at, recorded_at), execution_id, body, "
          f"{_MARKED}")
 _FOLD_RANGE = (f"SELECT {_FOLD} FROM events WHERE position > {{0}} AND position <= {{0}} "
