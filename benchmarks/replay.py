@@ -78,7 +78,7 @@ a fresh render widens each run's times by its slices at once. 1M events, best of
 read+decode 2.20 s; in process 4.22-4.27 s; as a command 4.44-4.53 s (6.0-6.2 s of CPU), peak
 RSS 598-605 MB; phases: fold 3.03 s, render 0.84 s, compare 0.14 s. The tree before (1e19a62),
 back to back on its own store: 4.97-5.08 s as a command (5.68-6.20 s earlier that evening),
-562 MB (``/usr/bin/time``). The 5 s target is met. Not bounded: 5M events 38.7 s, 2,934 MB.
+562 MB (``/usr/bin/time``). The 5 s target is met. Not bounded: 5M events 29.9 s, 3,028 MB.
 The peak RSS printed before this stop was this script's own high-water mark, not the
 command's (``child.py``). A store created with the indexes in another order than migration
 0001's made SQLite walk the run's every event to find its announcements (+0.3 s, +250 MB):
