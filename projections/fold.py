@@ -452,28 +452,20 @@ class Fold:
                 or (execution_id is not None and run.execution_id is None)):
             run = self._run(ns, number, execution_id, time)
         tf_filename = data["tf_filename"]
-        slice_id = data["slice_id"]
-        key = (ns, number, tf_filename, slice_id)
+        key = (ns, number, tf_filename, data["slice_id"])
         piece = self.slices.get(key)  # (inline: the two hottest handlers)
         if piece is None:
-            piece = self.slices[key] = SliceRec(ns, number, tf_filename, slice_id, time)
+            piece = self.slices[key] = SliceRec(ns, number, tf_filename, key[3], time)
         elif time > piece.updated_at:  # type: ignore[operator]
             piece.updated_at = time
         elif time < piece.created_at:  # type: ignore[operator]
             piece.created_at = time
         self.d_slices.add(piece)
-        sample_key = (ns, number, tf_filename)
-        if not piece.announced:  # (``announce``, inline)
-            piece.announced = True
-            run.slices.append(piece)
-            listed = self.sample_slices.get(sample_key)
-            if listed is None:
-                self.sample_slices[sample_key] = [piece]
-            else:
-                listed.append(piece)
+        if not piece.announced:
+            self.announce(run, piece)
         stf_name = data.get("stf_filename")
         if stf_name != piece.stf_filename:
-            sample = self.samples.get(sample_key)
+            sample = self.samples.get((ns, number, tf_filename))
             if stf_name is None:
                 stf_name = sample.stf_filename if sample is not None else None
             if stf_name is not None and stf_name != piece.stf_filename:
