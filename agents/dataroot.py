@@ -15,6 +15,7 @@ and catalogs.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -57,18 +58,34 @@ def resolve_data_root(given: str | os.PathLike[str] | None, store: object) -> Pa
 
 
 def claim(root: Path, store_id: str) -> None:
-    """Make ``root`` the data directory of the store ``store_id``, unless another store has it."""
+    """Make ``root`` the data directory of the store ``store_id``, unless another store has it.
+
+    The marker appears whole or not at all (written aside, then hard-linked into place, which
+    fails if it exists): stores starting at once never read each other's half-written marker,
+    and exactly one of them claims the directory."""
+    marker = root / MARKER
     try:
         root.mkdir(parents=True, exist_ok=True)
-        marker = root / MARKER
         try:
             owner = marker.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
-            marker.write_text(store_id + "\n", encoding="utf-8")
-            return
+            owner = _place_marker(marker, store_id)
     except OSError as problem:
         raise DataRootError(f"cannot use the data directory {root}: "
                             f"{problem.strerror or problem}") from None
     if owner != store_id:
         raise DataRootError(f"the data directory {root} belongs to another store ({owner}, "
                             f"see {marker}): give this store a data directory of its own")
+
+
+def _place_marker(marker: Path, store_id: str) -> str:
+    """Claim with ``store_id`` unless another store placed its marker first; the owner."""
+    aside = marker.with_name(f"{MARKER}.{os.getpid()}.{threading.get_ident()}")
+    aside.write_text(store_id + "\n", encoding="utf-8")
+    try:
+        os.link(aside, marker)
+    except FileExistsError:
+        return marker.read_text(encoding="utf-8").strip()
+    finally:
+        aside.unlink()
+    return store_id
