@@ -1,42 +1,17 @@
-"""Shared fixtures: a fresh SQLite store per test, and a fresh PostgreSQL schema per test.
-
-Also: the project's bytecode, compiled once for the ``swf`` processes the tests start."""
+"""Shared fixtures: a fresh SQLite store per test, and a fresh PostgreSQL schema per test."""
 
 from __future__ import annotations
 
-import compileall
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 PG_ADMIN_URL = os.environ.get("SWF_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("eventstore", "projections", "agents", "replay", "swf")
 MAX_WORKERS = 4  # each worker starts its own brokers and servers
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Where bytecode may not be written beside the sources (PYTHONDONTWRITEBYTECODE, as on
-    CI), every ``swf`` process a test starts would compile the project anew: 1.6 s of a 2.7 s
-    ``swf run`` on a slow CI machine. Compile it once into a cache of its own (git-ignored) and
-    let those processes read it there."""
-    if not sys.flags.dont_write_bytecode or os.environ.get("PYTHONPYCACHEPREFIX"):
-        return
-    prefix = ROOT / ".cache" / "bytecode"
-    if not hasattr(config, "workerinput"):  # xdist's workers find it compiled
-        sys.pycache_prefix = str(prefix)
-        try:
-            for package in PACKAGES:
-                compileall.compile_dir(ROOT / package, quiet=1)
-        finally:
-            sys.pycache_prefix = None
-    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
