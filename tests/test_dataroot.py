@@ -12,20 +12,20 @@ from agents.dataroot import MARKER, DataRootError, claim
 CLAIMANTS = 8
 
 
-def race(root: Path, ids: list[str]) -> dict[str, str | None]:
-    """Every id claims ``root`` at the same moment: id -> None (claimed) or the refusal."""
+def race(root: Path, ids: list[str]) -> list[str | None]:
+    """Every id claims ``root`` at the same moment: per id, None (claimed) or the refusal."""
     start = threading.Barrier(len(ids))
-    outcome: dict[str, str | None] = {}
+    outcome: list[str | None] = [f"{store_id}: no outcome" for store_id in ids]
 
-    def claimant(store_id: str) -> None:
+    def claimant(index: int) -> None:
         start.wait()
         try:
-            claim(root, store_id)
-            outcome[store_id] = None
+            claim(root, ids[index])
+            outcome[index] = None
         except DataRootError as refused:
-            outcome[store_id] = str(refused)
+            outcome[index] = str(refused)
 
-    threads = [threading.Thread(target=claimant, args=(store_id,)) for store_id in ids]
+    threads = [threading.Thread(target=claimant, args=(index,)) for index in range(len(ids))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -37,7 +37,7 @@ def race(root: Path, ids: list[str]) -> dict[str, str | None]:
 def test_stores_starting_at_once_never_see_a_half_written_marker(tmp_path, attempt) -> None:
     root = tmp_path / "data"
     ids = [f"store-{attempt}-{n}" for n in range(CLAIMANTS)]
-    outcome = race(root, ids)
+    outcome = dict(zip(ids, race(root, ids), strict=True))
     winners = [store_id for store_id, refused in outcome.items() if refused is None]
     assert len(winners) == 1
     owner = winners[0]
@@ -50,20 +50,5 @@ def test_stores_starting_at_once_never_see_a_half_written_marker(tmp_path, attem
 
 def test_the_same_store_starting_many_times_at_once_always_gets_its_directory(tmp_path) -> None:
     root = tmp_path / "data"
-    start = threading.Barrier(CLAIMANTS)
-    failures: list[BaseException] = []
-
-    def claimant() -> None:
-        start.wait()
-        try:
-            claim(root, "one-store")
-        except BaseException as problem:  # noqa: BLE001 - reported by the assert below
-            failures.append(problem)
-
-    threads = [threading.Thread(target=claimant) for _ in range(CLAIMANTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    assert race(root, ["one-store"] * CLAIMANTS) == [None] * CLAIMANTS
     assert (root / MARKER).read_text(encoding="utf-8") == "one-store\n"
