@@ -22,6 +22,7 @@ straight from the events table; ``apply`` feeds an ``Event``.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -454,8 +455,9 @@ class Fold:
         tf_filename = data["tf_filename"]
         key = (ns, number, tf_filename, data["slice_id"])
         piece = self.slices.get(key)  # (inline: the two hottest handlers)
-        if piece is None:
-            piece = self.slices[key] = SliceRec(ns, number, tf_filename, key[3], time)
+        if piece is None:  # (the run's ns and number, the names shared: see _shared)
+            key = (run.ns, run.run, _shared(tf_filename), key[3])
+            piece = self.slices[key] = SliceRec(run.ns, run.run, key[2], key[3], time)
         elif time > piece.updated_at:  # type: ignore[operator]
             piece.updated_at = time
         elif time < piece.created_at:  # type: ignore[operator]
@@ -469,7 +471,7 @@ class Fold:
             if stf_name is None:
                 stf_name = sample.stf_filename if sample is not None else None
             if stf_name is not None and stf_name != piece.stf_filename:
-                piece.stf_filename = stf_name
+                piece.stf_filename = stf_name = _shared(stf_name)
                 if sample is None or sample.stf_filename != stf_name:  # else linked already
                     self.link(ns, number, stf_name, tf_filename)
         piece.start = data["start"]
@@ -497,7 +499,8 @@ class Fold:
         key = (ns, number, data.get("tf_filename") or "", slice_id)
         piece = self.slices.get(key)  # (inline: the two hottest handlers)
         if piece is None:
-            piece = self.slices[key] = SliceRec(ns, number, key[2], key[3], time)
+            key = (run.ns, run.run, _shared(key[2]), slice_id)
+            piece = self.slices[key] = SliceRec(run.ns, run.run, key[2], slice_id, time)
         elif time > piece.updated_at:  # type: ignore[operator]
             piece.updated_at = time
         elif time < piece.created_at:  # type: ignore[operator]
@@ -509,9 +512,10 @@ class Fold:
         order = retry * ATTEMPT + RANK[data["status"]]
         if order > piece.order:
             piece.order = order
-            piece.status = data["status"]
+            piece.status = _shared(data["status"])
             piece.retries = retry
-            piece.worker = data.get("worker")
+            worker = data.get("worker")
+            piece.worker = worker if worker is None else _shared(worker)
             piece.error = data.get("error")
 
     def _rest_slice_result(self, ns: str, execution_id: str | None, number: int, time: str,
@@ -788,6 +792,12 @@ class Fold:
             agent.pid = data.get("pid")
             agent.hostname = data.get("hostname")
         self.d_agents.add(agent)
+
+
+# A slice keeps strings it shares with many others (its namespace, file names, status, worker).
+# Parsed anew from each body, every slice would hold copies of its own: a fifth of a rebuild's
+# memory. One copy of each, interned (CPython frees an interned string no longer referenced).
+_shared = sys.intern
 
 
 def _text(value: Any) -> str | None:
