@@ -7,7 +7,7 @@ counter drift.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from operator import attrgetter
 from typing import Any
 
@@ -165,9 +165,12 @@ def _run_counts(run: RunRec) -> None:
                   completed, failed, retries)
 
 
-def render(fold: Fold, names: Collection[str], fresh: bool = False) -> Changes:
+def render(fold: Fold, names: Collection[str], fresh: bool = False, consume: bool = False
+           ) -> Changes:
     """Settle the batch and render the rows of the projections ``names`` (``fresh``: see
-    ``settle``)."""
+    ``settle``). ``consume`` (with ``fresh``): the fold is discarded afterwards, so each slice
+    leaves it as its row is made; the fold's slices and their rows, the bulk of each, are then
+    never in memory at once (a rebuild's peak)."""
     samples, stfs, execs = settle(fold, fresh)
     changes = Changes()
     up = changes.upserts
@@ -187,7 +190,7 @@ def render(fold: Fold, names: Collection[str], fresh: bool = False) -> Changes:
                              s.tf_count, s.status, s.created_at, s.updated_at)
                             for s in (fold.samples.values() if fresh else samples)]
     if "tf_slices" in names:
-        _slice_rows(fold, changes, fresh)
+        _slice_rows(fold, changes, fresh, consume)
         up[t.failed_results] = list(fold.new_failures.values())
     if "datasets" in names:
         _dataset_rows(fold, changes)
@@ -311,13 +314,14 @@ def _run_row(r: RunRec) -> tuple[Any, ...]:
             r.state_changed_at, r.created_at, r.updated_at, r.failure_count, r.expects_outcome)
 
 
-def _slice_rows(fold: Fold, changes: Changes, fresh: bool) -> None:
+def _slice_rows(fold: Fold, changes: Changes, fresh: bool, consume: bool = False) -> None:
     announced: Rows = []
     unmatched: Rows = []
     gone: Rows = []
     # A fresh fold writes every slice: in creation order, which is nearly key order (cheap to
     # sort for the insert), unlike a set's.
-    for p in fold.slices.values() if fresh else fold.d_slices:
+    pieces: Iterable[SliceRec] = fold.slices.values() if fresh else fold.d_slices
+    for p in _taken(fold) if fresh and consume else pieces:
         if p.announced:
             status = p.status
             announced.append((p.run, p.ns, p.tf_filename, p.slice_id, status, p.retries,
@@ -333,6 +337,18 @@ def _slice_rows(fold: Fold, changes: Changes, fresh: bool) -> None:
     changes.upserts[t.unmatched_results] = unmatched
     if gone:
         changes.deletes[t.unmatched_results] = gone
+
+
+def _taken(fold: Fold) -> Iterator[SliceRec]:
+    """Every slice in creation order, each dropped from the fold as it is given (the fold is
+    left without slices; its derived values were settled before)."""
+    for run in fold.runs.values():
+        run.slices = []
+    fold.sample_slices.clear()
+    fold.d_slices.clear()
+    slices = fold.slices
+    for key in list(slices):
+        yield slices.pop(key)
 
 
 def _dataset_rows(fold: Fold, changes: Changes) -> None:

@@ -224,7 +224,7 @@ class Projector:
         others = [name for name in NAMES if name not in names]
         with quiet_gc():
             folded, _done = self._stream(fold, 0, target, target, progress)
-            changes = render(fold, names, fresh=True)
+            changes = render(fold, names, fresh=True, consume=True)
             del fold  # acyclic: freed right here, not by a later collection
             with self._writing() as conn:
                 marks = _checkpoints(conn)

@@ -127,12 +127,13 @@ def _execution_chunks_apart(engine: sa.Engine, execution_id: str, limit: Limit
         yield from Snapshot(conn).execution_chunks(execution_id, limit, fast.PACKED_CHUNK)
 
 
-def rendered(fold: Fold, fresh: bool = True) -> dict[str, list[Row]]:
+def rendered(fold: Fold, fresh: bool = True, consume: bool = False) -> dict[str, list[Row]]:
     """Every row of the fold, per table name, as the projector would write them. ``fresh``: the
-    fold was never rendered before (the rebuild's fast path)."""
+    fold was never rendered before (the rebuild's fast path); ``consume``: nor is it used
+    after (see ``derive.render``)."""
     if not fresh:
         everything(fold)
-    changes = render(fold, NAMES, fresh=fresh)
+    changes = render(fold, NAMES, fresh=fresh, consume=consume)
     if not fresh:
         flushed(fold)
     return {str(table.name): rows for table, rows in changes.upserts.items()}
@@ -158,8 +159,9 @@ def in_scope(name: str, rows: Sequence[Row], scope: Scope) -> list[Row]:
     raise ValueError(f"no scope rule for table {name}")
 
 
-def rebuilt_rows(fold: Fold, scope: Scope, fresh: bool = True) -> dict[str, list[Row]]:
-    everything_rows = rendered(fold, fresh)
+def rebuilt_rows(fold: Fold, scope: Scope, fresh: bool = True, consume: bool = False
+                 ) -> dict[str, list[Row]]:
+    everything_rows = rendered(fold, fresh, consume)
     return {name: in_scope(name, everything_rows.get(name, ()), scope) for name in TABLE_NAMES}
 
 
@@ -450,7 +452,7 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
                 if isinstance(tables, StoredTables):
                     tables.prefetch()  # (done with the connection before it closes, on error)
                     cleanup.callback(tables.wait)
-            rows = rebuilt_rows(fold, scope)
+            rows = rebuilt_rows(fold, scope, consume=True)
             del fold  # its records are not needed to compare: freed before the stored rows come
             owners = {name for name, at in stops.items() if at == stop}
             for owner, table in TABLES:

@@ -545,6 +545,21 @@ def test_catch_up_in_batches_equals_rebuild(env: Env, batch: int) -> None:
     assert {row["lag"] for row in env.projector.status()} == {0}
 
 
+def test_a_consuming_render_gives_the_same_rows_and_leaves_the_fold_without_slices(
+        env: Env) -> None:
+    env.send(*scenario(env))
+    kept, consumed = Fold(), Fold()
+    for event in env.store.read():
+        kept.apply(event)
+        consumed.apply(event)
+    rows = derive.render(kept, NAMES, fresh=True).upserts
+    assert rows[t.tf_slices] and rows[t.unmatched_results]  # announced slices and unmatched
+    assert derive.render(consumed, NAMES, fresh=True, consume=True).upserts == rows
+    assert kept.slices and not consumed.slices and not consumed.sample_slices
+    assert all(run.slices for run in kept.runs.values())
+    assert not any(run.slices for run in consumed.runs.values())
+
+
 def test_rebuild_of_one_projection_leaves_the_others(env: Env) -> None:
     env.send(*scenario(env))
     before = env.dump()
