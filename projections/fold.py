@@ -512,10 +512,11 @@ class Fold:
         order = retry * ATTEMPT + RANK[data["status"]]
         if order > piece.order:
             piece.order = order
-            piece.status = _shared(data["status"])
+            piece.status = _intern(data["status"])  # (a str: a key of RANK)
             piece.retries = retry
             worker = data.get("worker")
-            piece.worker = worker if worker is None else _shared(worker)
+            if worker != piece.worker:  # (a slice's reports mostly name one worker)
+                piece.worker = _shared(worker)
             piece.error = data.get("error")
 
     def _rest_slice_result(self, ns: str, execution_id: str | None, number: int, time: str,
@@ -794,10 +795,15 @@ class Fold:
         self.d_agents.add(agent)
 
 
-# A slice keeps strings it shares with many others (its namespace, file names, status, worker).
-# Parsed anew from each body, every slice would hold copies of its own: a fifth of a rebuild's
-# memory. One copy of each, interned (CPython frees an interned string no longer referenced).
-_shared = sys.intern
+_intern = sys.intern
+
+
+def _shared(value: Any) -> Any:
+    """One copy of a string many slices hold (a name, a status, a worker): parsed anew from
+    each body, every slice kept copies of its own, a quarter of a rebuild's memory. Interned
+    (CPython frees an interned string no longer referenced); anything else as it is (a body
+    trusted as canonical is not type-checked again)."""
+    return _intern(value) if type(value) is str else value
 
 
 def _text(value: Any) -> str | None:

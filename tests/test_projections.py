@@ -675,6 +675,11 @@ def test_slices_share_the_strings_they_have_in_common(env: Env) -> None:
     for key, piece in fold.slices.items():
         assert key[:3] == (piece.ns, piece.run, piece.tf_filename)
         assert all(map(operator.is_, key[:3], (piece.ns, piece.run, piece.tf_filename)))
+    # a body trusted as canonical is not type-checked again: names that are no text are kept
+    odd = Fold()
+    odd.handlers["slice_result"](NS, EX, RUN, at(1), {"slice_id": 1, "tf_filename": 7,
+                                                      "status": "completed", "worker": 8})
+    assert odd.slices[(NS, RUN, 7, 1)].worker == 8
 
 
 def test_snapshot_shows_the_rows_each_event_changed(env: Env) -> None:
