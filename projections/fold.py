@@ -799,8 +799,9 @@ _intern = sys.intern
 
 
 def _shared(value: Any) -> Any:
-    """One copy of a string many slices hold (a name, a status, a worker): parsed anew from
-    each body, every slice kept copies of its own, a quarter of a rebuild's memory. Interned
+    """One copy of a string many slices hold (a file name, a worker; statuses are interned
+    directly): parsed anew from each body, every slice kept copies of its own, with the
+    namespace and run number a quarter of a rebuild's memory. Interned
     (CPython frees an interned string no longer referenced); anything else as it is (a body
     trusted as canonical is not type-checked again)."""
     return _intern(value) if type(value) is str else value
