@@ -93,8 +93,9 @@ Issue 15, fifth stop (2026-11-29 01:00-02:00 UTC, a machine about 2.5x slower th
 stop's: ``python -c pass`` 0.07 s; before = ff53acd, after = slices sharing their strings and
 the consuming render, run alternately as commands on the same stores): peak RSS at 1M events
 460 MB before, 300 MB after; at 5M 2,018 MB before, 1,200 MB after (4.0x the 1M figure, was
-4.4x), 78.6 s -> 61.2 s wall (88 -> 73 s of CPU: fewer page faults). Instructions of a 30k-event
-rebuild (callgrind): +1.2%. Wall times at 1M swing by 20% here (8.4-11.1 s either tree).
+4.4x), 78.6 s -> 61.2 s wall (88 -> 73 s of CPU: fewer page faults). Instructions of a
+30k-event rebuild as a command (callgrind): 2,608M -> 2,655M, +1.8%. Wall times at 1M swing by
+20% here (8.4-11.8 s either tree).
 """
 
 from __future__ import annotations
