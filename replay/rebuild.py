@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
 Progress = Callable[[int], None]
+# (how many rows, the pieces: (how many rows, their JSON values joined by commas), in key order)
+Written = tuple[int, list[tuple[int, bytes]]]
+JSON_PIECE_ROWS = 20_000  # rows SQLite writes in one piece: one string for a whole table took
+# four times its size while SQLite built, cast and handed it over (210 MB for a 1M-event run's
+# slices, at the replay's peak)
 
 # Every projection table, in the projector's write order, with the projection it belongs to.
 TABLES: tuple[tuple[str, sa.Table], ...] = tuple(
@@ -180,7 +185,7 @@ class StoredTables(Mapping[str, list[Row]]):
     def __init__(self, conn: sa.Connection, scope: Scope) -> None:
         self._conn = conn
         self._scope = scope
-        self._written: dict[str, tuple[int, bytes] | None] = {}  # see prefetch
+        self._written: dict[str, Written | None] = {}  # see prefetch
         self._writer: threading.Thread | None = None
         self._problem: BaseException | None = None
 
@@ -256,7 +261,7 @@ def stored_table(conn: sa.Connection, scope: Scope, name: str) -> list[Row]:
 
 
 def same_as_stored(conn: sa.Connection, scope: Scope, name: str, rows: Sequence[Row],
-                   written: tuple[int, bytes] | None | bool = True) -> bool:
+                   written: Written | None | bool = True) -> bool:
     """Whether the stored rows of table ``name`` in the scope are exactly ``rows``, judged
     without making Python objects of them (most of a replay's compare): SQLite writes them as
     JSON in key order (``stored_json``; ``written``: what it wrote, if asked before), compared
@@ -268,20 +273,31 @@ def same_as_stored(conn: sa.Connection, scope: Scope, name: str, rows: Sequence[
         written = stored_json(conn, scope, name)
     if not isinstance(written, tuple):
         return False
-    count, stored = written
+    count, pieces = written
     if count != len(rows):
         return False
     try:  # keys lead each row and are unique: sorted rows are in key order (a fresh fold's
         # usually are already: rendered in creation order)
-        return orjson.dumps(rows) == stored or orjson.dumps(sorted(rows)) == stored
+        return _written_as(rows, pieces) or _written_as(sorted(rows), pieces)
     except (TypeError, orjson.JSONEncodeError):
         return False
 
 
-def stored_json(conn: sa.Connection, scope: Scope, name: str) -> tuple[int, bytes] | None:
-    """(how many, a JSON array of them) of the stored rows of table ``name`` in the scope,
-    written by SQLite in key order, or None: not SQLite, run_state (read twice over), a float
-    column (SQLite writes 15 digits), a value JSON cannot hold."""
+def _written_as(rows: Sequence[Row], pieces: list[tuple[int, bytes]]) -> bool:
+    """Whether orjson writes ``rows``, piece by piece, as SQLite wrote the stored ones."""
+    at = 0
+    for count, piece in pieces:
+        if orjson.dumps(rows[at:at + count])[1:-1] != piece:  # (without its brackets)
+            return False
+        at += count
+    return at == len(rows)
+
+
+def stored_json(conn: sa.Connection, scope: Scope, name: str) -> Written | None:
+    """(how many, the JSON of each piece of them) of the stored rows of table ``name`` in the
+    scope, written by SQLite in key order, JSON_PIECE_ROWS a piece; or None: not SQLite,
+    run_state (read twice over), a float column (SQLite writes 15 digits), a value JSON cannot
+    hold, a key with a NULL."""
     table = TABLE_BY_NAME[name]
     if (conn.dialect.name != "sqlite" or name == "run_state"
             or any(isinstance(column.type, (sa.Float, sa.Numeric)) for column in table.columns)):
@@ -289,18 +305,32 @@ def stored_json(conn: sa.Connection, scope: Scope, name: str) -> tuple[int, byte
     quote = conn.dialect.identifier_preparer.quote
     key = ", ".join(quote(str(column.name)) for column in table.primary_key.columns)
     values = ", ".join(_as_json(quote(str(column.name)), column) for column in table.columns)
+    marks = ", ".join("?" * key_width(table))
     count, pieces = 0, []
     try:
         for where, params in _wheres("?", scope, name):
-            found, piece = _fetch(conn, (
-                f"SELECT count(*), CAST(group_concat(j, ',') AS BLOB) FROM (SELECT json_array("
-                f"{values}) AS j FROM {quote(name)} WHERE {where} ORDER BY {key})"), params)[0]
-            count += found
-            if found:
-                pieces.append(piece)
+            last: Row = ()  # the key of the previous piece's last row
+            while True:  # a piece: the rows after ``last`` up to the JSON_PIECE_ROWS-th
+                rows_after = f"{where} AND ({key}) > ({marks})" if last else where
+                bound = _fetch(conn, f"SELECT {key} FROM {quote(name)} WHERE {rows_after} "
+                               f"ORDER BY {key} LIMIT 1 OFFSET {JSON_PIECE_ROWS - 1}",
+                               (*params, *last))
+                upto = f" AND ({key}) <= ({marks})" if bound else ""
+                if bound and None in bound[0]:
+                    return None  # (NULL compares as nothing: the pieces would miss it)
+                found, piece = _fetch(conn, (
+                    f"SELECT count(*), CAST(group_concat(j, ',') AS BLOB) FROM (SELECT "
+                    f"json_array({values}) AS j FROM {quote(name)} WHERE {rows_after}{upto} "
+                    f"ORDER BY {key})"), (*params, *last, *(bound[0] if bound else ())))[0]
+                if found:
+                    count += found
+                    pieces.append((found, piece))
+                if not bound:
+                    break
+                last = tuple(bound[0])
     except sa.exc.DBAPIError:  # (a BLOB: read and compared as usual)
         return None
-    return count, b"[" + b",".join(pieces) + b"]"
+    return count, pieces
 
 
 def _as_json(name: str, column: sa.Column[Any]) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import threading
 from pathlib import Path
@@ -271,6 +272,30 @@ def test_stored_rows_are_judged_the_same_in_any_order_of_the_rebuilt(sqlite_url)
         assert rebuild.same_as_stored(view.connection, scope, "tf_slices", rows[::-1])
         changed = [*rows[:-1], (*rows[-1][:-1], not rows[-1][-1])]
         assert not rebuild.same_as_stored(view.connection, scope, "tf_slices", changed)
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 20_000])
+def test_stored_rows_written_in_pieces_are_judged_as_a_whole(sqlite_url, monkeypatch,
+                                                             piece: int) -> None:
+    from replay import rebuild
+    from replay.source import Limit, Scope
+
+    monkeypatch.setattr(rebuild, "JSON_PIECE_ROWS", piece)
+    with loaded(sqlite_url) as store, store.snapshot() as view:
+        scope = Scope("fast_processing-swf-0001")
+        fold, _count = rebuild.fold_execution(view, scope, Limit(position=view.head()))
+        rows = rebuild.rebuilt_rows(fold, scope)["tf_slices"]
+        written = rebuild.stored_json(view.connection, scope, "tf_slices")
+        assert written is not None
+        count, pieces = written
+        assert count == len(rows) > 3 and sum(n for n, _piece in pieces) == count
+        assert max(n for n, _piece in pieces) == min(piece, count)
+        same = functools.partial(rebuild.same_as_stored, view.connection, scope, "tf_slices")
+        assert same(rows) and same(rows[::-1])
+        for at in (0, len(rows) // 2, len(rows) - 1):  # a change in any piece is drift
+            changed = [*rows[:at], (*rows[at][:-1], not rows[at][-1]), *rows[at + 1:]]
+            assert not same(changed), at
+        assert not same([*rows[:-1], rows[0]])  # a row twice, one missing
 
 
 def test_lagging_tables_are_not_drift(sqlite_url) -> None:
