@@ -303,21 +303,26 @@ def stored_json(conn: sa.Connection, scope: Scope, name: str) -> Written | None:
             or any(isinstance(column.type, (sa.Float, sa.Numeric)) for column in table.columns)):
         return None
     quote = conn.dialect.identifier_preparer.quote
-    key = ", ".join(quote(str(column.name)) for column in table.primary_key.columns)
+    columns = [quote(str(column.name)) for column in table.primary_key.columns]
+    key = ", ".join(columns)
     values = ", ".join(_as_json(quote(str(column.name)), column) for column in table.columns)
-    marks = ", ".join("?" * key_width(table))
+    # Pieces are bounded by the key's columns after the run's (its where fixes those: SQLite
+    # takes a range over the rest from the primary key, not over the whole key). Tables not
+    # keyed by run are written in one piece.
+    rest = ", ".join(columns[2:]) if name in _RUN_KEYED else ""
+    marks = ", ".join("?" * len(columns[2:]))
     count, pieces = 0, []
     try:
         for where, params in _wheres("?", scope, name):
-            last: Row = ()  # the key of the previous piece's last row
+            last: Row = ()  # the rest of the key of the previous piece's last row
             while True:  # a piece: the rows after ``last`` up to the JSON_PIECE_ROWS-th
-                rows_after = f"{where} AND ({key}) > ({marks})" if last else where
-                bound = _fetch(conn, f"SELECT {key} FROM {quote(name)} WHERE {rows_after} "
+                rows_after = f"{where} AND ({rest}) > ({marks})" if last else where
+                bound = _fetch(conn, f"SELECT {rest} FROM {quote(name)} WHERE {rows_after} "
                                f"ORDER BY {key} LIMIT 1 OFFSET {JSON_PIECE_ROWS - 1}",
-                               (*params, *last))
-                upto = f" AND ({key}) <= ({marks})" if bound else ""
+                               (*params, *last)) if rest else []
                 if bound and None in bound[0]:
                     return None  # (NULL compares as nothing: the pieces would miss it)
+                upto = f" AND ({rest}) <= ({marks})" if bound else ""
                 found, piece = _fetch(conn, (
                     f"SELECT count(*), CAST(group_concat(j, ',') AS BLOB) FROM (SELECT "
                     f"json_array({values}) AS j FROM {quote(name)} WHERE {rows_after}{upto} "
