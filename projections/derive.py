@@ -320,8 +320,14 @@ def _slice_rows(fold: Fold, changes: Changes, fresh: bool, consume: bool = False
     gone: Rows = []
     # A fresh fold writes every slice: in creation order, which is nearly key order (cheap to
     # sort for the insert), unlike a set's.
-    pieces: Iterable[SliceRec] = fold.slices.values() if fresh else fold.d_slices
-    for p in _taken(fold) if fresh and consume else pieces:
+    pieces: Iterable[SliceRec]
+    if not fresh:
+        pieces = fold.d_slices
+    elif consume:
+        pieces = _taken(fold)
+    else:
+        pieces = fold.slices.values()
+    for p in pieces:
         if p.announced:
             status = p.status
             announced.append((p.run, p.ns, p.tf_filename, p.slice_id, status, p.retries,
