@@ -44,8 +44,9 @@ TABLES: tuple[tuple[str, sa.Table], ...] = tuple(
     (name, table) for name, tables in t.PROJECTIONS.items() for table in tables)
 TABLE_NAMES: tuple[str, ...] = tuple(str(table.name) for _name, table in TABLES)
 TABLE_BY_NAME: dict[str, sa.Table] = {str(table.name): table for _name, table in TABLES}
+_RUN_COLUMNS = ["run_number", "namespace"]
 _RUN_KEYED = frozenset(str(table.name) for _name, table in TABLES
-                       if table.c.keys()[:2] == ["run_number", "namespace"])
+                       if table.c.keys()[:2] == _RUN_COLUMNS)
 
 
 def key_width(table: sa.Table) -> int:
@@ -307,9 +308,10 @@ def stored_json(conn: sa.Connection, scope: Scope, name: str) -> Written | None:
     key = ", ".join(columns)
     values = ", ".join(_as_json(quote(str(column.name)), column) for column in table.columns)
     # Pieces are bounded by the key's columns after the run's (its where fixes those: SQLite
-    # takes a range over the rest from the primary key, not over the whole key). Tables not
-    # keyed by run are written in one piece.
-    rest = ", ".join(columns[2:]) if name in _RUN_KEYED else ""
+    # takes a range over the rest from the primary key, not over the whole key). Tables whose
+    # key does not begin with the run's columns are written in one piece.
+    by_run = [str(column.name) for column in table.primary_key.columns][:2] == _RUN_COLUMNS
+    rest = ", ".join(columns[2:]) if name in _RUN_KEYED and by_run else ""
     marks = ", ".join("?" * len(columns[2:]))
     count, pieces = 0, []
     try:
