@@ -17,6 +17,7 @@ the final ``slice_result``, is due ``slice_processing_time`` later).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,20 +29,31 @@ from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, TOPIC, Event
 
 log = logging.getLogger("swf.agent.worker")
 _FINAL = ("completed", "failed")
+# A run's settings, looked up once: worker count, processing time, payload command and timeout,
+# failure knobs (``_failure_knobs``).
+_Settings = tuple[int, float, str, float, tuple[int, float, Any]]
 
 
 def injected_failure(params: dict[str, Any] | None, tf_filename: str, slice_id: int,
                      retry: int) -> bool:
     """Whether the failure knobs make this attempt fail: seeded, independent of timing."""
-    params = params or {}
-    if retry < int(param(params, "workers.fail_attempts")):
+    return _fails(_failure_knobs(params or {}), tf_filename, slice_id, retry)
+
+
+def _failure_knobs(params: dict[str, Any]) -> tuple[int, float, Any]:
+    """(fail_attempts, failure_fraction, seed) of a run's parameters."""
+    return (int(param(params, "workers.fail_attempts")),
+            float(param(params, "workers.failure_fraction")), params.get("seed", 0))
+
+
+def _fails(knobs: tuple[int, float, Any], tf_filename: str, slice_id: int, retry: int) -> bool:
+    attempts, fraction, seed = knobs
+    if retry < attempts:
         return True
-    fraction = float(param(params, "workers.failure_fraction"))
     if fraction <= 0.0:
         return False
     # The top 53 bits of a derived UUID: a uniform draw in [0, 1) that only depends on the attempt.
-    draw = int(derive_id(params.get("seed", 0), tf_filename, slice_id, retry)
-               .replace("-", ""), 16) >> 75
+    draw = int(derive_id(seed, tf_filename, slice_id, retry).replace("-", ""), 16) >> 75
     return draw / float(1 << 53) < fraction
 
 
@@ -52,8 +64,12 @@ def worker_name(index: int) -> str:
 def worker_for(tf_filename: str, slice_id: int, retry: int, workers: int) -> int:
     """The worker (1..workers) of one attempt at a slice: a sample's slices on consecutive
     workers from an offset derived from its name, each retry on the next one."""
-    offset = int(derive_id("worker", tf_filename).replace("-", "")[:8], 16)
-    return (offset + slice_id + retry) % max(1, workers) + 1
+    return (_sample_offset(tf_filename) + slice_id + retry) % max(1, workers) + 1
+
+
+@functools.lru_cache(maxsize=1024)  # a sample's slices come together: one derivation each
+def _sample_offset(tf_filename: str) -> int:
+    return int(derive_id("worker", tf_filename).replace("-", "")[:8], 16)
 
 
 @dataclass(slots=True)
@@ -71,8 +87,7 @@ class WorkerPool(Agent):
     _workers: dict[int, _Worker] = field(default_factory=dict, init=False, repr=False)
     _seen: set[tuple[int | None, str, int, int]] = field(default_factory=set, init=False,
                                                           repr=False)
-    _cache: dict[int | None, tuple[int, float, str, float]] = field(default_factory=dict,
-                                                                     init=False, repr=False)
+    _cache: dict[int | None, _Settings] = field(default_factory=dict, init=False, repr=False)
 
     def handle(self, event: Event) -> list[Output]:
         data = event.data or {}
@@ -115,8 +130,7 @@ class WorkerPool(Agent):
     def _start(self, index: int, worker: _Worker, work: Event, start: str) -> list[Output]:
         """Worker ``index`` starts the slice ``work`` at ``start``."""
         data = work.data or {}
-        params = self.params.get(work.run_id, {})
-        _count, duration, command_line, timeout = self._settings(work.run_id)
+        _count, duration, command_line, timeout, knobs = self._settings(work.run_id)
         name, slice_id, retry = data["tf_filename"], data["slice_id"], data["retry"]
         worker.busy = (name, slice_id, retry)
         label = worker_name(index)
@@ -133,13 +147,13 @@ class WorkerPool(Agent):
             "tf_filename": name, "stf_filename": data.get("stf_filename"),
             "slice_id": slice_id, "start": data["start"], "end": data["end"],
             "retry": retry, "run_id": work.run_id, "worker": label,
-            "inject_failure": injected_failure(params, name, slice_id, retry),
+            "inject_failure": _fails(knobs, name, slice_id, retry),
             "payload_command": command_line,
             "timeout": timeout,
         }, reply=result, destination=RESULT_QUEUE, at=finish)
         return [Send(started, RESULT_QUEUE), command]
 
-    def _settings(self, run_id: int | None) -> tuple[int, float, str, float]:
+    def _settings(self, run_id: int | None) -> _Settings:
         settings = self._cache.get(run_id)
         if settings is None:
             params = self.params.get(run_id, {})  # a run never announced: the defaults
@@ -147,5 +161,6 @@ class WorkerPool(Agent):
                 int(param(params, "fast_processing.target_worker_count")),
                 float(param(params, "fast_processing.slice_processing_time")),
                 str(param(params, "workers.payload_command")),
-                float(param(params, "workers.payload_timeout")))
+                float(param(params, "workers.payload_timeout")),
+                _failure_knobs(params))
         return settings
