@@ -91,6 +91,15 @@ PostgreSQL raw COPY 115,795 ev/s, append 75,671 ev/s = 0.65x (client/server CPU 
 with the catalog precomputed 81,958 ev/s, client 1.12 s): not met. Overlapping one batch's
 commit with the next batch's examination needs an append API that streams batches (every
 ``append`` call commits before it returns); measured on one effective core it showed no gain.
+
+Issue 15, sixth stop (2026-11-29 04:12 UTC, quiet, ``--repeat 2``): eventsourcing application
+recorder 94,872 ev/s, aggregate recorder 35,785 ev/s; SQLite append 43,271 ev/s = 1.21x the
+aggregate recorder (met, at the edge), 0.46x the application recorder; ``swf import`` 35,726
+ev/s (1.00x the aggregate recorder: a fresh process, its start-up included); PostgreSQL raw
+COPY 94,997 ev/s, append 61,815 ev/s = 0.65x (client/server CPU 2.46/2.20 s; the client is
+the floor), catalog precomputed 0.73x: not met. Examining the next batch in a thread while the
+current one is copied and committed (a pipelined append) was tried on PostgreSQL: 4.1-4.8 s
+against 3.3-3.5 s in sequence - the examination and the COPY rows contend for the GIL.
 """
 
 from __future__ import annotations

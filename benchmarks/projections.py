@@ -96,6 +96,16 @@ the consuming render, run alternately as commands on the same stores): peak RSS 
 4.4x), 78.6 s -> 61.2 s wall (88 -> 73 s of CPU: fewer page faults). Instructions of a
 30k-event rebuild as a command (callgrind): 2,608M -> 2,655M, +1.8%. Wall times at 1M swing by
 20% here (8.4-11.8 s either tree).
+
+Issue 15, sixth stop (2026-11-29 03:33-04:03 UTC, a quiet machine about 3x faster than the
+fifth stop's, stores built by the code measured): 1M events: raw read+decode 1.69 s; rebuild
+in process 5.54 s (180k events/s, 3.27x the raw read), ``swf projections rebuild`` 5.61 s, peak
+RSS 290 MB; writing 354k rows 1.09 s. 5M events: raw read+decode 9.06 s; as a command 30.2 s
+(166k events/s, 3.33x), peak RSS 1,171 MB (4.04x the 1M figure); writing 1.77M rows 5.42 s.
+Neither target is met, nor is bounded memory. A writer thread for the rows was measured before
+being built: with a Python thread busy beside it, ``executemany`` of the 312k slice rows took
+30 s instead of 0.75 s (each INSERT waits a 5 ms switch interval to take the GIL back), so the
+render and the write stay in one thread.
 """
 
 from __future__ import annotations

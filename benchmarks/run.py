@@ -53,6 +53,18 @@ best 0.511 s, median 0.537 s). Met with room. The production run: 17.9-20.8 s in
 rounds, then 21.8 and 22.5 s alternating with the tree before at 21.1 and 21.7 s as the
 machine slowed: the canonical mark costs the append about 0.4 us an event (3-5% of this run),
 which the rebuilds and replays get back twice over. At the target, not safely under it.
+
+Issue 15, sixth stop (2026-11-29 03:30-04:10 UTC, a quiet machine about 3x faster than the
+fifth stop's: a 10M-iteration loop 0.35 s): ``format_time`` writes with ``isoformat`` (strftime
+goes through the C library and the locale codec) and the worker pool reads a run's failure
+knobs and a sample's worker offset once (180k ``param`` calls fewer). The production run,
+alternating trees, each run in a directory never used before: 20.9-21.6 s before, 19.7-19.9 s
+after; in this benchmark 18.3 s (16.1k events/s). Met. ``swf run``: best 0.415 s, median
+0.422 s. Left as it is: the pause after each group commit (appends commit one by one for 50
+ms, so another process's writer finds the lock free) costs 0.85 s of the production run (4%).
+Seen on this machine's ext4: creating a file in a directory made where a large deletion had
+just freed inodes took 150-290 us instead of 20 us (1.7 s of a production run in such a
+directory), so a run's wall time also depends on what its disk went through before it.
 """
 
 from __future__ import annotations
