@@ -8,7 +8,7 @@ counter drift.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
-from operator import attrgetter
+from operator import add, attrgetter
 from typing import Any
 
 import orjson
@@ -149,8 +149,15 @@ def _stf_status(fold: Fold, stf: StfRec) -> None:
 def _run_counts(run: RunRec) -> None:
     if not run.full:
         return
+    counts = (len(run.stfs), len(run.samples), len(run.slices), *tally(run.slices))
+    spilled = run.spilled
+    run.counts = counts if spilled is None else tuple(map(add, counts, spilled))
+
+
+def tally(pieces: Iterable[SliceRec]) -> tuple[int, int, int, int, int]:
+    """Slices queued, processing, completed, failed (any other status), and their retries."""
     queued = processing = completed = failed = retries = 0
-    for piece in run.slices:
+    for piece in pieces:
         status = piece.status
         if status == "completed":
             completed += 1
@@ -161,8 +168,25 @@ def _run_counts(run: RunRec) -> None:
         else:
             failed += 1
         retries += piece.retries
-    run.counts = (len(run.stfs), len(run.samples), len(run.slices), queued, processing,
-                  completed, failed, retries)
+    return queued, processing, completed, failed, retries
+
+
+def stf_row(s: StfRec) -> tuple[Any, ...]:
+    return (s.run, s.ns, s.filename, s.sequence, s.size_bytes, s.checksum, s.file_url,
+            s.status, s.generated_at, s.ready_at, s.created_at, s.updated_at)
+
+
+def sample_row(s: SampleRec) -> tuple[Any, ...]:
+    return (s.run, s.ns, s.tf_filename, s.stf_filename, s.tf_first, s.tf_last, s.tf_count,
+            s.status, s.created_at, s.updated_at)
+
+
+def slice_row(p: SliceRec) -> tuple[Any, ...]:
+    """An announced slice's tf_slices row."""
+    status = p.status
+    return (p.run, p.ns, p.tf_filename, p.slice_id, status, p.retries, p.worker, p.error,
+            p.created_at, p.updated_at, p.stf_filename, p.start, p.end, p.tf_count,
+            status == "failed" and p.retries >= MAX_RETRIES)
 
 
 def render(fold: Fold, names: Collection[str], fresh: bool = False, consume: bool = False
@@ -182,13 +206,9 @@ def render(fold: Fold, names: Collection[str], fresh: bool = False, consume: boo
     if "run_state" in names:
         up[t.run_state] = [_run_row(r) for r in fold.d_runs]
     if "stf_files" in names:
-        up[t.stf_files] = [(s.run, s.ns, s.filename, s.sequence, s.size_bytes, s.checksum,
-                            s.file_url, s.status, s.generated_at, s.ready_at, s.created_at,
-                            s.updated_at) for s in (fold.stfs.values() if fresh else stfs)]
+        up[t.stf_files] = list(map(stf_row, fold.stfs.values() if fresh else stfs))
     if "tf_samples" in names:
-        up[t.tf_samples] = [(s.run, s.ns, s.tf_filename, s.stf_filename, s.tf_first, s.tf_last,
-                             s.tf_count, s.status, s.created_at, s.updated_at)
-                            for s in (fold.samples.values() if fresh else samples)]
+        up[t.tf_samples] = list(map(sample_row, fold.samples.values() if fresh else samples))
     if "tf_slices" in names:
         _slice_rows(fold, changes, fresh, consume)
         up[t.failed_results] = list(fold.new_failures.values())
@@ -329,11 +349,7 @@ def _slice_rows(fold: Fold, changes: Changes, fresh: bool, consume: bool = False
         pieces = fold.slices.values()
     for p in pieces:
         if p.announced:
-            status = p.status
-            announced.append((p.run, p.ns, p.tf_filename, p.slice_id, status, p.retries,
-                              p.worker, p.error, p.created_at, p.updated_at, p.stf_filename,
-                              p.start, p.end, p.tf_count,
-                              status == "failed" and p.retries >= MAX_RETRIES))
+            announced.append(slice_row(p))
             if p.in_db == "unmatched":
                 gone.append((p.run, p.ns, p.tf_filename, p.slice_id))
         else:

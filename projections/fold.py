@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -47,6 +47,14 @@ from .records import (
     TaskRec,
     WorkflowTaskRec,
 )
+
+
+class Recall(Protocol):
+    """Brings back what a rebuild moved out of the fold (``spill.Spill``)."""
+
+    def recall_stf(self, fold: Fold, key: ItemKey) -> bool: ...
+
+    def recall_sample(self, fold: Fold, key: ItemKey) -> bool: ...
 
 # One event as the fold needs it: position, msg_type, namespace ('' for none), execution_id,
 # run_number, sender, time, normalized data.
@@ -101,6 +109,11 @@ class Fold:
         self.checked_agents: set[tuple[str, str]] = set()
         self.checked_stops = complete
         self.checked_daq = complete
+        # A rebuild's fold may move settled STF files, with their samples and slices, out of
+        # memory (``spill.py``); each record notes the round (a chunk of the log) that last
+        # touched it, and a record asked for again is brought back first.
+        self.spill: Recall | None = None
+        self.round = 0
         self.clear_dirty()
 
     @property
@@ -248,11 +261,14 @@ class Fold:
     def _stf(self, run: RunRec, filename: str, time: str) -> StfRec:
         key = (run.ns, run.run, filename)
         stf = self.stfs.get(key)
+        if stf is None and self.spill is not None and self.spill.recall_stf(self, key):
+            stf = self.stfs[key]
         if stf is None:
             stf = self.stfs[key] = StfRec(run.ns, run.run, filename, time)
             run.stfs.append(stf)
         else:
             _widen(stf, time)
+        stf.seen = self.round
         self.d_stfs.add(stf)
         return stf
 
@@ -269,6 +285,8 @@ class Fold:
 
     def link(self, ns: str, run: int, stf_filename: str, tf_filename: str) -> None:
         key = (ns, run, stf_filename)
+        if self.spill is not None and key not in self.stfs:
+            self.spill.recall_stf(self, key)
         linked = self.stf_samples.get(key)
         if linked is None:
             self.stf_samples[key] = {tf_filename}
@@ -379,11 +397,14 @@ class Fold:
         name = data["tf_filename"]
         key = (ns, number, name)
         sample = self.samples.get(key)
+        if sample is None and self.spill is not None and self.spill.recall_sample(self, key):
+            sample = self.samples[key]
         if sample is None:
             sample = self.samples[key] = SampleRec(ns, number, name, time)
             run.samples.append(sample)
         else:
             _widen(sample, time)
+        sample.seen = self.round
         stf_name = data["stf_filename"]
         if sample.stf_filename != stf_name:
             if sample.stf_filename is not None:
@@ -453,6 +474,8 @@ class Fold:
                 or (execution_id is not None and run.execution_id is None)):
             run = self._run(ns, number, execution_id, time)
         tf_filename = data["tf_filename"]
+        if self.spill is not None and (ns, number, tf_filename) not in self.samples:
+            self.spill.recall_sample(self, (ns, number, tf_filename))  # before it is linked
         key = (ns, number, tf_filename, data["slice_id"])
         piece = self.slices.get(key)  # (inline: the two hottest handlers)
         if piece is None:  # (the run's ns and number, the names shared: see _shared)
@@ -462,6 +485,7 @@ class Fold:
             piece.updated_at = time
         elif time < piece.created_at:  # type: ignore[operator]
             piece.created_at = time
+        piece.seen = self.round
         self.d_slices.add(piece)
         if not piece.announced:
             self.announce(run, piece)
@@ -498,6 +522,9 @@ class Fold:
             return
         key = (ns, number, data.get("tf_filename") or "", slice_id)
         piece = self.slices.get(key)  # (inline: the two hottest handlers)
+        if (piece is None and self.spill is not None
+                and self.spill.recall_sample(self, (ns, number, key[2]))):
+            piece = self.slices.get(key)
         if piece is None:
             key = (run.ns, run.run, _shared(key[2]), slice_id)
             piece = self.slices[key] = SliceRec(run.ns, run.run, key[2], slice_id, time)
@@ -505,6 +532,7 @@ class Fold:
             piece.updated_at = time
         elif time < piece.created_at:  # type: ignore[operator]
             piece.created_at = time
+        piece.seen = self.round
         self.d_slices.add(piece)
         retry = data.get("retry")
         if retry is None:  # no attempt given: it reports on the current one

@@ -15,10 +15,11 @@ process caught up first) and starts over if they did.
 from __future__ import annotations
 
 import gc
+import heapq
 import logging
 from collections.abc import Callable, Collection, Generator, Iterator
-from contextlib import closing, contextmanager, suppress
-from itertools import chain
+from contextlib import closing, contextmanager, nullcontext, suppress
+from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from . import source
     from .derive import Changes
     from .fold import Fold
+    from .spill import Spill
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,14 @@ VERSION_TABLE = "swf_schema_projections"
 NAMES: tuple[str, ...] = tuple(PROJECTIONS)
 DEFAULT_BATCH = 50_000
 _STATEMENTS_PER_CALL = 100  # multi-row INSERTs per executemany of a rebuild's write
+# A rebuild's memory budget (``spill.py``): past SPILL_ABOVE slices in its fold, settled STF
+# files leave it until SPILL_DOWN_TO remain (about 0.8 kB a slice); an STF file touched in the
+# last SPILL_WINDOW chunks of the log (of ``source.PACKED_CHUNK`` events) stays.
+SPILL_ABOVE = 250_000
+SPILL_DOWN_TO = 150_000
+SPILL_WINDOW = 20
+_SPILL_SCHEMA = "swf_spill"  # the spill file, attached to a SQLite rebuild's connection
+_ATTACHED = "swf_spill_attached"  # (in the connection's info while it is)
 
 Progress = Callable[[int], None]  # called with how many log positions were just covered
 
@@ -70,6 +80,9 @@ class Projector:
         self.store = store
         self.engine: sa.Engine = store.engine
         self.batch_size = batch_size
+        # A rebuild's memory budget, in slices (see SPILL_ABOVE): tests make it small.
+        self.spill_above, self.spill_down_to, self.spill_window = (
+            SPILL_ABOVE, SPILL_DOWN_TO, SPILL_WINDOW)
         upgrade_projections(self.engine)
         self._sql = _Statements(self.engine.dialect)
         self._lock = 0
@@ -154,10 +167,12 @@ class Projector:
         return applied
 
     def _stream(self, fold: Fold, done: int, until: int, limit: int,
-                progress: Progress | None = None) -> tuple[int, int]:
+                progress: Progress | None = None, spill: Spill | None = None
+                ) -> tuple[int, int]:
         """Fold up to ``limit`` events of (done, until] in small chunks; returns how many were
-        folded and the position covered."""
+        folded and the position covered. With a ``spill``, the fold keeps to its budget."""
         from . import source
+        from .spill import evict
 
         folded = 0
         chunks = self._chunks(done, until, limit)
@@ -170,6 +185,9 @@ class Projector:
             for rows, covered in chunks:
                 # (a body to normalize has its destination and headers looked up by the store)
                 folded += source.fold_chunk(fold, self.store, rows)
+                fold.round += 1
+                if spill is not None and len(fold.slices) > self.spill_above:
+                    evict(fold, spill, self.spill_down_to, self.spill_window)
                 if progress is not None:
                     progress(covered - done)
                 done = covered
@@ -219,63 +237,102 @@ class Projector:
     def _replace(self, names: Collection[str], target: int, progress: Progress | None) -> int:
         from .derive import render
         from .fold import Fold
+        from .spill import Spill
 
         fold = Fold(complete=True)
+        fold.spill = spill = Spill()
         others = [name for name in NAMES if name not in names]
-        with quiet_gc():
-            folded, _done = self._stream(fold, 0, target, target, progress)
+        with quiet_gc(), closing(spill):
+            folded, _done = self._stream(fold, 0, target, target, progress, spill)
             changes = render(fold, names, fresh=True, consume=True)
             del fold  # acyclic: freed right here, not by a later collection
-            with self._writing() as conn:
+            with self._writing(rebuild=True) as conn:
                 marks = _checkpoints(conn)
                 if any(marks[name] != target for name in others):
                     raise Moved
                 for name in names:
                     for table in PROJECTIONS[name]:
                         conn.execute(table.delete())
-                self._write(conn, changes, fresh=True)
+                self._write(conn, changes, fresh=True, spill=spill)
                 self._set_checkpoints(conn, names, target)
+        if spill.groups or spill.recalled:
+            log.info("rebuild kept its memory bounded: %d STF files with their samples and "
+                     "slices written aside, %d brought back", spill.groups, spill.recalled)
         log.info("rebuilt %s: %d events up to position %d, %d rows", ", ".join(names), folded,
-                 target, changes.count())
+                 target, changes.count() + spill.row_count)
         return folded
 
     # -- writing -------------------------------------------------------------------------------
 
     @contextmanager
-    def _writing(self) -> Iterator[sa.Connection]:
-        """A write transaction holding the projections' writer lock."""
-        with self.engine.connect() as conn:
-            if self.engine.dialect.name == "sqlite":
-                conn = conn.execution_options(swf_sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                if self._lock:
-                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (self._lock,))
-                yield conn
+    def _writing(self, rebuild: bool = False) -> Iterator[sa.Connection]:
+        """A write transaction holding the projections' writer lock. A ``rebuild`` writes
+        whole tables in key order through a small SQLite page cache (at 5M events the usual
+        one filled to 256 MB, a third of the rebuild's memory); the spill file ``_write``
+        attaches is detached after the commit."""
+        with self.engine.connect() as conn, scan_cache(conn) if rebuild else nullcontext():
+            try:
+                if self.engine.dialect.name == "sqlite":
+                    conn = conn.execution_options(swf_sqlite_begin="IMMEDIATE")
+                with conn.begin():
+                    if self._lock:
+                        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (self._lock,))
+                    yield conn
+            finally:
+                if conn.info.pop(_ATTACHED, False):
+                    try:
+                        conn.exec_driver_sql(f"DETACH DATABASE {_SPILL_SCHEMA}")
+                        conn.rollback()  # (the transaction the statement began)
+                    except sa.exc.DBAPIError:  # (after a failed write): not reused attached
+                        conn.invalidate()
 
-    def _write(self, conn: sa.Connection, changes: Changes, fresh: bool) -> None:
+    def _write(self, conn: sa.Connection, changes: Changes, fresh: bool,
+               spill: Spill | None = None) -> None:
         for table, keys in changes.deletes.items():
             if keys and not fresh:
                 conn.exec_driver_sql(self._sql.delete(table), keys)
         for table, rows in changes.upserts.items():
-            if not rows:
-                continue
             if not fresh:
-                conn.exec_driver_sql(self._sql.upsert(table), rows)
+                if rows:
+                    conn.exec_driver_sql(self._sql.upsert(table), rows)
                 continue
             # Into empty tables: sorted (rows start with their primary key, so the b-tree is
             # appended to), and many rows per statement (a fifth cheaper than one per row).
+            # The rows the fold wrote aside (mostly the lower keys) go first: on SQLite
+            # copied by SQLite from the attached spill file, else merged in key order.
             rows.sort()
-            per = self._sql.rows_per_insert(table)
-            whole = len(rows) - len(rows) % per
-            flat = chain.from_iterable
-            step = per * _STATEMENTS_PER_CALL  # parameters built a slice at a time: a copy
-            for start in range(0, whole, step):  # of every value at once would double the peak
+            if spill is None or not spill.holds(table):
+                self._insert(conn, table, iter(rows))
+            elif self.engine.dialect.name == "sqlite":
+                if not conn.info.get(_ATTACHED):
+                    conn.exec_driver_sql(f"ATTACH DATABASE ? AS {_SPILL_SCHEMA}", (spill.path,))
+                    conn.info[_ATTACHED] = True
+                # OR IGNORE: SQLite then keeps no journal of the statement (all of its pages,
+                # in memory); every row must still arrive, or nothing is written.
+                copied = conn.exec_driver_sql(f"INSERT OR IGNORE INTO main.{table.name} "
+                                              f"SELECT * FROM {_SPILL_SCHEMA}.{table.name}")
+                if copied.rowcount != spill.count(table):
+                    raise RuntimeError(f"{table.name}: {copied.rowcount} of the "
+                                       f"{spill.count(table)} rows written aside were copied")
+                self._insert(conn, table, iter(rows))
+            else:
+                self._insert(conn, table, heapq.merge(rows, spill.rows(table)))
+
+    def _insert(self, conn: sa.Connection, table: sa.Table, rows: Iterator[tuple[Any, ...]]
+                ) -> None:
+        per = self._sql.rows_per_insert(table)
+        flat = chain.from_iterable
+        while True:  # parameters built a slice at a time: all at once would double the peak
+            part = list(islice(rows, per * _STATEMENTS_PER_CALL))
+            whole = len(part) - len(part) % per
+            if whole:
                 conn.exec_driver_sql(self._sql.insert(table, per),
-                                     [tuple(flat(rows[i:i + per]))
-                                      for i in range(start, min(start + step, whole), per)])
-            if whole < len(rows):
-                conn.exec_driver_sql(self._sql.insert(table, len(rows) - whole),
-                                     tuple(flat(rows[whole:])))
+                                     [tuple(flat(part[i:i + per])) for i in range(0, whole, per)])
+            if whole < len(part):
+                conn.exec_driver_sql(self._sql.insert(table, len(part) - whole),
+                                     tuple(flat(part[whole:])))
+            if len(part) < per * _STATEMENTS_PER_CALL:
+                return
 
     def _set_checkpoints(self, conn: sa.Connection, names: Collection[str], position: int
                          ) -> None:

@@ -24,7 +24,7 @@ class RunRec:
                  "total_stf_files", "outcome", "outcome_error", "processed_at",
                  "state_changed_at", "created_at", "updated_at", "stfs", "samples", "slices",
                  "datasets", "tasks", "full", "counts", "expects_outcome", "failures",
-                 "stored_failures", "workflow_task")
+                 "stored_failures", "workflow_task", "spilled")
 
     def __init__(self, ns: str, run: int, time: str | None) -> None:
         self.ns = ns
@@ -54,6 +54,9 @@ class RunRec:
         self.failures: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.stored_failures = 0  # the row's count, while the run is not loaded whole
         self.workflow_task: WorkflowTaskRec | None = None
+        # What of the run a rebuild moved out of memory (``spill.py``), added to its counts:
+        # STF files, samples, slices, then slices queued/processing/completed/failed, retries.
+        self.spilled: list[int] | None = None
 
     @property
     def failure_count(self) -> int:
@@ -87,7 +90,7 @@ class ExecRec:
 
 class StfRec:
     __slots__ = ("ns", "run", "filename", "sequence", "size_bytes", "checksum", "file_url",
-                 "generated_at", "ready_at", "created_at", "updated_at", "status")
+                 "generated_at", "ready_at", "created_at", "updated_at", "status", "seen")
 
     def __init__(self, ns: str, run: int, filename: str, time: str | None) -> None:
         self.ns = ns
@@ -102,11 +105,12 @@ class StfRec:
         self.created_at = time
         self.updated_at = time
         self.status = "registered"
+        self.seen = 0  # the fold's round that last touched it (``Fold.round``)
 
 
 class SampleRec:
     __slots__ = ("ns", "run", "tf_filename", "stf_filename", "tf_first", "tf_last", "tf_count",
-                 "created_at", "updated_at", "status")
+                 "created_at", "updated_at", "status", "seen")
 
     def __init__(self, ns: str, run: int, tf_filename: str, time: str | None) -> None:
         self.ns = ns
@@ -119,12 +123,13 @@ class SampleRec:
         self.created_at = time
         self.updated_at = time
         self.status = "registered"
+        self.seen = 0
 
 
 class SliceRec:
     __slots__ = ("ns", "run", "tf_filename", "slice_id", "stf_filename", "start", "end",
                  "tf_count", "status", "retries", "order", "worker", "error", "created_at",
-                 "updated_at", "announced", "in_db")
+                 "updated_at", "announced", "in_db", "seen")
 
     def __init__(self, ns: str, run: int, tf_filename: str, slice_id: int, time: str | None
                  ) -> None:
@@ -145,6 +150,7 @@ class SliceRec:
         self.updated_at = time
         self.announced = False  # a `slice` message was seen (else: an unmatched result)
         self.in_db: str | None = None  # which table holds its row: None, "slice", "unmatched"
+        self.seen = 0
 
     @property
     def final(self) -> bool:

@@ -1,0 +1,334 @@
+"""A rebuild's fold in bounded memory: settled STF files leave it, rows and all.
+
+A rebuild folds the whole log before it writes, so its fold would hold every STF file, sample
+and slice of the log at once (about 0.8 kB a slice: 1.2 GB at 5M events). Once the fold holds
+more than a budget of slices, ``evict`` moves the oldest STF files that no event touched for a
+while out of memory - each with the samples linked to it and their slices - as the rows a
+rebuild would write for them, into a temporary SQLite file (``Spill``). What the run's counts
+and times need of them stays with the run (``RunRec.spilled``, its first and last times).
+
+A group is whole or absent: any event that names an evicted STF file, sample or slice (a late
+result, a duplicate, a sample linked afterwards) first brings its group back (``recall_stf``,
+``recall_sample``), exactly as it left - a record loaded from its row folds on as if it never
+left memory, the rule incremental catch-up relies on too. A Bloom filter of the evicted names
+keeps the lookup off the hot path. The projector writes the spilled rows with the fold's own,
+merged in key order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from itertools import chain
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import tables as t
+from .derive import _pieces_status, _stf_status, sample_row, slice_row, stf_row, tally
+from .fold import Fold
+from .records import ATTEMPT, RANK, ItemKey, SampleRec, SliceRec, StfRec
+
+_BLOOM_BITS = 1 << 24  # 2 MB: under 1e-4 false positives for the names of 5M events
+_CACHE_KIB = 16 * 1024  # the spill file's page cache
+_ROWS_PER_INSERT = 50  # (at most 15 columns: 750 parameters, under SQLite's limit)
+# table -> (its columns, how many of them are its key)
+_TABLES = {t.stf_files: 3, t.tf_samples: 3, t.tf_slices: 4}
+
+
+class Spill:
+    """Rows of evicted STF groups in a temporary SQLite file (made on the first eviction)."""
+
+    def __init__(self) -> None:
+        self._conn: sqlite3.Connection | None = None
+        self._path: str | None = None
+        self._bloom = bytearray()
+        self.groups = 0  # evicted, not recalled
+        self.row_count = 0  # their rows
+        self.recalled = 0
+
+    # -- the file --------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            handle, self._path = tempfile.mkstemp(prefix="swf-spill-", suffix=".db")
+            os.close(handle)
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            for pragma in ("journal_mode = OFF", "synchronous = OFF",
+                           f"cache_size = -{_CACHE_KIB}", "temp_store = MEMORY"):
+                conn.execute(f"PRAGMA {pragma}")
+            for table, width in _TABLES.items():
+                names = [f'"{column.name}"' for column in table.columns]
+                conn.execute(f"CREATE TABLE {table.name} ({', '.join(names)}, PRIMARY KEY "
+                             f"({', '.join(names[:width])})) WITHOUT ROWID")
+            conn.execute("CREATE INDEX samples_of_stf ON tf_samples "
+                         "(run_number, namespace, stf_filename)")
+            self._conn = conn
+            self._bloom = bytearray(_BLOOM_BITS // 8)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+            self._path = None
+
+    # -- membership ------------------------------------------------------------------------
+
+    def _bits(self, name: str) -> tuple[int, int, int]:
+        code = hash(name) & 0xFFFF_FFFF_FFFF_FFFF
+        mask = _BLOOM_BITS - 1
+        return code & mask, (code >> 24) & mask, (code >> 40 ^ code) & mask
+
+    def _note(self, name: str) -> None:
+        bloom = self._bloom
+        for bit in self._bits(name):
+            bloom[bit >> 3] |= 1 << (bit & 7)
+
+    def _maybe(self, name: str) -> bool:
+        bloom = self._bloom
+        return bool(bloom) and all(bloom[bit >> 3] >> (bit & 7) & 1
+                                   for bit in self._bits(name))
+
+    # -- rows ------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> str | None:
+        """The spill file (SQLite, its tables named and laid out as the projections')."""
+        return self._path
+
+    def holds(self, table: sa.Table) -> bool:
+        return self._conn is not None and table in _TABLES
+
+    def count(self, table: sa.Table) -> int:
+        if not self.holds(table):
+            return 0
+        assert self._conn is not None
+        return int(self._conn.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0])
+
+    def rows(self, table: sa.Table) -> Iterator[tuple[Any, ...]]:
+        """The spilled rows of ``table`` in key order (the fold's rows sort the same way),
+        booleans as True or False (SQLite gives them back as 1 or 0)."""
+        if not self.holds(table):
+            return iter(())
+        assert self._conn is not None
+        rows = self._conn.execute(f"SELECT * FROM {table.name} ORDER BY "
+                                  f"{', '.join(_key(table))}")
+        flags = [i for i, column in enumerate(table.columns)
+                 if isinstance(column.type, sa.Boolean)]
+        return (_with_bools(row, flags) for row in rows) if flags else rows
+
+    def _put(self, stfs: list[tuple[Any, ...]], samples: list[tuple[Any, ...]],
+             pieces: list[tuple[Any, ...]]) -> None:
+        conn = self._open()
+        conn.execute("BEGIN")
+        for table, rows in ((t.stf_files, stfs), (t.tf_samples, samples),
+                            (t.tf_slices, pieces)):
+            if not rows:
+                continue
+            one = f"({', '.join('?' * len(rows[0]))})"
+            whole = len(rows) - len(rows) % _ROWS_PER_INSERT
+            flat = chain.from_iterable
+            if whole:  # many rows per statement: a third of the cost of one per row
+                conn.executemany(
+                    f"INSERT INTO {table.name} VALUES {', '.join([one] * _ROWS_PER_INSERT)}",
+                    [tuple(flat(rows[i:i + _ROWS_PER_INSERT]))
+                     for i in range(0, whole, _ROWS_PER_INSERT)])
+            if whole < len(rows):
+                conn.executemany(f"INSERT INTO {table.name} VALUES {one}", rows[whole:])
+            self.row_count += len(rows)
+        conn.execute("COMMIT")
+
+    # -- recall ----------------------------------------------------------------------------
+
+    def recall_sample(self, fold: Fold, key: ItemKey) -> bool:
+        """Bring back the group of the sample ``key`` if it was evicted; whether it was."""
+        ns, run, tf_filename = key
+        if key in fold.samples or not self._maybe(tf_filename):
+            return False
+        assert self._conn is not None
+        found = self._conn.execute(
+            "SELECT stf_filename FROM tf_samples WHERE run_number = ? AND namespace = ? AND "
+            "tf_filename = ?", (run, ns, tf_filename)).fetchone()
+        return found is not None and self.recall_stf(fold, (ns, run, found[0]))
+
+    def recall_stf(self, fold: Fold, key: ItemKey) -> bool:
+        """Bring back the STF file ``key`` with its samples and slices if it was evicted."""
+        ns, number, filename = key
+        if key in fold.stfs or not self._maybe(filename):
+            return False
+        conn = self._conn
+        assert conn is not None
+        where = (number, ns, filename)
+        stf_rows = conn.execute("SELECT * FROM stf_files WHERE run_number = ? AND namespace = ? "
+                                "AND filename = ?", where).fetchall()
+        if not stf_rows:
+            return False
+        sample_rows = conn.execute("SELECT * FROM tf_samples WHERE run_number = ? AND "
+                                   "namespace = ? AND stf_filename = ?", where).fetchall()
+        slice_rows = []
+        for sample in sample_rows:
+            slice_rows += conn.execute("SELECT * FROM tf_slices WHERE run_number = ? AND "
+                                       "namespace = ? AND tf_filename = ?",
+                                       (number, ns, sample[2])).fetchall()
+        conn.execute("BEGIN")
+        conn.execute("DELETE FROM stf_files WHERE run_number = ? AND namespace = ? AND "
+                     "filename = ?", where)
+        conn.execute("DELETE FROM tf_samples WHERE run_number = ? AND namespace = ? AND "
+                     "stf_filename = ?", where)
+        conn.executemany("DELETE FROM tf_slices WHERE run_number = ? AND namespace = ? AND "
+                         "tf_filename = ?", [(number, ns, row[2]) for row in sample_rows])
+        conn.execute("COMMIT")
+        _restore(fold, stf_rows[0], sample_rows, slice_rows)
+        self.groups -= 1
+        self.row_count -= 1 + len(sample_rows) + len(slice_rows)
+        self.recalled += 1
+        return True
+
+
+def evict(fold: Fold, spill: Spill, keep: int, window: int) -> int:
+    """Move STF groups out of ``fold`` (oldest first) until it holds ``keep`` slices or fewer;
+    a group any of whose records a round after ``fold.round - window`` touched stays.
+    Returns how many groups left."""
+    threshold = fold.round - window
+    stf_rows: list[tuple[Any, ...]] = []
+    sample_rows: list[tuple[Any, ...]] = []
+    slice_rows: list[tuple[Any, ...]] = []
+    gone: set[int] = set()  # ids of the records that left
+    runs = set()
+    for key, stf in list(fold.stfs.items()):  # insertion order: the oldest first
+        if len(fold.slices) <= keep:
+            break
+        group = _settled_group(fold, key, stf, threshold)
+        if group is None:
+            continue
+        for sample, pieces in group:  # what settle would derive, derived now
+            sample.status, sample.updated_at = _pieces_status(pieces, sample.updated_at)
+        _stf_status(fold, stf)
+        run = fold.runs[(stf.ns, stf.run)]
+        _spill_counts(run, stf, group)
+        stf_rows.append(stf_row(stf))
+        del fold.stfs[key]
+        fold.stf_samples.pop(key, None)
+        fold.d_stfs.discard(stf)
+        fold.d_stf_keys.discard(key)
+        gone.add(id(stf))
+        spill._open()
+        spill._note(stf.filename)
+        for sample, pieces in group:
+            sample_key = (sample.ns, sample.run, sample.tf_filename)
+            sample_rows.append(sample_row(sample))
+            spill._note(sample.tf_filename)
+            del fold.samples[sample_key]
+            fold.sample_slices.pop(sample_key, None)
+            fold.d_samples.discard(sample)
+            gone.add(id(sample))
+            for piece in pieces:
+                slice_rows.append(slice_row(piece))
+                del fold.slices[(piece.ns, piece.run, piece.tf_filename, piece.slice_id)]
+                fold.d_slices.discard(piece)
+                gone.add(id(piece))
+        runs.add(run)
+        spill.groups += 1
+    if stf_rows:
+        spill._put(stf_rows, sample_rows, slice_rows)
+        for run in runs:  # one pass per run, not one removal per record
+            run.stfs = [stf for stf in run.stfs if id(stf) not in gone]
+            run.samples = [sample for sample in run.samples if id(sample) not in gone]
+            run.slices = [piece for piece in run.slices if id(piece) not in gone]
+    return len(stf_rows)
+
+
+def _settled_group(fold: Fold, key: ItemKey, stf: StfRec, threshold: int
+                   ) -> list[tuple[SampleRec, list[SliceRec]]] | None:
+    """The STF file's samples with their slices, if none of them was touched after
+    ``threshold`` and every name linked to the file is a sample the fold holds."""
+    if stf.seen > threshold:
+        return None
+    ns, run, _filename = key
+    group = []
+    for name in fold.stf_samples.get(key, ()):
+        sample = fold.samples.get((ns, run, name))
+        if sample is None or sample.seen > threshold or sample.stf_filename != stf.filename:
+            return None
+        pieces = fold.sample_slices.get((ns, run, name), [])
+        for piece in pieces:  # (a slice naming another STF file counts for that one too)
+            if piece.seen > threshold or piece.stf_filename not in (None, stf.filename):
+                return None
+        group.append((sample, pieces))
+    return group
+
+
+def _spill_counts(run: Any, stf: StfRec, group: list[tuple[SampleRec, list[SliceRec]]],
+                  sign: int = 1) -> None:
+    """Add (or take back) what the group counts for its run; widen the run's times by its
+    slices' (a rebuild derives them from the slices, ``derive.settle``)."""
+    pieces = [piece for _sample, listed in group for piece in listed]
+    spilled = run.spilled if run.spilled is not None else [0] * 8
+    for i, value in enumerate((1, len(group), len(pieces), *tally(pieces))):
+        spilled[i] += sign * value
+    run.spilled = spilled
+    for piece in pieces:
+        if piece.created_at < run.created_at:
+            run.created_at = piece.created_at
+        if piece.updated_at > run.updated_at:
+            run.updated_at = piece.updated_at
+
+
+def _restore(fold: Fold, stf_row_: tuple[Any, ...], sample_rows: list[tuple[Any, ...]],
+             slice_rows: list[tuple[Any, ...]]) -> None:
+    """Records from their rows, back in the fold as they were when they left."""
+    (number, ns, filename, sequence, size_bytes, checksum, file_url, status, generated_at,
+     ready_at, created_at, updated_at) = stf_row_
+    run = fold.runs[(ns, number)]
+    stf = StfRec(ns, number, filename, created_at)
+    (stf.sequence, stf.size_bytes, stf.checksum, stf.file_url, stf.status, stf.generated_at,
+     stf.ready_at, stf.updated_at, stf.seen) = (sequence, size_bytes, checksum, file_url,
+                                                status, generated_at, ready_at, updated_at,
+                                                fold.round)
+    fold.stfs[(ns, number, filename)] = stf
+    run.stfs.append(stf)
+    fold.d_stfs.add(stf)
+    group: list[tuple[SampleRec, list[SliceRec]]] = []
+    by_sample: dict[str, list[SliceRec]] = {}
+    for row in sample_rows:
+        sample = SampleRec(ns, number, row[2], row[8])
+        (sample.stf_filename, sample.tf_first, sample.tf_last, sample.tf_count, sample.status,
+         sample.updated_at, sample.seen) = (*row[3:8], row[9], fold.round)
+        fold.samples[(ns, number, sample.tf_filename)] = sample
+        run.samples.append(sample)
+        fold.d_samples.add(sample)
+        fold.link(ns, number, filename, sample.tf_filename)
+        group.append((sample, by_sample.setdefault(sample.tf_filename, [])))
+    for row in slice_rows:
+        (_run, _ns, tf_filename, slice_id, status, retries, worker, error, created, updated,
+         stf_filename, start, end, tf_count, _final) = row
+        piece = SliceRec(ns, number, tf_filename, slice_id, created)
+        (piece.status, piece.retries, piece.worker, piece.error, piece.updated_at,
+         piece.stf_filename, piece.start, piece.end, piece.tf_count, piece.seen) = (
+            status, retries, worker, error, updated, stf_filename, start, end, tf_count,
+            fold.round)
+        piece.order = retries * ATTEMPT + RANK[status]
+        fold.slices[(ns, number, tf_filename, slice_id)] = piece
+        fold.announce(run, piece)
+        fold.d_slices.add(piece)
+        by_sample[tf_filename].append(piece)
+    _spill_counts(run, stf, group, sign=-1)
+
+
+def _with_bools(row: tuple[Any, ...], flags: list[int]) -> tuple[Any, ...]:
+    values = list(row)
+    for i in flags:
+        if values[i] is not None:
+            values[i] = bool(values[i])
+    return tuple(values)
+
+
+def _key(table: sa.Table) -> list[str]:
+    return [f'"{column.name}"' for column in table.columns][:_TABLES[table]]

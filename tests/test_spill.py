@@ -1,0 +1,157 @@
+"""A rebuild in bounded memory (``projections/spill.py``): STF files with their samples and
+slices leave the fold as rows and come back when an event names them again; the tables come out
+byte-equal to a fold that kept everything."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_projections_property import (
+    Message,
+    deliveries,
+    dump,
+    fresh_store,  # noqa: F401 - a fixture
+    incoming,
+    items,
+)
+
+from projections import source
+from projections import tables as t
+from projections.derive import everything, render
+from projections.fold import Fold
+from projections.projector import NAMES, Projector
+from projections.spill import Spill, evict
+
+SPILLED = (t.stf_files, t.tf_samples, t.tf_slices)
+
+
+def _plain(row: tuple[Any, ...]) -> str:
+    return repr(tuple(int(value) if type(value) is bool else value for value in row))
+
+
+def tables(fold: Fold, spill: Spill | None = None) -> dict[str, list[str]]:
+    """Every row the fold renders (and the spill holds), as sorted text."""
+    everything(fold)
+    changes = render(fold, NAMES)
+    fold.clear_dirty()
+    out = {}
+    for table, rows in changes.upserts.items():
+        if spill is not None and table in SPILLED:
+            rows = [*rows, *spill.rows(table)]
+        out[table.name] = sorted(map(_plain, rows))
+    return out
+
+
+@pytest.fixture
+def spill() -> Iterator[Spill]:
+    kept = Spill()
+    yield kept
+    kept.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=deliveries(), window=st.integers(0, 3))
+def test_evicted_groups_come_back_as_they_left(case: tuple[list[Message], list[Message]],
+                                               window: int) -> None:
+    _sent, delivered = case
+    log = items(delivered)
+    whole = Fold()
+    whole.feed(log)
+    bounded = Fold()
+    bounded.spill = spill = Spill()
+    try:
+        for item in log:  # a round per event, evicting everything settled after each
+            bounded.feed([item])
+            bounded.round += 1
+            evict(bounded, spill, 0, window)
+        assert tables(bounded, spill) == tables(whole)
+    finally:
+        spill.close()
+
+
+def _stf_messages(run: int, stf: str, tf: str, second: int) -> list[Message]:
+    stamp = f"2025-05-01T00:{second // 60:02d}:{second % 60:02d}.000000Z"
+    common = {"namespace": "prop", "execution_id": "exec-1", "run_id": run, "sender": "a",
+              "timestamp": stamp}
+    return [{**common, "msg_type": "stf_gen", "filename": stf, "sequence": 1},
+            {**common, "msg_type": "tf_file_registered", "tf_filename": tf,
+             "stf_filename": stf, "tf_first": 1, "tf_last": 3, "tf_count": 3},
+            {**common, "msg_type": "slice", "slice_id": 0, "tf_filename": tf,
+             "stf_filename": stf, "start": 1, "end": 3, "tf_count": 3, "retry": 0}]
+
+
+def test_a_late_result_and_a_late_sample_bring_their_group_back(spill: Spill) -> None:
+    run = 300
+    first = _stf_messages(run, "a.stf", "a_tf.tf", 1)
+    late = [{**first[2], "msg_type": "slice_result", "status": "completed", "worker": "w",
+             "timestamp": "2025-05-01T01:00:00.000000Z"},
+            {**first[1], "tf_filename": "a_tf2.tf", "timestamp": "2025-05-01T01:00:01.000000Z"}]
+    messages = [{"msg_type": "run_imminent", "namespace": "prop", "execution_id": "exec-1",
+                 "run_id": run, "sender": "daq", "workflow_params": {"n": 1},
+                 "timestamp": "2025-05-01T00:00:00.000000Z"},
+                *first, *_stf_messages(run, "b.stf", "b_tf.tf", 2), *late]
+    for number, message in enumerate(messages):
+        message["msg_id"] = f"m{number}"
+    log = items(messages)
+    whole = Fold()
+    whole.feed(log)
+    bounded = Fold()
+    bounded.spill = spill
+    bounded.feed(log[:7])
+    bounded.round = 10
+    assert evict(bounded, spill, 0, 5) == 2  # both STF files, with their sample and slice
+    assert not bounded.slices and not bounded.samples and not bounded.stfs
+    bounded.feed(log[7:])
+    assert spill.recalled == 1  # a.stf: its slice's result, then its second sample
+    assert set(bounded.stfs) == {("prop", run, "a.stf")}
+    assert tables(bounded, spill) == tables(whole)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=deliveries(), chunk=st.integers(1, 4), window=st.integers(0, 2))
+def test_a_rebuild_that_spills_writes_what_one_that_does_not_writes(
+        fresh_store: Any, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        case: tuple[list[Message], list[Message]], chunk: int, window: int) -> None:
+    _sent, delivered = case
+    store = fresh_store()
+    store.append(incoming(message) for message in delivered)
+    projector = Projector(store)
+    projector.rebuild()
+    expected = dump(store.engine)
+    monkeypatch.setattr(source, "PACKED_CHUNK", chunk)  # a round every few events
+    monkeypatch.setattr(source, "CHUNK", chunk)
+    projector.spill_above, projector.spill_down_to, projector.spill_window = 0, 0, window
+    projector.rebuild()
+    assert dump(store.engine) == expected
+
+
+def test_a_rebuild_over_its_budget_writes_groups_aside_and_the_same_tables(
+        fresh_store: Any, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    messages = [{"msg_type": "run_imminent", "namespace": "prop", "execution_id": "exec-1",
+                 "run_id": 300, "sender": "daq", "workflow_params": {"n": 1},
+                 "timestamp": "2025-05-01T00:00:00.000000Z"}]
+    for second in range(1, 160):  # a round evicts more than a multi-row INSERT's rows
+        messages += _stf_messages(300, f"{second}.stf", f"{second}_tf.tf", second)
+    messages.append({**messages[3], "msg_type": "slice_result", "status": "completed",
+                     "worker": "w", "timestamp": "2025-05-01T01:00:00.000000Z"})
+    for number, message in enumerate(messages):
+        message["msg_id"] = f"m{number}"
+    store = fresh_store()
+    store.append(incoming(message) for message in messages)
+    projector = Projector(store)
+    projector.rebuild()
+    expected = dump(store.engine)
+    monkeypatch.setattr(source, "PACKED_CHUNK", 40)
+    monkeypatch.setattr(source, "CHUNK", 40)
+    projector.spill_above, projector.spill_down_to, projector.spill_window = 120, 5, 2
+    with caplog.at_level("INFO", logger="projections.projector"):
+        projector.rebuild()
+    assert dump(store.engine) == expected
+    assert any("written aside" in record.message and "1 brought back" in record.message
+               for record in caplog.records), caplog.text
