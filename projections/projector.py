@@ -49,12 +49,6 @@ VERSION_TABLE = "swf_schema_projections"
 NAMES: tuple[str, ...] = tuple(PROJECTIONS)
 DEFAULT_BATCH = 50_000
 _STATEMENTS_PER_CALL = 100  # multi-row INSERTs per executemany of a rebuild's write
-# A rebuild's memory budget (``spill.py``): past SPILL_ABOVE slices in its fold, settled STF
-# files leave it until SPILL_DOWN_TO remain (about 0.8 kB a slice); an STF file touched in the
-# last SPILL_WINDOW chunks of the log (of ``source.PACKED_CHUNK`` events) stays.
-SPILL_ABOVE = 250_000
-SPILL_DOWN_TO = 150_000
-SPILL_WINDOW = 20
 _SPILL_SCHEMA = "swf_spill"  # the spill file, attached to a SQLite rebuild's connection
 _ATTACHED = "swf_spill_attached"  # (in the connection's info while it is)
 
@@ -80,9 +74,6 @@ class Projector:
         self.store = store
         self.engine: sa.Engine = store.engine
         self.batch_size = batch_size
-        # A rebuild's memory budget, in slices (see SPILL_ABOVE): tests make it small.
-        self.spill_above, self.spill_down_to, self.spill_window = (
-            SPILL_ABOVE, SPILL_DOWN_TO, SPILL_WINDOW)
         upgrade_projections(self.engine)
         self._sql = _Statements(self.engine.dialect)
         self._lock = 0
@@ -172,7 +163,7 @@ class Projector:
         """Fold up to ``limit`` events of (done, until] in small chunks; returns how many were
         folded and the position covered. With a ``spill``, the fold keeps to its budget."""
         from . import source
-        from .spill import evict
+        from .spill import keep_to_budget
 
         folded = 0
         chunks = self._chunks(done, until, limit)
@@ -185,9 +176,8 @@ class Projector:
             for rows, covered in chunks:
                 # (a body to normalize has its destination and headers looked up by the store)
                 folded += source.fold_chunk(fold, self.store, rows)
-                fold.round += 1
-                if spill is not None and len(fold.slices) > self.spill_above:
-                    evict(fold, spill, self.spill_down_to, self.spill_window)
+                if spill is not None:
+                    keep_to_budget(fold, spill)
                 if progress is not None:
                     progress(covered - done)
                 done = covered

@@ -32,6 +32,12 @@ from .derive import _pieces_status, _stf_status, sample_row, slice_row, stf_row,
 from .fold import Fold
 from .records import ATTEMPT, RANK, ItemKey, SampleRec, SliceRec, StfRec
 
+# The budget: past ABOVE slices in a fold, settled STF files leave it until DOWN_TO remain
+# (about 0.8 kB a slice); one touched in the last WINDOW rounds (chunks of the log, of
+# ``source.PACKED_CHUNK`` events) stays.
+ABOVE = 250_000
+DOWN_TO = 150_000
+WINDOW = 20
 _BLOOM_BITS = 1 << 24  # 2 MB: under 1e-4 false positives for the names of 5M events
 _CACHE_KIB = 16 * 1024  # the spill file's page cache
 _ROWS_PER_INSERT = 50  # (at most 15 columns: 750 parameters, under SQLite's limit)
@@ -190,6 +196,13 @@ class Spill:
         self.row_count -= 1 + len(sample_rows) + len(slice_rows)
         self.recalled += 1
         return True
+
+
+def keep_to_budget(fold: Fold, spill: Spill) -> None:
+    """A round of the log was folded: evict if the fold is over the budget."""
+    fold.round += 1
+    if len(fold.slices) > ABOVE:
+        evict(fold, spill, DOWN_TO, WINDOW)
 
 
 def evict(fold: Fold, spill: Spill, keep: int, window: int) -> int:

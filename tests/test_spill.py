@@ -20,6 +20,7 @@ from test_projections_property import (
 )
 
 from projections import source
+from projections import spill as spilling
 from projections import tables as t
 from projections.derive import everything, render
 from projections.fold import Fold
@@ -27,6 +28,12 @@ from projections.projector import NAMES, Projector
 from projections.spill import Spill, evict
 
 SPILLED = (t.stf_files, t.tf_samples, t.tf_slices)
+
+
+def _budget(monkeypatch: pytest.MonkeyPatch, above: int, down_to: int, window: int) -> None:
+    monkeypatch.setattr(spilling, "ABOVE", above)
+    monkeypatch.setattr(spilling, "DOWN_TO", down_to)
+    monkeypatch.setattr(spilling, "WINDOW", window)
 
 
 def _plain(row: tuple[Any, ...]) -> str:
@@ -125,7 +132,7 @@ def test_a_rebuild_that_spills_writes_what_one_that_does_not_writes(
     expected = dump(store.engine)
     monkeypatch.setattr(source, "PACKED_CHUNK", chunk)  # a round every few events
     monkeypatch.setattr(source, "CHUNK", chunk)
-    projector.spill_above, projector.spill_down_to, projector.spill_window = 0, 0, window
+    _budget(monkeypatch, 0, 0, window)
     projector.rebuild()
     assert dump(store.engine) == expected
 
@@ -149,9 +156,10 @@ def test_a_rebuild_over_its_budget_writes_groups_aside_and_the_same_tables(
     expected = dump(store.engine)
     monkeypatch.setattr(source, "PACKED_CHUNK", 40)
     monkeypatch.setattr(source, "CHUNK", 40)
-    projector.spill_above, projector.spill_down_to, projector.spill_window = 120, 5, 2
+    _budget(monkeypatch, 120, 5, 2)
     with caplog.at_level("INFO", logger="projections.projector"):
         projector.rebuild()
     assert dump(store.engine) == expected
     assert any("written aside" in record.message and "1 brought back" in record.message
                for record in caplog.records), caplog.text
+
