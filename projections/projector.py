@@ -230,7 +230,7 @@ class Projector:
         from .spill import Spill
 
         fold = Fold(complete=True)
-        fold.spill = spill = Spill()
+        fold.spill = spill = Spill(self._spill_directory())
         others = [name for name in NAMES if name not in names]
         with quiet_gc(), closing(spill):
             folded, _done = self._stream(fold, 0, target, target, progress, spill)
@@ -251,6 +251,15 @@ class Projector:
         log.info("rebuilt %s: %d events up to position %d, %d rows", ", ".join(names), folded,
                  target, changes.count() + spill.row_count)
         return folded
+
+    def _spill_directory(self) -> str | None:
+        """Beside a SQLite store's file (the disk that holds the data; the system's temporary
+        directory may be small or in memory); else the temporary directory."""
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:" \
+                or database.startswith("file:"):
+            return None
+        return str(Path(database).resolve().parent)
 
     # -- writing -------------------------------------------------------------------------------
 

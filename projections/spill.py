@@ -48,7 +48,8 @@ _TABLES = {t.stf_files: 3, t.tf_samples: 3, t.tf_slices: 4}
 class Spill:
     """Rows of evicted STF groups in a temporary SQLite file (made on the first eviction)."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: str | None = None) -> None:
+        self._directory = directory  # None: the system's temporary directory
         self._conn: sqlite3.Connection | None = None
         self._path: str | None = None
         self._bloom = bytearray()
@@ -60,7 +61,8 @@ class Spill:
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
-            handle, self._path = tempfile.mkstemp(prefix="swf-spill-", suffix=".db")
+            handle, self._path = tempfile.mkstemp(prefix=".swf-spill-", suffix=".db",
+                                                  dir=self._directory)
             os.close(handle)
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             for pragma in ("journal_mode = OFF", "synchronous = OFF",

@@ -5,6 +5,7 @@ byte-equal to a fold that kept everything."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -157,9 +158,22 @@ def test_a_rebuild_over_its_budget_writes_groups_aside_and_the_same_tables(
     monkeypatch.setattr(source, "PACKED_CHUNK", 40)
     monkeypatch.setattr(source, "CHUNK", 40)
     _budget(monkeypatch, 120, 5, 2)
+    made: list[str | None] = []
+    real = spilling.tempfile.mkstemp
+
+    def mkstemp(**options: Any) -> tuple[int, str]:
+        made.append(options.get("dir"))
+        return real(**options)
+
+    monkeypatch.setattr(spilling.tempfile, "mkstemp", mkstemp)
     with caplog.at_level("INFO", logger="projections.projector"):
         projector.rebuild()
     assert dump(store.engine) == expected
     assert any("written aside" in record.message and "1 brought back" in record.message
                for record in caplog.records), caplog.text
+    if store.engine.dialect.name == "sqlite":  # beside the store's file, and gone after
+        folder = Path(str(store.engine.url.database)).resolve().parent
+        assert made == [str(folder)] and not list(folder.glob(".swf-spill-*"))
+    else:
+        assert made == [None]
 
