@@ -14,7 +14,7 @@ the store's batched append, then measures in the same run:
 - rebuild (in process): ``Projector.rebuild()`` of every projection from position 0 (read,
   fold, write), with its CPU time;
 - ``swf projections rebuild`` as a command (a subprocess): wall time and its peak RSS (from
-  ``wait4``). Run with ``--events 5000000`` to see how memory grows with the log.
+  ``wait4``). Run with ``--events 5000000`` to compare the peak with the 1M one.
 
 Targets (issue 15): rebuild >= 250,000 events/s and <= 2x the raw read+decode; peak RSS at 1M
 and 5M events within 20% of each other.
