@@ -11,8 +11,8 @@ A group is whole or absent: any event that names an evicted STF file, sample or 
 result, a duplicate, a sample linked afterwards) first brings its group back (``recall_stf``,
 ``recall_sample``), exactly as it left - a record loaded from its row folds on as if it never
 left memory, the rule incremental catch-up relies on too. A Bloom filter of the evicted names
-keeps the lookup off the hot path. The projector writes the spilled rows with the fold's own,
-merged in key order.
+keeps the lookup off the hot path. At the write the projector has SQLite copy the spilled rows
+from the attached file (PostgreSQL: merged with the fold's own, in key order).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ WINDOW = 20
 _BLOOM_BITS = 1 << 24  # 2 MB: under 1e-4 false positives for the names of 5M events
 _CACHE_KIB = 16 * 1024  # the spill file's page cache
 _ROWS_PER_INSERT = 50  # (at most 15 columns: 750 parameters, under SQLite's limit)
-# table -> (its columns, how many of them are its key)
+# The tables a spill holds -> how many of their leading columns are their key
 _TABLES = {t.stf_files: 3, t.tf_samples: 3, t.tf_slices: 4}
 
 
