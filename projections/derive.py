@@ -7,7 +7,7 @@ counter drift.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from operator import add, attrgetter
 from typing import Any
 
@@ -16,7 +16,16 @@ import sqlalchemy as sa
 
 from . import tables as t
 from .fold import FINAL_STATUSES, Fold
-from .records import MAX_RETRIES, ExecRec, RunRec, SampleRec, SliceRec, StfRec
+from .records import (
+    ATTEMPT,
+    MAX_RETRIES,
+    RANK,
+    ExecRec,
+    RunRec,
+    SampleRec,
+    SliceRec,
+    StfRec,
+)
 
 Rows = list[tuple[Any, ...]]
 
@@ -187,6 +196,40 @@ def slice_row(p: SliceRec) -> tuple[Any, ...]:
     return (p.run, p.ns, p.tf_filename, p.slice_id, status, p.retries, p.worker, p.error,
             p.created_at, p.updated_at, p.stf_filename, p.start, p.end, p.tf_count,
             status == "failed" and p.retries >= MAX_RETRIES)
+
+
+def stf_rec(row: Sequence[Any]) -> StfRec:
+    """The record of an stf_files row (``stf_row``'s inverse)."""
+    (number, ns, filename, sequence, size_bytes, checksum, file_url, status, generated_at,
+     ready_at, created_at, updated_at) = row
+    stf = StfRec(ns, number, filename, created_at)
+    (stf.sequence, stf.size_bytes, stf.checksum, stf.file_url, stf.status, stf.generated_at,
+     stf.ready_at, stf.updated_at) = (sequence, size_bytes, checksum, file_url, status,
+                                      generated_at, ready_at, updated_at)
+    return stf
+
+
+def sample_rec(row: Sequence[Any]) -> SampleRec:
+    """The record of a tf_samples row (``sample_row``'s inverse)."""
+    (number, ns, tf_filename, stf_filename, tf_first, tf_last, tf_count, status, created_at,
+     updated_at) = row
+    sample = SampleRec(ns, number, tf_filename, created_at)
+    (sample.stf_filename, sample.tf_first, sample.tf_last, sample.tf_count, sample.status,
+     sample.updated_at) = (stf_filename, tf_first, tf_last, tf_count, status, updated_at)
+    return sample
+
+
+def slice_rec(row: Sequence[Any]) -> SliceRec:
+    """The record of a tf_slices row (``slice_row``'s inverse) or of an unmatched_results one
+    (the same first ten columns)."""
+    number, ns, tf_filename, slice_id, status, retries, worker, error, created, updated = row[:10]
+    piece = SliceRec(ns, number, tf_filename, slice_id, created)
+    piece.status, piece.retries, piece.worker, piece.error, piece.updated_at = (
+        status, retries, worker, error, updated)
+    piece.order = retries * ATTEMPT + RANK[status]
+    if len(row) > 10:
+        piece.stf_filename, piece.start, piece.end, piece.tf_count = row[10:14]
+    return piece
 
 
 def render(fold: Fold, names: Collection[str], fresh: bool = False, consume: bool = False

@@ -17,18 +17,15 @@ import sqlalchemy as sa
 from eventstore import rest
 
 from . import tables as t
+from .derive import sample_rec, slice_rec, stf_rec
 from .fold import CONTROL, EXECUTION_FACTS, HEARTBEATS, LOGS, Fold, Item
 from .records import (
-    ATTEMPT,
-    RANK,
     AgentRec,
     DatasetRec,
     ExecRec,
     FileRec,
     RunRec,
-    SampleRec,
     SliceRec,
-    StfRec,
     TaskRec,
     WorkflowTaskRec,
 )
@@ -170,26 +167,17 @@ def load_runs(conn: sa.Connection, fold: Fold, keys: set[tuple[str, int]]) -> No
             run.full = True
     runs = fold.runs
     for row in _select(conn, t.stf_files, ("run_number", "namespace"), pairs):
-        stf = StfRec(row.namespace, row.run_number, row.filename, row.created_at)
-        (stf.sequence, stf.size_bytes, stf.checksum, stf.file_url, stf.status, stf.generated_at,
-         stf.ready_at, stf.updated_at) = (row.sequence, row.size_bytes, row.checksum,
-                                          row.file_url, row.status, row.generated_at,
-                                          row.ready_at, row.updated_at)
+        stf = stf_rec(row)
         fold.stfs[(stf.ns, stf.run, stf.filename)] = stf
         runs[(stf.ns, stf.run)].stfs.append(stf)
     for row in _select(conn, t.tf_samples, ("run_number", "namespace"), pairs):
-        sample = SampleRec(row.namespace, row.run_number, row.tf_filename, row.created_at)
-        (sample.stf_filename, sample.tf_first, sample.tf_last, sample.tf_count, sample.status,
-         sample.updated_at) = (row.stf_filename, row.tf_first, row.tf_last, row.tf_count,
-                               row.status, row.updated_at)
+        sample = sample_rec(row)
         fold.samples[(sample.ns, sample.run, sample.tf_filename)] = sample
         runs[(sample.ns, sample.run)].samples.append(sample)
         if sample.stf_filename is not None:
             fold.link(sample.ns, sample.run, sample.stf_filename, sample.tf_filename)
     for row in _select(conn, t.tf_slices, ("run_number", "namespace"), pairs):
         piece = _slice_rec(fold, row, "slice")
-        piece.stf_filename, piece.start, piece.end, piece.tf_count = (
-            row.stf_filename, row.start, row.end, row.tf_count)
         fold.announce(runs[(piece.ns, piece.run)], piece)
         if piece.stf_filename is not None:
             fold.link(piece.ns, piece.run, piece.stf_filename, piece.tf_filename)
@@ -225,11 +213,7 @@ def load_runs(conn: sa.Connection, fold: Fold, keys: set[tuple[str, int]]) -> No
 
 
 def _slice_rec(fold: Fold, row: Any, where: str) -> SliceRec:
-    piece = SliceRec(row.namespace, row.run_number, row.tf_filename, row.slice_id,
-                     row.created_at)
-    piece.status, piece.retries, piece.worker, piece.error, piece.updated_at = (
-        row.status, row.retries, row.worker, row.error, row.updated_at)
-    piece.order = row.retries * ATTEMPT + RANK[row.status]
+    piece = slice_rec(row)
     piece.in_db = where
     fold.slices[(piece.ns, piece.run, piece.tf_filename, piece.slice_id)] = piece
     return piece

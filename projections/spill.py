@@ -28,9 +28,19 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import tables as t
-from .derive import _pieces_status, _stf_status, sample_row, slice_row, stf_row, tally
+from .derive import (
+    _pieces_status,
+    _stf_status,
+    sample_rec,
+    sample_row,
+    slice_rec,
+    slice_row,
+    stf_rec,
+    stf_row,
+    tally,
+)
 from .fold import Fold
-from .records import ATTEMPT, RANK, ItemKey, SampleRec, SliceRec, StfRec
+from .records import ItemKey, RunRec, SampleRec, SliceRec, StfRec
 
 # The budget: past ABOVE slices in a fold, settled STF files leave it until DOWN_TO remain
 # (about 0.8 kB a slice); one touched in the last WINDOW rounds (chunks of the log, of
@@ -41,8 +51,7 @@ WINDOW = 20
 _BLOOM_BITS = 1 << 24  # 2 MB: under 1e-4 false positives for the names of 5M events
 _CACHE_KIB = 16 * 1024  # the spill file's page cache
 _ROWS_PER_INSERT = 50  # (at most 15 columns: 750 parameters, under SQLite's limit)
-# The tables a spill holds -> how many of their leading columns are their key
-_TABLES = {t.stf_files: 3, t.tf_samples: 3, t.tf_slices: 4}
+_TABLES = (t.stf_files, t.tf_samples, t.tf_slices)  # what a spill holds, laid out alike
 
 
 class Spill:
@@ -68,10 +77,10 @@ class Spill:
             for pragma in ("journal_mode = OFF", "synchronous = OFF",
                            f"cache_size = -{_CACHE_KIB}", "temp_store = MEMORY"):
                 conn.execute(f"PRAGMA {pragma}")
-            for table, width in _TABLES.items():
-                names = [f'"{column.name}"' for column in table.columns]
-                conn.execute(f"CREATE TABLE {table.name} ({', '.join(names)}, PRIMARY KEY "
-                             f"({', '.join(names[:width])})) WITHOUT ROWID")
+            for table in _TABLES:
+                names = ", ".join(f'"{column.name}"' for column in table.columns)
+                conn.execute(f"CREATE TABLE {table.name} ({names}, PRIMARY KEY "
+                             f"({', '.join(_key(table))})) WITHOUT ROWID")
             conn.execute("CREATE INDEX samples_of_stf ON tf_samples "
                          "(run_number, namespace, stf_filename)")
             self._conn = conn
@@ -227,7 +236,7 @@ def evict(fold: Fold, spill: Spill, keep: int, window: int) -> int:
             sample.status, sample.updated_at = _pieces_status(pieces, sample.updated_at)
         _stf_status(fold, stf)
         run = fold.runs[(stf.ns, stf.run)]
-        _spill_counts(run, stf, group)
+        _spill_counts(run, group)
         stf_rows.append(stf_row(stf))
         del fold.stfs[key]
         fold.stf_samples.pop(key, None)
@@ -280,7 +289,7 @@ def _settled_group(fold: Fold, key: ItemKey, stf: StfRec, threshold: int
     return group
 
 
-def _spill_counts(run: Any, stf: StfRec, group: list[tuple[SampleRec, list[SliceRec]]],
+def _spill_counts(run: RunRec, group: list[tuple[SampleRec, list[SliceRec]]],
                   sign: int = 1) -> None:
     """Add (or take back) what the group counts for its run; widen the run's times by its
     slices' (a rebuild derives them from the slices, ``derive.settle``)."""
@@ -289,52 +298,41 @@ def _spill_counts(run: Any, stf: StfRec, group: list[tuple[SampleRec, list[Slice
     for i, value in enumerate((1, len(group), len(pieces), *tally(pieces))):
         spilled[i] += sign * value
     run.spilled = spilled
-    for piece in pieces:
-        if piece.created_at < run.created_at:
+    for piece in pieces:  # (times of records the fold made: never None)
+        if piece.created_at < run.created_at:  # type: ignore[operator]
             run.created_at = piece.created_at
-        if piece.updated_at > run.updated_at:
+        if piece.updated_at > run.updated_at:  # type: ignore[operator]
             run.updated_at = piece.updated_at
 
 
 def _restore(fold: Fold, stf_row_: tuple[Any, ...], sample_rows: list[tuple[Any, ...]],
              slice_rows: list[tuple[Any, ...]]) -> None:
     """Records from their rows, back in the fold as they were when they left."""
-    (number, ns, filename, sequence, size_bytes, checksum, file_url, status, generated_at,
-     ready_at, created_at, updated_at) = stf_row_
+    stf = stf_rec(stf_row_)
+    stf.seen = fold.round
+    ns, number, filename = stf.ns, stf.run, stf.filename
     run = fold.runs[(ns, number)]
-    stf = StfRec(ns, number, filename, created_at)
-    (stf.sequence, stf.size_bytes, stf.checksum, stf.file_url, stf.status, stf.generated_at,
-     stf.ready_at, stf.updated_at, stf.seen) = (sequence, size_bytes, checksum, file_url,
-                                                status, generated_at, ready_at, updated_at,
-                                                fold.round)
     fold.stfs[(ns, number, filename)] = stf
     run.stfs.append(stf)
     fold.d_stfs.add(stf)
     group: list[tuple[SampleRec, list[SliceRec]]] = []
     by_sample: dict[str, list[SliceRec]] = {}
     for row in sample_rows:
-        sample = SampleRec(ns, number, row[2], row[8])
-        (sample.stf_filename, sample.tf_first, sample.tf_last, sample.tf_count, sample.status,
-         sample.updated_at, sample.seen) = (*row[3:8], row[9], fold.round)
+        sample = sample_rec(row)
+        sample.seen = fold.round
         fold.samples[(ns, number, sample.tf_filename)] = sample
         run.samples.append(sample)
         fold.d_samples.add(sample)
         fold.link(ns, number, filename, sample.tf_filename)
         group.append((sample, by_sample.setdefault(sample.tf_filename, [])))
     for row in slice_rows:
-        (_run, _ns, tf_filename, slice_id, status, retries, worker, error, created, updated,
-         stf_filename, start, end, tf_count, _final) = row
-        piece = SliceRec(ns, number, tf_filename, slice_id, created)
-        (piece.status, piece.retries, piece.worker, piece.error, piece.updated_at,
-         piece.stf_filename, piece.start, piece.end, piece.tf_count, piece.seen) = (
-            status, retries, worker, error, updated, stf_filename, start, end, tf_count,
-            fold.round)
-        piece.order = retries * ATTEMPT + RANK[status]
-        fold.slices[(ns, number, tf_filename, slice_id)] = piece
+        piece = slice_rec(row)
+        piece.seen = fold.round
+        fold.slices[(ns, number, piece.tf_filename, piece.slice_id)] = piece
         fold.announce(run, piece)
         fold.d_slices.add(piece)
-        by_sample[tf_filename].append(piece)
-    _spill_counts(run, stf, group, sign=-1)
+        by_sample[piece.tf_filename].append(piece)
+    _spill_counts(run, group, sign=-1)
 
 
 def _with_bools(row: tuple[Any, ...], flags: list[int]) -> tuple[Any, ...]:
@@ -346,4 +344,4 @@ def _with_bools(row: tuple[Any, ...], flags: list[int]) -> tuple[Any, ...]:
 
 
 def _key(table: sa.Table) -> list[str]:
-    return [f'"{column.name}"' for column in table.columns][:_TABLES[table]]
+    return [f'"{column.name}"' for column in table.primary_key.columns]
