@@ -63,7 +63,6 @@ class Spill:
         self._path: str | None = None
         self._bloom = bytearray()
         self.groups = 0  # evicted, not recalled
-        self.row_count = 0  # their rows
         self.recalled = 0
 
     # -- the file --------------------------------------------------------------------------
@@ -129,6 +128,11 @@ class Spill:
         assert self._conn is not None
         return int(self._conn.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0])
 
+    @property
+    def row_count(self) -> int:
+        """Rows held, of every table."""
+        return sum(map(self.count, _TABLES))
+
     def rows(self, table: sa.Table) -> Iterator[tuple[Any, ...]]:
         """The spilled rows of ``table`` in key order (the fold's rows sort the same way),
         booleans as True or False (SQLite gives them back as 1 or 0)."""
@@ -159,7 +163,6 @@ class Spill:
                      for i in range(0, whole, _ROWS_PER_INSERT)])
             if whole < len(rows):
                 conn.executemany(f"INSERT INTO {table.name} VALUES {one}", rows[whole:])
-            self.row_count += len(rows)
         conn.execute("COMMIT")
 
     # -- recall ----------------------------------------------------------------------------
@@ -204,7 +207,6 @@ class Spill:
         conn.execute("COMMIT")
         _restore(fold, stf_rows[0], sample_rows, slice_rows)
         self.groups -= 1
-        self.row_count -= 1 + len(sample_rows) + len(slice_rows)
         self.recalled += 1
         return True
 
