@@ -145,24 +145,27 @@ class Spill:
                  if isinstance(column.type, sa.Boolean)]
         return (_with_bools(row, flags) for row in rows) if flags else rows
 
+    def add(self, table: sa.Table, rows: list[tuple[Any, ...]]) -> None:
+        """Rows of ``table`` the fold still held, beside the spilled ones (keys not held yet):
+        the table is then whole here (a replay compares it in SQLite)."""
+        assert self.holds(table), "only a spill that holds the table takes more of its rows"
+        conn = self._open()
+        rows.sort()  # (in key order: appended to the b-tree)
+        conn.execute("BEGIN")
+        _insert_rows(conn, table, rows)
+        conn.execute("COMMIT")
+
+    def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """A query of the spill file (its tables named and laid out as the projections')."""
+        return self._open().execute(sql, params).fetchall()
+
     def _put(self, stfs: list[tuple[Any, ...]], samples: list[tuple[Any, ...]],
              pieces: list[tuple[Any, ...]]) -> None:
         conn = self._open()
         conn.execute("BEGIN")
         for table, rows in ((t.stf_files, stfs), (t.tf_samples, samples),
                             (t.tf_slices, pieces)):
-            if not rows:
-                continue
-            one = f"({', '.join('?' * len(rows[0]))})"
-            whole = len(rows) - len(rows) % _ROWS_PER_INSERT
-            flat = chain.from_iterable
-            if whole:  # many rows per statement: a third of the cost of one per row
-                conn.executemany(
-                    f"INSERT INTO {table.name} VALUES {', '.join([one] * _ROWS_PER_INSERT)}",
-                    [tuple(flat(rows[i:i + _ROWS_PER_INSERT]))
-                     for i in range(0, whole, _ROWS_PER_INSERT)])
-            if whole < len(rows):
-                conn.executemany(f"INSERT INTO {table.name} VALUES {one}", rows[whole:])
+            _insert_rows(conn, table, rows)
         conn.execute("COMMIT")
 
     # -- recall ----------------------------------------------------------------------------
@@ -335,6 +338,21 @@ def _restore(fold: Fold, stf_row_: tuple[Any, ...], sample_rows: list[tuple[Any,
         fold.d_slices.add(piece)
         by_sample[piece.tf_filename].append(piece)
     _spill_counts(run, group, sign=-1)
+
+
+def _insert_rows(conn: sqlite3.Connection, table: sa.Table, rows: list[tuple[Any, ...]]
+                 ) -> None:
+    if not rows:
+        return
+    one = f"({', '.join('?' * len(rows[0]))})"
+    whole = len(rows) - len(rows) % _ROWS_PER_INSERT
+    flat = chain.from_iterable
+    if whole:  # many rows per statement: a third of the cost of one per row
+        conn.executemany(
+            f"INSERT INTO {table.name} VALUES {', '.join([one] * _ROWS_PER_INSERT)}",
+            [tuple(flat(rows[i:i + _ROWS_PER_INSERT])) for i in range(0, whole, _ROWS_PER_INSERT)])
+    if whole < len(rows):
+        conn.executemany(f"INSERT INTO {table.name} VALUES {one}", rows[whole:])
 
 
 def _with_bools(row: tuple[Any, ...], flags: list[int]) -> tuple[Any, ...]:

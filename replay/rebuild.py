@@ -8,11 +8,14 @@ from the stored table, extra stored rows, and changed columns (stored -> rebuilt
 
 from __future__ import annotations
 
+import functools
 import logging
+import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Any, cast
 
 import orjson
@@ -25,6 +28,7 @@ from projections import tables as t
 from projections.derive import everything, flushed, render
 from projections.fold import Fold
 from projections.projector import NAMES, quiet_gc
+from projections.spill import Spill, keep_to_budget
 
 from . import source
 from .source import Limit, Scope
@@ -61,19 +65,24 @@ def columns_of(table: sa.Table) -> tuple[str, ...]:
 
 
 def fold_execution(view: Snapshot, scope: Scope, limit: Limit,
-                   progress: Progress | None = None) -> tuple[Fold, int]:
+                   progress: Progress | None = None, spill: Spill | None = None
+                   ) -> tuple[Fold, int]:
     """Fold the events that determine the execution's rows (see ``source``); fills the scope's
-    runs and agents. Returns the fold and how many events were folded."""
+    runs and agents. Returns the fold and how many events were folded. With a ``spill``, the
+    fold keeps to the rebuild's memory budget (``projections.spill``): settled STF files, with
+    their samples and slices, wait there as rows."""
     execution_id = scope.execution_id
     with quiet_gc():
-        fold, count = _fold(view, scope, limit, (), progress)
+        fold, count = _fold(view, scope, limit, (), progress, spill)
         scope.runs = {(run, ns) for ns, run in fold.runs}
         scope.foreign_executions, foreign = view.foreign_run_rows(
             execution_id, scope.run_numbers, limit)
         if foreign:  # which execution owns a run follows position order: fold again, merged
             log.info("runs of %s have %d events of other executions (%s); folding them in",
                      execution_id, len(foreign), ", ".join(scope.foreign_executions))
-            fold, count = _fold(view, scope, limit, foreign, None)
+            if spill is not None:
+                spill.close()  # (what the first fold wrote aside: emptied)
+            fold, count = _fold(view, scope, limit, foreign, None, spill)
             scope.runs = {(run, ns) for ns, run in fold.runs}
         scope.agents = view.heartbeat_senders(execution_id, limit)
         beats = view.foreign_heartbeats(execution_id, {name for _ns, name in scope.agents},
@@ -95,8 +104,9 @@ def fold_execution(view: Snapshot, scope: Scope, limit: Limit,
 
 
 def _fold(view: Snapshot, scope: Scope, limit: Limit, extra: Sequence[Row],
-          progress: Progress | None) -> tuple[Fold, int]:
+          progress: Progress | None, spill: Spill | None) -> tuple[Fold, int]:
     fold = Fold(complete=True)
+    fold.spill = spill
     count = 0
     engine = view.connection.engine
     if limit.position is not None and not extra and fast.can_read_ahead(engine):
@@ -106,6 +116,8 @@ def _fold(view: Snapshot, scope: Scope, limit: Limit, extra: Sequence[Row],
         for chunk in fast.read_ahead(_execution_chunks_apart(engine, scope.execution_id, limit),
                                      fast.PACKED_DEPTH):
             count += fast.fold_chunk(fold, view, chunk)
+            if spill is not None:
+                keep_to_budget(fold, spill)
             if progress is not None:
                 progress(len(chunk) if isinstance(chunk, list) else chunk.size)
         return fold, count
@@ -114,6 +126,8 @@ def _fold(view: Snapshot, scope: Scope, limit: Limit, extra: Sequence[Row],
         own = fast.read_ahead(_execution_rows_apart(engine, scope.execution_id, limit))
     for rows in source.merged(own, extra):  # (other executions' rows merged by position)
         count += fast.fold_rows(fold, view, rows)
+        if spill is not None:
+            keep_to_budget(fold, spill)
         if progress is not None:
             progress(len(rows))
     return fold, count
@@ -190,16 +204,18 @@ class StoredTables(Mapping[str, list[Row]]):
         self._writer: threading.Thread | None = None
         self._problem: BaseException | None = None
 
-    def prefetch(self) -> None:
+    def prefetch(self, skip: Collection[str] = ()) -> None:
         """Have SQLite write the tables as JSON (``stored_json``) in a thread while the caller
         goes on (renders): SQLite does it with the GIL released, on the second core. The
         caller leaves the connection alone until it calls ``same``; the JSON is kept until
-        then (a fifth of what the rows it stands for take as Python objects)."""
+        then (a fifth of what the rows it stands for take as Python objects). Tables in
+        ``skip`` are left for ``diff_aside``, which streams them."""
         def write() -> None:
             try:
                 with scan_cache(self._conn):  # (each page is read once)
                     for name in TABLE_NAMES:
-                        self._written[name] = stored_json(self._conn, self._scope, name)
+                        if name not in skip:
+                            self._written[name] = stored_json(self._conn, self._scope, name)
             except BaseException as problem:  # raised by the caller's thread, in same()
                 self._problem = problem
 
@@ -231,6 +247,35 @@ class StoredTables(Mapping[str, list[Row]]):
         if name in self._written:
             return same_as_stored(self._conn, self._scope, name, rows, self._written.pop(name))
         return same_as_stored(self._conn, self._scope, name, rows)
+
+    def diff_aside(self, name: str, spill: Spill) -> TableDiff:
+        """The stored rows of table ``name`` against the rebuilt ones, all of which are in
+        ``spill``; neither side is held in memory. Both databases write their rows as JSON in
+        the same pieces (``json_pieces``, the same SQL) and the pieces are compared; should any
+        differ (or either side not write), the rows are compared one by one, read in key
+        order from both (``merged_diff``)."""
+        self.wait()
+        if self._problem is not None:
+            raise self._problem
+        table = TABLE_BY_NAME[name]
+        conn, scope = self._conn, self._scope
+        with scan_cache(conn):  # (each page is read once: at 5M events the usual cache
+            # would fill to its 256 MB)
+            if conn.dialect.name == "sqlite":
+                quote = conn.dialect.identifier_preparer.quote
+                theirs = json_pieces(functools.partial(_fetch, conn), quote, scope, name)
+                # (the spill's pieces are written by a thread: SQLite releases the GIL, so both
+                # databases write at once on two cores)
+                with closing(fast.read_ahead(json_pieces(spill.fetch, quote, scope, name), 2)) \
+                        as mine:
+                    try:
+                        same = all(a == b for a, b in zip_longest(mine, theirs))
+                    except _Unsure:
+                        same = False
+                if same:
+                    count = spill.count(table)
+                    return TableDiff(name, count, count)
+            return merged_diff(name, spill.rows(table), stored_in_key_order(conn, scope, name))
 
 
 def _wheres(m: str, scope: Scope, name: str) -> list[tuple[str, tuple[Any, ...]]]:
@@ -296,14 +341,32 @@ def _written_as(rows: Sequence[Row], pieces: list[tuple[int, bytes]]) -> bool:
 
 def stored_json(conn: sa.Connection, scope: Scope, name: str) -> Written | None:
     """(how many, the JSON of each piece of them) of the stored rows of table ``name`` in the
-    scope, written by SQLite in key order, JSON_PIECE_ROWS a piece; or None: not SQLite,
-    run_state (read twice over), a float column (SQLite writes 15 digits), a value JSON cannot
-    hold, a key with a NULL."""
-    table = TABLE_BY_NAME[name]
-    if (conn.dialect.name != "sqlite" or name == "run_state"
-            or any(isinstance(column.type, (sa.Float, sa.Numeric)) for column in table.columns)):
+    scope (``json_pieces``); or None: not SQLite, or the rows do not write as JSON."""
+    if conn.dialect.name != "sqlite":
         return None
     quote = conn.dialect.identifier_preparer.quote
+    try:
+        pieces = list(json_pieces(functools.partial(_fetch, conn), quote, scope, name))
+    except _Unsure:
+        return None
+    return sum(found for found, _piece in pieces), pieces
+
+
+class _Unsure(Exception):
+    """The rows cannot be written as JSON that compares (see ``json_pieces``)."""
+
+
+def json_pieces(fetch: Callable[[str, tuple[Any, ...]], list[Row]],
+                quote: Callable[[str], str], scope: Scope, name: str
+                ) -> Iterator[tuple[int, bytes]]:
+    """(how many rows, their JSON values joined by commas) of the rows of table ``name`` in the
+    scope, written by SQLite (``fetch``: a query of a SQLite database holding the table) in
+    key order, JSON_PIECE_ROWS a piece. Raises ``_Unsure``: run_state (read twice over), a
+    float column (SQLite writes 15 digits), a value JSON cannot hold, a key with a NULL."""
+    table = TABLE_BY_NAME[name]
+    if name == "run_state" or any(isinstance(column.type, (sa.Float, sa.Numeric))
+                                  for column in table.columns):
+        raise _Unsure(name)
     columns = [quote(str(column.name)) for column in table.primary_key.columns]
     key = ", ".join(columns)
     values = ", ".join(_as_json(quote(str(column.name)), column) for column in table.columns)
@@ -313,31 +376,28 @@ def stored_json(conn: sa.Connection, scope: Scope, name: str) -> Written | None:
     by_run = [str(column.name) for column in table.primary_key.columns][:2] == _RUN_COLUMNS
     rest = ", ".join(columns[2:]) if name in _RUN_KEYED and by_run else ""
     marks = ", ".join("?" * len(columns[2:]))
-    count, pieces = 0, []
     try:
         for where, params in _wheres("?", scope, name):
             last: Row = ()  # the rest of the key of the previous piece's last row
             while True:  # a piece: the rows after ``last`` up to the JSON_PIECE_ROWS-th
                 rows_after = f"{where} AND ({rest}) > ({marks})" if last else where
-                bound = _fetch(conn, f"SELECT {rest} FROM {quote(name)} WHERE {rows_after} "
-                               f"ORDER BY {key} LIMIT 1 OFFSET {JSON_PIECE_ROWS - 1}",
-                               (*params, *last)) if rest else []
+                bound = fetch(f"SELECT {rest} FROM {quote(name)} WHERE {rows_after} "
+                              f"ORDER BY {key} LIMIT 1 OFFSET {JSON_PIECE_ROWS - 1}",
+                              (*params, *last)) if rest else []
                 if bound and None in bound[0]:
-                    return None  # (NULL compares as nothing: the pieces would miss it)
+                    raise _Unsure(name)  # (NULL compares as nothing: the pieces would miss it)
                 upto = f" AND ({rest}) <= ({marks})" if bound else ""
-                found, piece = _fetch(conn, (
+                found, piece = fetch((
                     f"SELECT count(*), CAST(group_concat(j, ',') AS BLOB) FROM (SELECT "
                     f"json_array({values}) AS j FROM {quote(name)} WHERE {rows_after}{upto} "
                     f"ORDER BY {key})"), (*params, *last, *(bound[0] if bound else ())))[0]
                 if found:
-                    count += found
-                    pieces.append((found, piece))
+                    yield found, piece
                 if not bound:
                     break
                 last = tuple(bound[0])
-    except sa.exc.DBAPIError:  # (a BLOB: read and compared as usual)
-        return None
-    return count, pieces
+    except (sa.exc.DBAPIError, sqlite3.Error) as problem:  # (a BLOB: compared row by row)
+        raise _Unsure(name) from problem
 
 
 def _as_json(name: str, column: sa.Column[Any]) -> str:
@@ -352,6 +412,21 @@ def _as_json(name: str, column: sa.Column[Any]) -> str:
 
 def _fetch(conn: sa.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
     return cast(list[Row], conn.exec_driver_sql(sql, tuple(params)).cursor.fetchall())
+
+
+def stored_in_key_order(conn: sa.Connection, scope: Scope, name: str) -> Iterator[Row]:
+    """The stored rows of table ``name`` in the scope, in key order, a batch in memory at a
+    time (for tables keyed by run first: its wheres come in key order too)."""
+    assert name in _RUN_KEYED and name != "run_state", name
+    m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    quote = conn.dialect.identifier_preparer.quote
+    table = TABLE_BY_NAME[name]
+    select = f"SELECT {', '.join(quote(c) for c in columns_of(table))} FROM {quote(name)}"
+    key = ", ".join(quote(str(column.name)) for column in table.primary_key.columns)
+    for where, params in _wheres(m, scope, name):
+        cursor = conn.exec_driver_sql(f"{select} WHERE {where} ORDER BY {key}", params).cursor
+        while batch := cursor.fetchmany(10_000):
+            yield from batch
 
 
 def _normal(table: sa.Table, rows: list[Row]) -> list[Row]:
@@ -423,12 +498,18 @@ class Comparison:
         return all(diff.identical for diff in self.tables)
 
 
-def diff_tables(rebuilt: Mapping[str, Sequence[Row]], stored: Mapping[str, Sequence[Row]]
-                ) -> list[TableDiff]:
+def diff_tables(rebuilt: Mapping[str, Sequence[Row]], stored: Mapping[str, Sequence[Row]],
+                aside: Mapping[str, Spill] | None = None) -> list[TableDiff]:
+    """Per table, the rebuilt rows against the stored ones; the rebuilt rows of the tables in
+    ``aside`` are in that spill (``stored`` must then be ``StoredTables``)."""
     diffs = []
     names = list(TABLE_NAMES)
     names += sorted(set(stored) - set(names))
     for name in names:
+        if aside and name in aside:
+            assert isinstance(stored, StoredTables), "rows aside are compared in the database"
+            diffs.append(stored.diff_aside(name, aside[name]))
+            continue
         table = TABLE_BY_NAME[name]
         width = key_width(table)
         ours = list(rebuilt.get(name, ()))
@@ -460,6 +541,30 @@ def diff_tables(rebuilt: Mapping[str, Sequence[Row]], stored: Mapping[str, Seque
     return diffs
 
 
+def merged_diff(name: str, ours: Iterator[Row], theirs: Iterator[Row]) -> TableDiff:
+    """``diff_tables`` of one table whose rebuilt and stored rows both come in key order
+    (neither is held in memory: a merge join)."""
+    width = key_width(TABLE_BY_NAME[name])
+    diff = TableDiff(name, 0, 0)
+    mine, other = next(ours, None), next(theirs, None)
+    while mine is not None or other is not None:
+        if other is None or (mine is not None and mine[:width] < other[:width]):
+            diff.missing.append(cast(Row, mine))
+            diff.rebuilt += 1
+            mine = next(ours, None)
+        elif mine is None or other[:width] < mine[:width]:
+            diff.extra.append(shown(name, other))
+            diff.stored += 1
+            other = next(theirs, None)
+        else:
+            if mine != other:
+                diff.changed.append((shown(name, other), mine))
+            diff.rebuilt += 1
+            diff.stored += 1
+            mine, other = next(ours, None), next(theirs, None)
+    return diff
+
+
 def _sortable(key: Row) -> tuple[Any, ...]:
     return tuple((value is None, "" if value is None else value) for value in key)
 
@@ -475,27 +580,46 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
             progress: Progress | None = None) -> Comparison:
     """Fold the execution up to each projection's covered position (``stops``: projection ->
     position; normally all equal, so one fold) and compare with the ``stored`` rows of the
-    resulting scope, read by the callback once the scope is known."""
+    resulting scope, read by the callback once the scope is known. On SQLite the fold keeps to
+    the rebuild's memory budget: the STF, sample and slice rows it wrote aside are compared
+    with the stored ones in the database (``StoredTables.diff_aside``), not in memory."""
     distinct = sorted(set(stops.values()))
     rebuilt: dict[str, list[Row]] = {}
+    aside: dict[str, Spill] = {}  # table -> the spill holding all of its rebuilt rows
     events = 0
     tables = None
+    bounded = view.connection.dialect.name == "sqlite"
     with quiet_gc(), ExitStack() as cleanup:  # (rendering and comparing make no cycles either)
         for stop in distinct:
-            fold, count = fold_execution(view, scope, Limit(position=stop), progress)
+            spill = cleanup.enter_context(closing(Spill())) if bounded else None
+            fold, count = fold_execution(view, scope, Limit(position=stop), progress, spill)
             events = max(events, count)
+            held = {str(table.name) for _owner, table in TABLES
+                    if spill is not None and spill.holds(table)}
             if len(distinct) == 1:  # the final scope is known: SQLite writes them as we render
                 tables = stored(scope)
                 if isinstance(tables, StoredTables):
-                    tables.prefetch()  # (done with the connection before it closes, on error)
+                    tables.prefetch(skip=held)  # (done with the connection before it closes)
                     cleanup.callback(tables.wait)
             rows = rebuilt_rows(fold, scope, consume=True)
             del fold  # its records are not needed to compare: freed before the stored rows come
             owners = {name for name, at in stops.items() if at == stop}
             for owner, table in TABLES:
-                if owner in owners:
-                    rebuilt[str(table.name)] = rows[str(table.name)]
+                name = str(table.name)
+                if owner not in owners:
+                    continue
+                if spill is not None and name in held:  # the table made whole in the spill
+                    spill.add(table, rows.pop(name))
+                    aside[name] = spill
+                else:
+                    rebuilt[name] = rows[name]
+            del rows
             progress = None  # one bar, for the first (usually only) fold
-        diffs = diff_tables(rebuilt, stored(scope) if tables is None else tables)
+        final = stored(scope) if tables is None else tables
+        if not isinstance(final, StoredTables):  # (expected rows of a file: compared in memory)
+            for name, spill in aside.items():
+                rebuilt[name] = list(spill.rows(TABLE_BY_NAME[name]))
+            aside = {}
+        diffs = diff_tables(rebuilt, final, aside)
     return Comparison(scope.execution_id, events, dict(stops), diffs,
                       list(scope.foreign_executions))

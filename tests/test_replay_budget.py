@@ -1,0 +1,125 @@
+"""swf-replay in bounded memory: over the budget its fold writes settled STF groups aside
+(``projections/spill.py``) and the STF, sample and slice tables are compared in SQLite, streamed;
+the report is byte for byte the one a replay holding everything gives, clean or with drift."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner, Result
+from test_replay import FIXTURES, NAMES, loaded
+
+from projections import source
+from projections import spill as spilling
+from replay import rebuild
+from replay.cli import main
+
+
+def replay(*args: Any) -> Result:
+    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def spilled_replay(monkeypatch: pytest.MonkeyPatch, *args: Any) -> tuple[Result, list[str]]:
+    """``replay(*args)`` with a budget of a few slices, folding 20 events a round; also the
+    tables compared aside (their names; with " by row" where the JSON of the two sides
+    differed, so their rows were read and compared one by one)."""
+    with monkeypatch.context() as patched:
+        patched.setattr(source, "PACKED_CHUNK", 20)
+        patched.setattr(source, "CHUNK", 20)
+        patched.setattr(spilling, "ABOVE", 5)
+        patched.setattr(spilling, "DOWN_TO", 0)
+        patched.setattr(spilling, "WINDOW", 1)
+        aside: list[str] = []
+        real = rebuild.StoredTables.diff_aside
+
+        def counted(self: rebuild.StoredTables, name: str, spill: Any) -> rebuild.TableDiff:
+            aside.append(name)
+            return real(self, name, spill)
+
+        by_row = rebuild.stored_in_key_order
+
+        def read(conn: Any, scope: Any, name: str) -> Any:
+            aside.append(f"{name} by row")
+            return by_row(conn, scope, name)
+
+        patched.setattr(rebuild.StoredTables, "diff_aside", counted)
+        patched.setattr(rebuild, "stored_in_key_order", read)
+        return replay(*args), aside
+
+
+def _execution(url: str) -> str:
+    with loaded(url, FIXTURES / "slice_failures.jsonl") as store, store.engine.begin() as conn:
+        return str(conn.exec_driver_sql("SELECT execution_id FROM executions").scalar_one())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_replay_over_its_budget_reports_what_one_within_it_reports(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    with loaded(sqlite_url, FIXTURES / f"{name}.jsonl") as store, store.engine.begin() as conn:
+        executions = [row[0] for row in conn.exec_driver_sql(
+            "SELECT execution_id FROM executions ORDER BY execution_id")]
+    for execution in executions:
+        whole = replay(execution, "--db", sqlite_url)
+        bounded, aside = spilled_replay(monkeypatch, execution, "--db", sqlite_url)
+        assert bounded.stdout_bytes == whole.stdout_bytes
+        assert bounded.exit_code == whole.exit_code == 0, whole.stdout
+        report = orjson.loads(replay(execution, "--db", sqlite_url, "--json").stdout_bytes)
+        if report["tables"]["tf_slices"]["rebuilt"] > 5:  # (the budget spilled_replay sets)
+            assert aside == ["stf_files", "tf_samples", "tf_slices"], execution  # none by row
+
+
+@pytest.mark.parametrize("piece", [1, 7, 20_000])
+def test_drift_in_tables_compared_aside_is_reported_row_by_row_as_in_memory(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch, piece: int) -> None:
+    monkeypatch.setattr(rebuild, "JSON_PIECE_ROWS", piece)
+    execution = _execution(sqlite_url)
+    tf = "swf.100001.000002_tf_001.tf"
+    edits = [
+        ("UPDATE tf_slices SET status = 'failed', worker = NULL WHERE tf_filename = ? AND "
+         "slice_id = 3", (tf,)),
+        ("DELETE FROM tf_slices WHERE tf_filename = ? AND slice_id = 4", (tf,)),
+        ("UPDATE tf_slices SET final = 2 WHERE final = 1", ()),  # JSON may not tell, Python does
+        ("INSERT INTO stf_files (run_number, namespace, filename, status) "
+         "SELECT run_number, namespace, 'swf.zzz.stf', 'registered' FROM stf_files LIMIT 1", ()),
+        ("DELETE FROM tf_samples WHERE rowid IN (SELECT rowid FROM tf_samples LIMIT 1)", ()),
+    ]
+    from eventstore.store import EventStore
+
+    for sql, params in edits:
+        with EventStore(sqlite_url) as store, store.engine.begin() as conn:
+            if "rowid" in sql:  # (WITHOUT ROWID: the first sample by key instead)
+                conn.exec_driver_sql("DELETE FROM tf_samples WHERE tf_filename = (SELECT "
+                                     "min(tf_filename) FROM tf_samples)")
+            else:
+                conn.exec_driver_sql(sql, params)
+        for args in ((), ("--json",)):
+            whole = replay(execution, "--db", sqlite_url, *args)
+            bounded, aside = spilled_replay(monkeypatch, execution, "--db", sqlite_url, *args)
+            assert whole.exit_code == 1, sql
+            assert bounded.exit_code == 1 and bounded.stdout_bytes == whole.stdout_bytes, sql
+            tables = ["stf_files", "tf_samples", "tf_slices"]
+            assert [name for name in aside if not name.endswith(" by row")] == tables
+            by_row = [name.removesuffix(" by row") for name in aside if name.endswith(" by row")]
+            assert by_row and set(by_row) <= set(tables), sql
+
+
+def test_what_a_replay_writes_aside_is_gone_when_it_ends(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    execution = _execution(sqlite_url)
+    made: list[str] = []
+    real = tempfile.mkstemp
+
+    def mkstemp(**options: Any) -> tuple[int, str]:
+        handle, path = real(**{**options, "dir": str(tmp_path)})
+        made.append(path)
+        return handle, path
+
+    monkeypatch.setattr(spilling.tempfile, "mkstemp", mkstemp)
+    result, aside = spilled_replay(monkeypatch, execution, "--db", sqlite_url)
+    assert result.exit_code == 0 and aside
+    assert made and not any(os.path.exists(path) for path in made)
