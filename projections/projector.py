@@ -245,11 +245,13 @@ class Projector:
                         conn.execute(table.delete())
                 self._write(conn, changes, fresh=True, spill=spill)
                 self._set_checkpoints(conn, names, target)
+            written = changes.count() + sum(  # (before the spill file goes)
+                spill.count(table) for name in names for table in PROJECTIONS[name])
         if spill.groups or spill.recalled:
             log.info("rebuild kept its memory bounded: %d STF files with their samples and "
                      "slices written aside, %d brought back", spill.groups, spill.recalled)
         log.info("rebuilt %s: %d events up to position %d, %d rows", ", ".join(names), folded,
-                 target, changes.count() + spill.row_count)
+                 target, written)
         return folded
 
     def _spill_directory(self) -> str | None:

@@ -128,11 +128,6 @@ class Spill:
         assert self._conn is not None
         return int(self._conn.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0])
 
-    @property
-    def row_count(self) -> int:
-        """Rows held, of every table."""
-        return sum(map(self.count, _TABLES))
-
     def rows(self, table: sa.Table) -> Iterator[tuple[Any, ...]]:
         """The spilled rows of ``table`` in key order (the fold's rows sort the same way),
         booleans as True or False (SQLite gives them back as 1 or 0)."""

@@ -171,6 +171,9 @@ def test_a_rebuild_over_its_budget_writes_groups_aside_and_the_same_tables(
     assert dump(store.engine) == expected
     assert any("written aside" in record.message and "1 brought back" in record.message
                for record in caplog.records), caplog.text
+    rows = sum(map(len, expected.values()))  # (the spilled ones counted too)
+    assert any(record.message.endswith(f", {rows} rows") for record in caplog.records), \
+        caplog.text
     if store.engine.dialect.name == "sqlite":  # beside the store's file, and gone after
         folder = Path(str(store.engine.url.database)).resolve().parent
         assert made == [str(folder)] and not list(folder.glob(".swf-spill-*"))
@@ -179,4 +182,5 @@ def test_a_rebuild_over_its_budget_writes_groups_aside_and_the_same_tables(
     for names in (["tf_samples"], ["run_state", "tf_slices"], ["stf_files", "executions"]):
         projector.rebuild(names)  # a partial rebuild writes the spilled rows of its tables
         assert dump(store.engine) == expected, names
+
 
