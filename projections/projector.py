@@ -227,9 +227,10 @@ class Projector:
     def _replace(self, names: Collection[str], target: int, progress: Progress | None) -> int:
         from .derive import render
         from .fold import Fold
-        from .spill import Spill
+        from .spill import Spill, sweep
 
         fold = Fold(complete=True)
+        sweep(self._spill_directory())
         fold.spill = spill = Spill(self._spill_directory())
         others = [name for name in NAMES if name not in names]
         with quiet_gc(), closing(spill):

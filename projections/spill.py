@@ -18,11 +18,14 @@ from the attached file (PostgreSQL: merged with the fold's own, in key order).
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 import sqlite3
 import tempfile
 from collections.abc import Iterator
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,6 +45,8 @@ from .derive import (
 from .fold import Fold
 from .records import ItemKey, RunRec, SampleRec, SliceRec, StfRec
 
+log = logging.getLogger(__name__)
+
 # The budget: past ABOVE slices in a fold, settled STF files leave it until DOWN_TO remain
 # (about 0.8 kB a slice); one touched in the last WINDOW rounds (chunks of the log, of
 # ``source.PACKED_CHUNK`` events) stays.
@@ -52,6 +57,7 @@ _BLOOM_BITS = 1 << 24  # 2 MB: under 1e-4 false positives for the names of 5M ev
 _CACHE_KIB = 16 * 1024  # the spill file's page cache
 _ROWS_PER_INSERT = 50  # (at most 15 columns: 750 parameters, under SQLite's limit)
 _TABLES = (t.stf_files, t.tf_samples, t.tf_slices)  # what a spill holds, laid out alike
+_PREFIX, _SUFFIX = ".swf-spill-", ".db"
 
 
 class Spill:
@@ -61,6 +67,7 @@ class Spill:
         self._directory = directory  # None: the system's temporary directory
         self._conn: sqlite3.Connection | None = None
         self._path: str | None = None
+        self._lock: int | None = None  # the file's descriptor, locked while it is ours
         self._bloom = bytearray()
         self.groups = 0  # evicted, not recalled
         self.recalled = 0
@@ -69,9 +76,7 @@ class Spill:
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
-            handle, self._path = tempfile.mkstemp(prefix=".swf-spill-", suffix=".db",
-                                                  dir=self._directory)
-            os.close(handle)
+            self._lock, self._path = _locked_file(self._directory)
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             for pragma in ("journal_mode = OFF", "synchronous = OFF",
                            f"cache_size = -{_CACHE_KIB}", "temp_store = MEMORY"):
@@ -94,6 +99,9 @@ class Spill:
             with contextlib.suppress(OSError):
                 os.unlink(self._path)
             self._path = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # -- membership ------------------------------------------------------------------------
 
@@ -207,6 +215,42 @@ class Spill:
         self.groups -= 1
         self.recalled += 1
         return True
+
+
+def _locked_file(directory: str | None) -> tuple[int, str]:
+    """A new spill file in ``directory`` and its descriptor, holding an exclusive ``flock`` that
+    tells ``sweep`` the file is in use (SQLite's own locks are POSIX locks: independent)."""
+    while True:
+        handle, path = tempfile.mkstemp(prefix=_PREFIX, suffix=_SUFFIX, dir=directory)
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (no one else has it open yet...)
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == os.fstat(handle).st_ino:
+                return handle, path
+        os.close(handle)  # (...unless a sweep took it between: it is gone, make another)
+
+
+def sweep(directory: str | None) -> int:
+    """Remove the spill files in ``directory`` (None: the system's temporary one) that no
+    process holds: left by a rebuild or replay that was killed. Returns how many."""
+    folder = Path(directory or tempfile.gettempdir())
+    removed = 0
+    for path in folder.glob(f"{_PREFIX}*{_SUFFIX}"):
+        try:
+            handle = os.open(path, os.O_RDONLY)
+        except OSError:  # (gone meanwhile, or another user's)
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink()
+            removed += 1
+        except OSError:  # in use
+            continue
+        finally:
+            os.close(handle)
+    if removed:
+        log.warning("removed %d spill file(s) left in %s by a rebuild or replay that did not "
+                    "finish", removed, folder)
+    return removed
 
 
 def keep_to_budget(fold: Fold, spill: Spill) -> None:

@@ -28,7 +28,7 @@ from projections import tables as t
 from projections.derive import everything, flushed, render
 from projections.fold import Fold
 from projections.projector import NAMES, quiet_gc
-from projections.spill import Spill, keep_to_budget
+from projections.spill import Spill, keep_to_budget, sweep
 
 from . import source
 from .source import Limit, Scope
@@ -589,6 +589,8 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
     events = 0
     tables = None
     bounded = view.connection.dialect.name == "sqlite"
+    if bounded:
+        sweep(None)  # (its spill files go to the system's temporary directory)
     with quiet_gc(), ExitStack() as cleanup:  # (rendering and comparing make no cycles either)
         for stop in distinct:
             spill = cleanup.enter_context(closing(Spill())) if bounded else None

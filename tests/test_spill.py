@@ -4,6 +4,8 @@ byte-equal to a fold that kept everything."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from test_projections_property import (
     items,
 )
 
+from eventstore.store import EventStore
 from projections import source
 from projections import spill as spilling
 from projections import tables as t
@@ -184,3 +187,35 @@ def test_a_rebuild_over_its_budget_writes_groups_aside_and_the_same_tables(
         assert dump(store.engine) == expected, names
 
 
+
+def test_a_spill_file_left_by_a_killed_process_is_swept_and_one_in_use_is_not(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, sys; from projections.spill import Spill; "
+         "spill = Spill(sys.argv[1]); spill.fetch('SELECT 1'); print(spill.path, flush=True); "
+         "os.kill(os.getpid(), 9)", str(tmp_path)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert killed.returncode == -9, killed.stderr
+    left = Path(killed.stdout.strip())
+    assert left.parent == tmp_path and left.exists()
+    live = Spill(str(tmp_path))
+    try:
+        live.fetch("SELECT 1")  # (opened: its file made and locked)
+        assert live.path is not None
+        with caplog.at_level("WARNING", logger="projections.spill"):
+            assert spilling.sweep(str(tmp_path)) == 1
+        assert not left.exists() and Path(live.path).exists()
+        assert "removed 1 spill file(s)" in caplog.text
+        assert spilling.sweep(str(tmp_path)) == 0
+    finally:
+        live.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_rebuild_sweeps_spill_files_left_beside_the_store(
+        sqlite_url: str, tmp_path: Path) -> None:
+    stale = tmp_path / ".swf-spill-stale.db"  # (beside swf.db)
+    stale.write_bytes(b"")
+    with EventStore(sqlite_url) as store:
+        Projector(store).rebuild()
+    assert not stale.exists()
