@@ -227,11 +227,12 @@ class Projector:
     def _replace(self, names: Collection[str], target: int, progress: Progress | None) -> int:
         from .derive import render
         from .fold import Fold
-        from .spill import Spill, sweep
+        from .spill import Spill, spill_directory, sweep
 
         fold = Fold(complete=True)
-        sweep(self._spill_directory())
-        fold.spill = spill = Spill(self._spill_directory())
+        directory = spill_directory(self.engine)
+        sweep(directory)
+        fold.spill = spill = Spill(directory)
         others = [name for name in NAMES if name not in names]
         with quiet_gc(), closing(spill):
             folded, _done = self._stream(fold, 0, target, target, progress, spill)
@@ -254,15 +255,6 @@ class Projector:
         log.info("rebuilt %s: %d events up to position %d, %d rows", ", ".join(names), folded,
                  target, written)
         return folded
-
-    def _spill_directory(self) -> str | None:
-        """Beside a SQLite store's file (the disk that holds the data; the system's temporary
-        directory may be small or in memory); else the temporary directory."""
-        database = self.engine.url.database
-        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:" \
-                or database.startswith("file:"):
-            return None
-        return str(Path(database).resolve().parent)
 
     # -- writing -------------------------------------------------------------------------------
 

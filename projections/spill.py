@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 
@@ -215,6 +216,21 @@ class Spill:
         self.groups -= 1
         self.recalled += 1
         return True
+
+
+def spill_directory(engine: sa.Engine) -> str | None:
+    """Beside a SQLite store's file, if this process may write there (the disk that holds the
+    data; the system's temporary directory may be small or in memory); else None, the
+    temporary directory."""
+    database = engine.url.database or ""
+    if database.startswith("file:"):  # (a URI: how the store opens a file read-only)
+        if engine.url.query.get("mode") == "memory":
+            return None
+        database = unquote(database.removeprefix("file:").partition("?")[0])
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    folder = Path(database).resolve().parent
+    return str(folder) if os.access(folder, os.W_OK) else None
 
 
 def _locked_file(directory: str | None) -> tuple[int, str]:

@@ -28,7 +28,7 @@ from projections import tables as t
 from projections.derive import everything, flushed, render
 from projections.fold import Fold
 from projections.projector import NAMES, quiet_gc
-from projections.spill import Spill, keep_to_budget, sweep
+from projections.spill import Spill, keep_to_budget, spill_directory, sweep
 
 from . import source
 from .source import Limit, Scope
@@ -589,11 +589,12 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
     events = 0
     tables = None
     bounded = view.connection.dialect.name == "sqlite"
+    directory = spill_directory(view.connection.engine) if bounded else None
     if bounded:
-        sweep(None)  # (its spill files go to the system's temporary directory)
+        sweep(directory)
     with quiet_gc(), ExitStack() as cleanup:  # (rendering and comparing make no cycles either)
         for stop in distinct:
-            spill = cleanup.enter_context(closing(Spill())) if bounded else None
+            spill = cleanup.enter_context(closing(Spill(directory))) if bounded else None
             fold, count = fold_execution(view, scope, Limit(position=stop), progress, spill)
             events = max(events, count)
             held = {str(table.name) for _owner, table in TABLES

@@ -108,18 +108,19 @@ def test_drift_in_tables_compared_aside_is_reported_row_by_row_as_in_memory(
             assert by_row and set(by_row) <= set(tables), sql
 
 
-def test_what_a_replay_writes_aside_is_gone_when_it_ends(
+def test_what_a_replay_writes_aside_goes_beside_the_store_and_is_gone_when_it_ends(
         sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    execution = _execution(sqlite_url)
+    execution = _execution(sqlite_url)  # (the store: tmp_path / "swf.db")
     made: list[str] = []
     real = tempfile.mkstemp
 
     def mkstemp(**options: Any) -> tuple[int, str]:
-        handle, path = real(**{**options, "dir": str(tmp_path)})
+        handle, path = real(**options)
         made.append(path)
         return handle, path
 
     monkeypatch.setattr(spilling.tempfile, "mkstemp", mkstemp)
     result, aside = spilled_replay(monkeypatch, execution, "--db", sqlite_url)
     assert result.exit_code == 0 and aside
-    assert made and not any(os.path.exists(path) for path in made)
+    assert made and all(Path(path).parent == tmp_path for path in made)
+    assert not any(os.path.exists(path) for path in made)
