@@ -250,10 +250,10 @@ class StoredTables(Mapping[str, list[Row]]):
 
     def diff_aside(self, name: str, spill: Spill) -> TableDiff:
         """The stored rows of table ``name`` against the rebuilt ones, all of which are in
-        ``spill``; neither side is held in memory. Both databases write their rows as JSON in
-        the same pieces (``json_pieces``, the same SQL) and the pieces are compared; should any
-        differ (or either side not write), the rows are compared one by one, read in key
-        order from both (``merged_diff``)."""
+        ``spill``; neither side is held in memory. On SQLite both databases write their rows
+        as JSON in the same pieces (``json_pieces``, the same SQL) and the pieces are compared;
+        should any differ (or either side not write), and on PostgreSQL, the rows are compared
+        one by one, read in key order from both (``merged_diff``)."""
         self.wait()
         if self._problem is not None:
             raise self._problem
@@ -415,18 +415,24 @@ def _fetch(conn: sa.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
 
 
 def stored_in_key_order(conn: sa.Connection, scope: Scope, name: str) -> Iterator[Row]:
-    """The stored rows of table ``name`` in the scope, in key order, a batch in memory at a
-    time (for tables keyed by run first: its wheres come in key order too)."""
+    """The stored rows of table ``name`` in the scope, in key order as Python sorts the keys
+    (text by code point: PostgreSQL's "C" collation), a batch in memory at a time (PostgreSQL:
+    a server-side cursor). For tables keyed by run first: its wheres come in key order too."""
     assert name in _RUN_KEYED and name != "run_state", name
-    m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    postgres = conn.dialect.name == "postgresql"
+    m = "%s" if postgres else "?"
     quote = conn.dialect.identifier_preparer.quote
     table = TABLE_BY_NAME[name]
     select = f"SELECT {', '.join(quote(c) for c in columns_of(table))} FROM {quote(name)}"
-    key = ", ".join(quote(str(column.name)) for column in table.primary_key.columns)
+    key = ", ".join(
+        f'{quote(str(column.name))} COLLATE "C"'
+        if postgres and isinstance(column.type, sa.String) else quote(str(column.name))
+        for column in table.primary_key.columns)
     for where, params in _wheres(m, scope, name):
-        cursor = conn.exec_driver_sql(f"{select} WHERE {where} ORDER BY {key}", params).cursor
-        while batch := cursor.fetchmany(10_000):
-            yield from batch
+        result = conn.exec_driver_sql(f"{select} WHERE {where} ORDER BY {key}", params,
+                                      execution_options={"stream_results": postgres})
+        for batch in result.partitions(10_000):
+            yield from map(tuple, batch)
 
 
 def _normal(table: sa.Table, rows: list[Row]) -> list[Row]:
@@ -580,25 +586,22 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
             progress: Progress | None = None) -> Comparison:
     """Fold the execution up to each projection's covered position (``stops``: projection ->
     position; normally all equal, so one fold) and compare with the ``stored`` rows of the
-    resulting scope, read by the callback once the scope is known. On SQLite the fold keeps to
-    the rebuild's memory budget: the STF, sample and slice rows it wrote aside are compared
-    with the stored ones in the database (``StoredTables.diff_aside``), not in memory."""
+    resulting scope, read by the callback once the scope is known. The fold keeps to the
+    rebuild's memory budget: the STF, sample and slice rows it wrote aside are compared with the
+    stored ones streamed (``StoredTables.diff_aside``), not in memory."""
     distinct = sorted(set(stops.values()))
     rebuilt: dict[str, list[Row]] = {}
     aside: dict[str, Spill] = {}  # table -> the spill holding all of its rebuilt rows
     events = 0
     tables = None
-    bounded = view.connection.dialect.name == "sqlite"
-    directory = spill_directory(view.connection.engine) if bounded else None
-    if bounded:
-        sweep(directory)
+    directory = spill_directory(view.connection.engine)
+    sweep(directory)
     with quiet_gc(), ExitStack() as cleanup:  # (rendering and comparing make no cycles either)
         for stop in distinct:
-            spill = cleanup.enter_context(closing(Spill(directory))) if bounded else None
+            spill = cleanup.enter_context(closing(Spill(directory)))
             fold, count = fold_execution(view, scope, Limit(position=stop), progress, spill)
             events = max(events, count)
-            held = {str(table.name) for _owner, table in TABLES
-                    if spill is not None and spill.holds(table)}
+            held = {str(table.name) for _owner, table in TABLES if spill.holds(table)}
             if len(distinct) == 1:  # the final scope is known: SQLite writes them as we render
                 tables = stored(scope)
                 if isinstance(tables, StoredTables):
@@ -611,7 +614,7 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
                 name = str(table.name)
                 if owner not in owners:
                     continue
-                if spill is not None and name in held:  # the table made whole in the spill
+                if name in held:  # the table made whole in the spill
                     spill.add(table, rows.pop(name))
                     aside[name] = spill
                 else:

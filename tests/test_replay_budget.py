@@ -1,6 +1,7 @@
 """swf-replay in bounded memory: over the budget its fold writes settled STF groups aside
-(``projections/spill.py``) and the STF, sample and slice tables are compared in SQLite, streamed;
-the report is byte for byte the one a replay holding everything gives, clean or with drift."""
+(``projections/spill.py``) and the STF, sample and slice tables are compared streamed (on
+SQLite as JSON both databases write, else row by row in key order); the report is byte for byte
+the one a replay holding everything gives, clean or with drift, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -124,3 +125,62 @@ def test_what_a_replay_writes_aside_goes_beside_the_store_and_is_gone_when_it_en
     assert result.exit_code == 0 and aside
     assert made and all(Path(path).parent == tmp_path for path in made)
     assert not any(os.path.exists(path) for path in made)
+
+
+@pytest.mark.postgres
+def test_a_replay_over_its_budget_on_postgresql_reports_what_one_within_it_reports(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL writes no JSON to compare: the tables aside are compared row by row."""
+    from eventstore.store import EventStore
+
+    execution = _execution(pg_url)
+    tf = "swf.100001.000002_tf_001.tf"
+    edits = [
+        "",  # clean
+        f"UPDATE tf_slices SET status = 'failed', worker = NULL WHERE tf_filename = '{tf}' "
+        f"AND slice_id = 3",
+        f"DELETE FROM tf_slices WHERE tf_filename = '{tf}' AND slice_id = 4",
+        "INSERT INTO stf_files (run_number, namespace, filename, status) SELECT run_number, "
+        "namespace, 'Swf.A.stf', 'registered' FROM stf_files LIMIT 1",
+        "DELETE FROM tf_samples WHERE tf_filename = (SELECT min(tf_filename) FROM tf_samples)",
+    ]
+    for sql in edits:
+        if sql:
+            with EventStore(pg_url) as store, store.engine.begin() as conn:
+                conn.exec_driver_sql(sql)
+        for args in ((), ("--json",)):
+            whole = replay(execution, "--db", pg_url, *args)
+            bounded, aside = spilled_replay(monkeypatch, execution, "--db", pg_url, *args)
+            assert whole.exit_code == (1 if sql else 0), whole.stdout
+            assert bounded.exit_code == whole.exit_code, sql
+            assert bounded.stdout_bytes == whole.stdout_bytes, sql
+            assert aside == ["stf_files", "stf_files by row", "tf_samples", "tf_samples by row",
+                             "tf_slices", "tf_slices by row"]
+
+
+@pytest.mark.postgres
+def test_stored_rows_come_in_key_order_as_python_sorts_whatever_the_collation(
+        pg_url: str) -> None:
+    """The merge join needs the stored rows in Python's order of the keys (code points), not in
+    the server's: ICU sorts "a_1" before "a1" and "A2" after both."""
+    from eventstore.store import EventStore
+    from projections.projector import Projector
+    from replay.source import Scope
+
+    names = ["a_1", "a1", "A2", "b", "B"]
+    with EventStore(pg_url) as store:
+        Projector(store).catch_up()  # (makes the projection tables)
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql('ALTER TABLE stf_files ALTER COLUMN filename TYPE varchar(300) '
+                                 'COLLATE "und-x-icu"')
+            for name in names:
+                conn.exec_driver_sql("INSERT INTO stf_files (run_number, namespace, filename, "
+                                     "status) VALUES (7, 'ns', %s, 'registered')", (name,))
+            server = [row[0] for row in conn.exec_driver_sql(
+                "SELECT filename FROM stf_files ORDER BY filename")]
+        assert server != sorted(names)  # (else this test would show nothing)
+        scope = Scope("x")
+        scope.runs = {(7, "ns")}
+        with store.engine.connect() as conn:
+            stored = list(rebuild.stored_in_key_order(conn, scope, "stf_files"))
+    assert [row[2] for row in stored] == sorted(names)
