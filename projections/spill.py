@@ -137,9 +137,10 @@ class Spill:
         assert self._conn is not None
         return int(self._conn.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0])
 
-    def rows(self, table: sa.Table) -> Iterator[tuple[Any, ...]]:
+    def rows(self, table: sa.Table, bools: bool = True) -> Iterator[tuple[Any, ...]]:
         """The spilled rows of ``table`` in key order (the fold's rows sort the same way),
-        booleans as True or False (SQLite gives them back as 1 or 0)."""
+        booleans as True or False (SQLite gives them back as 1 or 0, which compare equal to
+        them: kept, without ``bools``)."""
         if not self.holds(table):
             return iter(())
         assert self._conn is not None
@@ -147,7 +148,7 @@ class Spill:
                                   f"{', '.join(_key(table))}")
         flags = [i for i, column in enumerate(table.columns)
                  if isinstance(column.type, sa.Boolean)]
-        return (_with_bools(row, flags) for row in rows) if flags else rows
+        return (_with_bools(row, flags) for row in rows) if flags and bools else rows
 
     def add(self, table: sa.Table, rows: list[tuple[Any, ...]]) -> None:
         """Rows of ``table`` the fold still held, beside the spilled ones (keys not held yet):

@@ -9,13 +9,14 @@ from the stored table, extra stored rows, and changed columns (stored -> rebuilt
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
-from itertools import zip_longest
+from itertools import chain, islice, zip_longest
 from typing import Any, cast
 
 import orjson
@@ -193,6 +194,19 @@ def read_stored(conn: sa.Connection, scope: Scope) -> dict[str, list[Row]]:
     return {name: stored_table(conn, scope, name) for name in TABLE_NAMES}
 
 
+@dataclass(slots=True)
+class Aside:
+    """A table's rebuilt rows that are not all in memory: the ones written aside in ``spill``
+    and those the fold still held (``rows``; none on SQLite, where they join the spill's)."""
+    spill: Spill
+    rows: list[Row]
+
+    def ordered(self, table: sa.Table, bools: bool = True) -> Iterator[Row]:
+        """All of them in key order (booleans: see ``Spill.rows``)."""
+        self.rows.sort()
+        return heapq.merge(self.rows, self.spill.rows(table, bools))
+
+
 class StoredTables(Mapping[str, list[Row]]):
     """``read_stored``, each table read when asked for and not kept: ``diff_tables`` compares
     one table at a time, so one table's stored rows are in memory at once, not all of them."""
@@ -248,12 +262,12 @@ class StoredTables(Mapping[str, list[Row]]):
             return same_as_stored(self._conn, self._scope, name, rows, self._written.pop(name))
         return same_as_stored(self._conn, self._scope, name, rows)
 
-    def diff_aside(self, name: str, spill: Spill) -> TableDiff:
-        """The stored rows of table ``name`` against the rebuilt ones, all of which are in
-        ``spill``; neither side is held in memory. On SQLite both databases write their rows
-        as JSON in the same pieces (``json_pieces``, the same SQL) and the pieces are compared;
-        should any differ (or either side not write), and on PostgreSQL, the rows are compared
-        one by one, read in key order from both (``merged_diff``)."""
+    def diff_aside(self, name: str, aside: Aside) -> TableDiff:
+        """The stored rows of table ``name`` against the rebuilt ones, most of them written
+        ``aside``; the stored side is not held in memory. On SQLite (all rebuilt rows in the
+        spill) both databases write their rows as JSON in the same pieces (``json_pieces``,
+        the same SQL) and the pieces are compared; should any differ, and on PostgreSQL, the
+        rows are compared one by one, read in key order from both (``merged_diff``)."""
         self.wait()
         if self._problem is not None:
             raise self._problem
@@ -261,21 +275,22 @@ class StoredTables(Mapping[str, list[Row]]):
         conn, scope = self._conn, self._scope
         with scan_cache(conn):  # (each page is read once: at 5M events the usual cache
             # would fill to its 256 MB)
-            if conn.dialect.name == "sqlite":
+            if conn.dialect.name == "sqlite" and not aside.rows:
                 quote = conn.dialect.identifier_preparer.quote
                 theirs = json_pieces(functools.partial(_fetch, conn), quote, scope, name)
                 # (the spill's pieces are written by a thread: SQLite releases the GIL, so both
                 # databases write at once on two cores)
-                with closing(fast.read_ahead(json_pieces(spill.fetch, quote, scope, name), 2)) \
-                        as mine:
+                with closing(fast.read_ahead(json_pieces(aside.spill.fetch, quote, scope, name),
+                                             2)) as mine:
                     try:
                         same = all(a == b for a, b in zip_longest(mine, theirs))
                     except _Unsure:
                         same = False
                 if same:
-                    count = spill.count(table)
+                    count = aside.spill.count(table)
                     return TableDiff(name, count, count)
-            return merged_diff(name, spill.rows(table), stored_in_key_order(conn, scope, name))
+            return merged_diff(name, aside.ordered(table, bools=False),
+                               stored_in_key_order(conn, scope, name))
 
 
 def _wheres(m: str, scope: Scope, name: str) -> list[tuple[str, tuple[Any, ...]]]:
@@ -505,9 +520,9 @@ class Comparison:
 
 
 def diff_tables(rebuilt: Mapping[str, Sequence[Row]], stored: Mapping[str, Sequence[Row]],
-                aside: Mapping[str, Spill] | None = None) -> list[TableDiff]:
+                aside: Mapping[str, Aside] | None = None) -> list[TableDiff]:
     """Per table, the rebuilt rows against the stored ones; the rebuilt rows of the tables in
-    ``aside`` are in that spill (``stored`` must then be ``StoredTables``)."""
+    ``aside`` are mostly in a spill (``stored`` must then be ``StoredTables``)."""
     diffs = []
     names = list(TABLE_NAMES)
     names += sorted(set(stored) - set(names))
@@ -549,13 +564,25 @@ def diff_tables(rebuilt: Mapping[str, Sequence[Row]], stored: Mapping[str, Seque
 
 def merged_diff(name: str, ours: Iterator[Row], theirs: Iterator[Row]) -> TableDiff:
     """``diff_tables`` of one table whose rebuilt and stored rows both come in key order
-    (neither is held in memory: a merge join)."""
+    (neither is held in memory: a merge join). Equal batches are passed over whole (compared
+    in C); from the first batch that differs, row by row. Rows are compared as given and
+    reported as the fold renders them (booleans as booleans)."""
+    rebuilt = stored = 0
+    while True:
+        mine_batch, other_batch = list(islice(ours, 5000)), list(islice(theirs, 5000))
+        if mine_batch != other_batch:
+            ours, theirs = chain(mine_batch, ours), chain(other_batch, theirs)
+            break
+        if not mine_batch:
+            return TableDiff(name, rebuilt, stored)
+        rebuilt += len(mine_batch)
+        stored += len(other_batch)
     width = key_width(TABLE_BY_NAME[name])
-    diff = TableDiff(name, 0, 0)
+    diff = TableDiff(name, rebuilt, stored)
     mine, other = next(ours, None), next(theirs, None)
     while mine is not None or other is not None:
         if other is None or (mine is not None and mine[:width] < other[:width]):
-            diff.missing.append(cast(Row, mine))
+            diff.missing.append(shown(name, cast(Row, mine)))
             diff.rebuilt += 1
             mine = next(ours, None)
         elif mine is None or other[:width] < mine[:width]:
@@ -564,7 +591,7 @@ def merged_diff(name: str, ours: Iterator[Row], theirs: Iterator[Row]) -> TableD
             other = next(theirs, None)
         else:
             if mine != other:
-                diff.changed.append((shown(name, other), mine))
+                diff.changed.append((shown(name, other), shown(name, mine)))
             diff.rebuilt += 1
             diff.stored += 1
             mine, other = next(ours, None), next(theirs, None)
@@ -591,7 +618,9 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
     stored ones streamed (``StoredTables.diff_aside``), not in memory."""
     distinct = sorted(set(stops.values()))
     rebuilt: dict[str, list[Row]] = {}
-    aside: dict[str, Spill] = {}  # table -> the spill holding all of its rebuilt rows
+    aside: dict[str, Aside] = {}  # table -> its rebuilt rows, most of them in a spill
+    # On SQLite they all go there, to be written as JSON by SQLite (``diff_aside``).
+    join_spill = view.connection.dialect.name == "sqlite"
     events = 0
     tables = None
     directory = spill_directory(view.connection.engine)
@@ -614,17 +643,19 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
                 name = str(table.name)
                 if owner not in owners:
                     continue
-                if name in held:  # the table made whole in the spill
-                    spill.add(table, rows.pop(name))
-                    aside[name] = spill
+                if name in held:
+                    aside[name] = Aside(spill, rows.pop(name))
+                    if join_spill:
+                        spill.add(table, aside[name].rows)
+                        aside[name].rows = []
                 else:
                     rebuilt[name] = rows[name]
             del rows
             progress = None  # one bar, for the first (usually only) fold
         final = stored(scope) if tables is None else tables
         if not isinstance(final, StoredTables):  # (expected rows of a file: compared in memory)
-            for name, spill in aside.items():
-                rebuilt[name] = list(spill.rows(TABLE_BY_NAME[name]))
+            for name, rows_aside in aside.items():
+                rebuilt[name] = list(rows_aside.ordered(TABLE_BY_NAME[name]))
             aside = {}
         diffs = diff_tables(rebuilt, final, aside)
     return Comparison(scope.execution_id, events, dict(stops), diffs,
