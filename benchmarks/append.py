@@ -100,6 +100,15 @@ COPY 94,997 ev/s, append 61,815 ev/s = 0.65x (client/server CPU 2.46/2.20 s; the
 the floor), catalog precomputed 0.73x: not met. Examining the next batch in a thread while the
 current one is copied and committed (a pipelined append) was tried on PostgreSQL: 4.1-4.8 s
 against 3.3-3.5 s in sequence - the examination and the COPY rows contend for the GIL.
+
+Issue 15, seventh stop (2026-11-29 05:46-06:03 UTC, quiet, a machine about 2x faster than the
+sixth stop's; no change to the append): eventsourcing application recorder 122,749 ev/s,
+aggregate recorder 42,666 ev/s; SQLite append 68,978 ev/s = 1.62x the aggregate recorder
+(met), 0.56x the application recorder. PostgreSQL in three runs of ``--repeat 2``: raw COPY
+116-137k ev/s, append 88.6-95.8k ev/s = 0.70-0.76x (client/server CPU 1.5-1.6/1.5-1.6 s),
+catalog precomputed 87-101k ev/s = 0.68-0.79x with the client at 0.75-0.90 s: the server then
+spends 1.6-1.9 s against the raw COPY's 1.3-1.6 s, so the append is not held by the client
+alone here. Not met (100k ev/s only once, with the catalog precomputed).
 """
 
 from __future__ import annotations

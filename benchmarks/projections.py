@@ -111,6 +111,19 @@ and 315 MB after (1.14x the 1M figure: bounded, within the 20% target). A writer
 the rows was measured before being built: with a Python thread busy beside it,
 ``executemany`` of the 312k slice rows took 30 s instead of 0.75 s (each INSERT waits a 5 ms
 switch interval to take the GIL back), so the render and the write stay in one thread.
+
+Issue 15, seventh stop (2026-11-29 05:45 and 06:09 UTC, a quiet machine about 2x faster than
+the sixth stop's; no change to the rebuild's speed): 1M events: raw read+decode 0.94 s (1.06M
+events/s); projector read+decode 2.18 s; rebuild in process 3.68 s (272k events/s: met), as a
+command 4.18 s (239k events/s: 4% short), peak RSS 269 MB; 3.9x the raw read (target 2x: not
+met). 5M events: rebuild in process 20.4 s, as a command 20.8 s, peak RSS 308 MB (1.14x the 1M
+figure: bounded). Where a 1M rebuild command's 4.3 s go (py-spy, 200 Hz): start-up 0.22 s;
+the fold's thread 2.3 s (parse about 0.6 s, the slice and result handlers most of the rest);
+the budget's evictions 0.46 s (of which writing 160k rows to the spill file 0.25 s); render
+0.23 s; writing the fold's rows 0.5 s (Python binding 190k rows: the spilled 160k are copied
+by SQLite in 0.035 s); clearing the old tables 0.11 s; closing the store (checkpointing the
+WAL the rebuild wrote) 0.11 s. Twice the raw read would leave 1.9 s for all of it: the fold's
+thread alone is over that, in CPython.
 """
 
 from __future__ import annotations

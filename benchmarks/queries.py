@@ -56,6 +56,11 @@ Issue 15, sixth stop (2026-11-29 04:16 UTC, quiet, 1M events): every query 0.299
 command, 3-16 ms in process: 1 of 23 at or under 0.3 s. ``python -c pass`` takes 0.038 s,
 ``import sqlalchemy`` alone 0.239 s, so SQLAlchemy's import is two thirds of every command;
 the queries' own work meets the target with room.
+
+Issue 15, seventh stop (2026-11-29 05:44 UTC, quiet, a machine about 2x faster than the sixth
+stop's, 1M events, ``--repeat 5``): every query 0.185-0.205 s as a command, 2-8 ms in process:
+23 of 23 under 0.3 s. ``python -c pass`` 0.027 s, ``swf --help`` 0.211 s, ``import
+sqlalchemy`` alone 0.16 s. Nothing changed in the code since the sixth stop: the machine did.
 """
 
 from __future__ import annotations
