@@ -1,4 +1,4 @@
-"""A rebuild's fold in bounded memory: settled STF files leave it, rows and all.
+"""A rebuild's (and a replay's) fold in bounded memory: settled STF files leave it, rows and all.
 
 A rebuild folds the whole log before it writes, so its fold would hold every STF file, sample
 and slice of the log at once (about 0.8 kB a slice: 1.2 GB at 5M events). Once the fold holds
@@ -12,7 +12,11 @@ result, a duplicate, a sample linked afterwards) first brings its group back (``
 ``recall_sample``), exactly as it left - a record loaded from its row folds on as if it never
 left memory, the rule incremental catch-up relies on too. A Bloom filter of the evicted names
 keeps the lookup off the hot path. At the write the projector has SQLite copy the spilled rows
-from the attached file (PostgreSQL: merged with the fold's own, in key order).
+from the attached file (PostgreSQL: merged with the fold's own, in key order); a replay compares
+them with the stored ones from there (``replay/rebuild.py``).
+
+The file lives beside a SQLite store (``spill_directory``) and holds an ``flock`` while in use,
+so a rebuild or replay killed on its way leaves a file the next one removes (``sweep``).
 """
 
 from __future__ import annotations
@@ -239,11 +243,11 @@ def _locked_file(directory: str | None) -> tuple[int, str]:
     tells ``sweep`` the file is in use (SQLite's own locks are POSIX locks: independent)."""
     while True:
         handle, path = tempfile.mkstemp(prefix=_PREFIX, suffix=_SUFFIX, dir=directory)
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (no one else has it open yet...)
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == os.fstat(handle).st_ino:
+        with contextlib.suppress(OSError):  # (a sweep may hold it: it is about to remove it)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino == os.fstat(handle).st_ino:  # (not removed meanwhile)
                 return handle, path
-        os.close(handle)  # (...unless a sweep took it between: it is gone, make another)
+        os.close(handle)  # taken by a sweep between: make another
 
 
 def sweep(directory: str | None) -> int:

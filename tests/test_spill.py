@@ -4,6 +4,8 @@ byte-equal to a fold that kept everything."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -219,3 +221,33 @@ def test_a_rebuild_sweeps_spill_files_left_beside_the_store(
     with EventStore(sqlite_url) as store:
         Projector(store).rebuild()
     assert not stale.exists()
+
+
+def test_a_spill_file_a_sweep_takes_as_it_is_made_is_made_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between its making and its lock a sweep may find the file free, lock it and remove it:
+    the spill then makes another rather than fail or use a file no longer there."""
+    real = spilling.tempfile.mkstemp
+    made: list[str] = []
+    swept: list[int] = []
+
+    def mkstemp(**options: Any) -> tuple[int, str]:
+        handle, path = real(**options)
+        made.append(path)
+        if len(made) == 1:  # a sweep, right now: locks the first file, removes it
+            sweeper = os.open(path, os.O_RDONLY)
+            fcntl.flock(sweeper, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            swept.append(sweeper)
+        return handle, path
+
+    monkeypatch.setattr(spilling.tempfile, "mkstemp", mkstemp)
+    spill = Spill(str(tmp_path))
+    try:
+        assert spill.fetch("SELECT 1") == [(1,)]
+        assert len(made) == 2 and spill.path == made[1]
+        os.unlink(made[0])  # (the sweep goes on: removes the first, lets go of it)
+        os.close(swept[0])
+        assert spilling.sweep(str(tmp_path)) == 0 and Path(made[1]).exists()
+    finally:
+        spill.close()
+    assert not list(tmp_path.iterdir())
