@@ -97,6 +97,8 @@ class Spill:
         return self._conn
 
     def close(self) -> None:
+        """Remove the file: the spill is empty again (and may be used again)."""
+        self._bloom = bytearray()  # (no name is held any more)
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -564,11 +564,17 @@ def test_executions_sharing_agent_names_replay_each_on_its_own(sqlite_url, tmp_p
     assert replay("--fixture", tmp_path / "first.jsonl", "--agents").exit_code == 0
 
 
-def test_a_run_number_retried_by_a_later_execution(sqlite_url, tmp_path) -> None:
-    """Run 555 is announced by two executions: its rows depend on both."""
+@pytest.mark.parametrize("bounded", [False, True])
+def test_a_run_number_retried_by_a_later_execution(sqlite_url, tmp_path, monkeypatch,
+                                                   bounded: bool) -> None:
+    """Run 555 is announced by two executions: its rows depend on both. ``bounded``: the
+    replay's fold writes every STF file aside as soon as it can (folding again with the other
+    execution's events empties the spill and fills it anew)."""
     from agents.base import shift
     from agents.config import load_workflow
     from agents.runtime import prepare
+    from projections import source
+    from projections import spill as spilling
 
     executions = []
     with EventStore(sqlite_url) as store:
@@ -592,12 +598,22 @@ def test_a_run_number_retried_by_a_later_execution(sqlite_url, tmp_path) -> None
             runtime.run()
             executions.append(execution)
     projections_catch_up(sqlite_url)
+    written_aside: list[int] = []
+    if bounded:
+        for module, name, value in ((spilling, "ABOVE", -1), (spilling, "DOWN_TO", -1),
+                                    (spilling, "WINDOW", 0), (source, "PACKED_CHUNK", 1),
+                                    (source, "CHUNK", 1)):
+            monkeypatch.setattr(module, name, value)
+        put = spilling.Spill._put
+        monkeypatch.setattr(spilling.Spill, "_put", lambda spill, stfs, *rest: (
+            written_aside.append(len(stfs)), put(spill, stfs, *rest))[1])
     for execution in executions:
         result = replay(execution, "--db", sqlite_url, "--json")
         report = as_json(result)
         assert result.exit_code == 0 and report["identical"], result.output
         assert report["shared_runs_with"] == [e for e in executions if e != execution]
         assert replay(execution, "--db", sqlite_url, "--agents").exit_code == 0
+    assert bool(written_aside) == bounded and sum(written_aside) >= 2 * bounded
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------

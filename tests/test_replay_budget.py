@@ -26,14 +26,14 @@ def replay(*args: Any) -> Result:
 
 
 def spilled_replay(monkeypatch: pytest.MonkeyPatch, *args: Any) -> tuple[Result, list[str]]:
-    """``replay(*args)`` with a budget of a few slices, folding 20 events a round; also the
+    """``replay(*args)`` with no budget at all, folding 20 events a round; also the
     tables compared aside (their names; with " by row" where the JSON of the two sides
     differed, so their rows were read and compared one by one)."""
     with monkeypatch.context() as patched:
         patched.setattr(source, "PACKED_CHUNK", 20)
         patched.setattr(source, "CHUNK", 20)
-        patched.setattr(spilling, "ABOVE", 5)
-        patched.setattr(spilling, "DOWN_TO", 0)
+        patched.setattr(spilling, "ABOVE", -1)  # every settled STF file, slices or none
+        patched.setattr(spilling, "DOWN_TO", -1)
         patched.setattr(spilling, "WINDOW", 1)
         aside: list[str] = []
         real = rebuild.StoredTables.diff_aside
@@ -70,7 +70,7 @@ def test_a_replay_over_its_budget_reports_what_one_within_it_reports(
         assert bounded.stdout_bytes == whole.stdout_bytes
         assert bounded.exit_code == whole.exit_code == 0, whole.stdout
         report = orjson.loads(replay(execution, "--db", sqlite_url, "--json").stdout_bytes)
-        if report["tables"]["tf_slices"]["rebuilt"] > 5:  # (the budget spilled_replay sets)
+        if report["tables"]["stf_files"]["rebuilt"]:  # (something to write aside)
             assert aside == ["stf_files", "tf_samples", "tf_slices"], execution  # none by row
 
 
