@@ -184,3 +184,38 @@ def test_stored_rows_come_in_key_order_as_python_sorts_whatever_the_collation(
         with store.engine.connect() as conn:
             stored = list(rebuild.stored_in_key_order(conn, scope, "stf_files"))
     assert [row[2] for row in stored] == sorted(names)
+
+
+def test_projections_covering_different_positions_compare_alike_over_the_budget(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each projection is folded to its own position (one fold, and one spill, per position):
+    bounded or not, the same comparison - here with drift, the tables being ahead of the
+    positions they are compared at."""
+    from eventstore.store import EventStore
+    from projections.projector import NAMES
+    from replay.source import Scope
+
+    execution = _execution(sqlite_url)
+    with EventStore(sqlite_url, read_only=True) as store, store.snapshot() as view:
+        head = view.head()
+        stops = {name: head for name in NAMES}
+        stops.update(stf_files=head // 2, tf_slices=head * 3 // 4)
+
+        def compared() -> rebuild.Comparison:
+            return rebuild.compare(view, Scope(execution), stops,
+                                   lambda scope: rebuild.StoredTables(view.connection, scope))
+
+        whole = compared()
+        with monkeypatch.context() as patched:
+            for name, value in (("ABOVE", -1), ("DOWN_TO", -1), ("WINDOW", 1)):
+                patched.setattr(spilling, name, value)
+            patched.setattr(source, "PACKED_CHUNK", 20)
+            put = spilling.Spill._put
+            written: list[int] = []
+            patched.setattr(spilling.Spill, "_put", lambda spill, stfs, *rest: (
+                written.append(len(stfs)), put(spill, stfs, *rest))[1])
+            bounded = compared()
+    assert written and not whole.identical
+    assert {diff.name for diff in whole.tables if not diff.identical} >= {"stf_files",
+                                                                          "tf_slices"}
+    assert bounded == whole
