@@ -5,7 +5,9 @@ transaction as the rows of the events it covers: a crash leaves rows and checkpo
 the last commit, so no event is ever applied twice or skipped. The fold is shared by all
 projections (run counters need the slices, STF statuses the samples...), so normally all
 checkpoints move together; one left behind (a projection added later, or a partial rebuild that
-lost a race) is rebuilt up to the others.
+lost a race) is rebuilt up to the others. A catch-up from position 0 (nothing projected yet: a
+new store, or a log imported before its first catch-up) is a rebuild: one write, in the
+rebuild's bounded memory, where an incremental fold would hold every record of the log.
 
 Writers are serialized: BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL. Folding runs
 outside that lock; the write then checks the checkpoints did not move meanwhile (another
@@ -100,7 +102,8 @@ class Projector:
     # -- catch-up ------------------------------------------------------------------------------
 
     def catch_up(self, progress: Progress | None = None) -> int:
-        """Apply every event after the checkpoints; returns how many events were applied."""
+        """Apply every event after the checkpoints (from position 0: a rebuild); returns how many
+        events were applied."""
         applied = 0
         fold: Fold | None = None
         while True:
@@ -118,10 +121,15 @@ class Projector:
                 continue
             if done >= top:
                 return applied
+            if done == 0:  # nothing projected yet: a rebuild folds it all (in bounded memory)
+                with suppress(Moved):  # (another process got there first: go on from it)
+                    applied += self._replace(NAMES, top, progress, expected=marks)
+                fold = None
+                continue
             if fold is None or fold.checkpoint != done:
                 from .fold import Fold
 
-                fold = Fold(complete=done == 0)
+                fold = Fold(complete=False)
                 fold.checkpoint = done
             try:
                 applied += self._step(fold, marks, done, top)
@@ -139,14 +147,11 @@ class Projector:
         from .load import preload
 
         with quiet_gc():
-            if fold.complete:  # nothing to load: stream
-                applied, covered = self._stream(fold, done, top, self.batch_size)
-            else:
-                with self.store.snapshot() as view:
-                    rows, covered = view.fold_rows(done, top, self.batch_size)
-                    items = source.decode(view, rows)
-                    preload(view.connection, fold, items)
-                applied = fold.feed(items)
+            with self.store.snapshot() as view:
+                rows, covered = view.fold_rows(done, top, self.batch_size)
+                items = source.decode(view, rows)
+                preload(view.connection, fold, items)
+            applied = fold.feed(items)
             changes = render(fold, NAMES)
             with self._writing() as conn:
                 if _checkpoints(conn) != marks:
@@ -224,7 +229,10 @@ class Projector:
             except Moved:
                 log.info("another process advanced the projections; rebuilding again")
 
-    def _replace(self, names: Collection[str], target: int, progress: Progress | None) -> int:
+    def _replace(self, names: Collection[str], target: int, progress: Progress | None,
+                 expected: dict[str, int] | None = None) -> int:
+        """Rebuild ``names`` up to ``target`` in one write; raises Moved if the other
+        projections are no longer at ``target`` (or the checkpoints no longer ``expected``)."""
         from .derive import render
         from .fold import Fold
         from .spill import Spill, spill_directory, sweep
@@ -240,7 +248,8 @@ class Projector:
             del fold  # acyclic: freed right here, not by a later collection
             with self._writing(rebuild=True) as conn:
                 marks = _checkpoints(conn)
-                if any(marks[name] != target for name in others):
+                if any(marks[name] != target for name in others) or (
+                        expected is not None and marks != expected):
                     raise Moved
                 for name in names:
                     for table in PROJECTIONS[name]:

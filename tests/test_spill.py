@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_projections_property import (
@@ -251,3 +252,68 @@ def test_a_spill_file_a_sweep_takes_as_it_is_made_is_made_again(
     finally:
         spill.close()
     assert not list(tmp_path.iterdir())
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=deliveries(), head=st.integers(1, 5))
+def test_a_first_catch_up_is_a_rebuild_in_bounded_memory_equal_to_catching_up_in_steps(
+        fresh_store: Any, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        case: tuple[list[Message], list[Message]], head: int) -> None:
+    """Nothing projected yet: catch-up rebuilds (under the budget, here none at all) and ends
+    where catching up the same log in two steps, the second incremental, ended."""
+    _sent, delivered = case
+    store = fresh_store()
+    store.append(incoming(message) for message in delivered[:head])
+    Projector(store).catch_up()  # (from 0: a rebuild of the first few)
+    store.append(incoming(message) for message in delivered[head:])
+    Projector(store).catch_up()  # incremental
+    stepwise = dump(store.engine)
+    with store.engine.begin() as conn:  # nothing projected again (the same events: positions)
+        for table in t.metadata.sorted_tables:
+            conn.execute(sa.delete(table))
+    written: list[int] = []
+    with monkeypatch.context() as patched:
+        for name, value in (("ABOVE", -1), ("DOWN_TO", -1), ("WINDOW", 0)):
+            patched.setattr(spilling, name, value)
+        patched.setattr(source, "PACKED_CHUNK", 2)
+        patched.setattr(source, "CHUNK", 2)
+        put = Spill._put
+        patched.setattr(Spill, "_put", lambda spill, stfs, *rest: (
+            written.append(len(stfs)), put(spill, stfs, *rest))[1])
+        Projector(store).catch_up()
+    assert dump(store.engine) == stepwise
+    if stepwise["stf_files"]:
+        assert written  # (written aside: the rebuild's budget held)
+
+
+def test_a_first_catch_up_another_process_got_ahead_of_goes_on_from_there(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both start from position 0; the other commits first: this one's rebuild must not put
+    the checkpoints back, it catches up from where the other got to."""
+    messages = [{"msg_type": "run_imminent", "namespace": "prop", "execution_id": "exec-1",
+                 "run_id": 300, "sender": "daq", "workflow_params": {"n": 1},
+                 "timestamp": "2025-05-01T00:00:00.000000Z"}]
+    for second in range(1, 6):
+        messages += _stf_messages(300, f"{second}.stf", f"{second}_tf.tf", second)
+    for number, message in enumerate(messages):
+        message["msg_id"] = f"m{number}"
+    with EventStore(sqlite_url) as store:
+        store.append(incoming(message) for message in messages[:8])
+        ours, theirs = Projector(store), Projector(store)
+        stream = Projector._stream
+
+        def other_first(self: Projector, *args: Any, **options: Any) -> Any:
+            if self is ours and not calls:
+                calls.append(1)
+                store.append(incoming(message) for message in messages[8:])
+                assert theirs.catch_up() == len(messages)  # (a rebuild of all of them)
+            return stream(self, *args, **options)
+
+        calls: list[int] = []
+        monkeypatch.setattr(Projector, "_stream", other_first)
+        assert ours.catch_up() == 0  # its rebuild lost the race; nothing was left to apply
+        assert calls and {row["position"] for row in ours.status()} == {store.head()}
+        after = dump(store.engine)
+        Projector(store).rebuild()
+        assert dump(store.engine) == after
