@@ -50,7 +50,7 @@ from .records import (
 
 
 class Recall(Protocol):
-    """Brings back what a rebuild moved out of the fold (``spill.Spill``)."""
+    """Brings back what a rebuild or replay moved out of the fold (``spill.Spill``)."""
 
     def recall_stf(self, fold: Fold, key: ItemKey) -> bool: ...
 
@@ -109,7 +109,7 @@ class Fold:
         self.checked_agents: set[tuple[str, str]] = set()
         self.checked_stops = complete
         self.checked_daq = complete
-        # A rebuild's fold may move settled STF files, with their samples and slices, out of
+        # A rebuild's or replay's fold may move settled STF files, their samples and slices, out of
         # memory (``spill.py``); each record notes the round (a chunk of the log) that last
         # touched it, and a record asked for again is brought back first.
         self.spill: Recall | None = None

@@ -235,12 +235,10 @@ class Projector:
         projections are no longer at ``target`` (or the checkpoints no longer ``expected``)."""
         from .derive import render
         from .fold import Fold
-        from .spill import Spill, spill_directory, sweep
+        from .spill import for_store
 
         fold = Fold(complete=True)
-        directory = spill_directory(self.engine)
-        sweep(directory)
-        fold.spill = spill = Spill(directory)
+        fold.spill = spill = for_store(self.engine)
         others = [name for name in NAMES if name not in names]
         with quiet_gc(), closing(spill):
             folded, _done = self._stream(fold, 0, target, target, progress, spill)

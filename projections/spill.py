@@ -15,8 +15,8 @@ keeps the lookup off the hot path. At the write the projector has SQLite copy th
 from the attached file (PostgreSQL: merged with the fold's own, in key order); a replay compares
 them with the stored ones from there (``replay/rebuild.py``).
 
-The file lives beside a SQLite store (``spill_directory``) and holds an ``flock`` while in use,
-so a rebuild or replay killed on its way leaves a file the next one removes (``sweep``).
+The file lives beside a SQLite store (``for_store``) and holds an ``flock`` while in use, so a
+rebuild or replay killed on its way leaves a file the next one removes (``sweep``).
 """
 
 from __future__ import annotations
@@ -238,6 +238,14 @@ def spill_directory(engine: sa.Engine) -> str | None:
         return None
     folder = Path(database).resolve().parent
     return str(folder) if os.access(folder, os.W_OK) else None
+
+
+def for_store(engine: sa.Engine) -> Spill:
+    """A spill for a rebuild or replay of the store: beside it (``spill_directory``), once the
+    files that killed ones left there are removed (``sweep``)."""
+    directory = spill_directory(engine)
+    sweep(directory)
+    return Spill(directory)
 
 
 def _locked_file(directory: str | None) -> tuple[int, str]:

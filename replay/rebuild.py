@@ -29,7 +29,7 @@ from projections import tables as t
 from projections.derive import everything, flushed, render
 from projections.fold import Fold
 from projections.projector import NAMES, quiet_gc
-from projections.spill import Spill, keep_to_budget, spill_directory, sweep
+from projections.spill import Spill, for_store, keep_to_budget
 
 from . import source
 from .source import Limit, Scope
@@ -311,14 +311,19 @@ def _wheres(m: str, scope: Scope, name: str) -> list[tuple[str, tuple[Any, ...]]
 
 def stored_table(conn: sa.Connection, scope: Scope, name: str) -> list[Row]:
     """The stored rows of table ``name`` in the execution's scope."""
-    m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    quote = conn.dialect.identifier_preparer.quote
-    table = TABLE_BY_NAME[name]
-    select = f"SELECT {', '.join(quote(c) for c in columns_of(table))} FROM {quote(name)}"
+    select, m = _select_all(conn, name)
     rows: list[Row] = []
     for where, params in _wheres(m, scope, name):
         rows.extend(_fetch(conn, f"{select} WHERE {where}", params))
-    return _normal(table, rows)
+    return _normal(TABLE_BY_NAME[name], rows)
+
+
+def _select_all(conn: sa.Connection, name: str) -> tuple[str, str]:
+    """(SELECT of every column of table ``name``, the driver's parameter mark)."""
+    quote = conn.dialect.identifier_preparer.quote
+    columns = ", ".join(quote(c) for c in columns_of(TABLE_BY_NAME[name]))
+    return (f"SELECT {columns} FROM {quote(name)}",
+            "?" if conn.dialect.paramstyle == "qmark" else "%s")
 
 
 def same_as_stored(conn: sa.Connection, scope: Scope, name: str, rows: Sequence[Row],
@@ -435,14 +440,12 @@ def stored_in_key_order(conn: sa.Connection, scope: Scope, name: str) -> Iterato
     a server-side cursor). For tables keyed by run first: its wheres come in key order too."""
     assert name in _RUN_KEYED and name != "run_state", name
     postgres = conn.dialect.name == "postgresql"
-    m = "%s" if postgres else "?"
+    select, m = _select_all(conn, name)
     quote = conn.dialect.identifier_preparer.quote
-    table = TABLE_BY_NAME[name]
-    select = f"SELECT {', '.join(quote(c) for c in columns_of(table))} FROM {quote(name)}"
     key = ", ".join(
         f'{quote(str(column.name))} COLLATE "C"'
         if postgres and isinstance(column.type, sa.String) else quote(str(column.name))
-        for column in table.primary_key.columns)
+        for column in TABLE_BY_NAME[name].primary_key.columns)
     for where, params in _wheres(m, scope, name):
         result = conn.exec_driver_sql(f"{select} WHERE {where} ORDER BY {key}", params,
                                       execution_options={"stream_results": postgres})
@@ -623,11 +626,9 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
     join_spill = view.connection.dialect.name == "sqlite"
     events = 0
     tables = None
-    directory = spill_directory(view.connection.engine)
-    sweep(directory)
     with quiet_gc(), ExitStack() as cleanup:  # (rendering and comparing make no cycles either)
         for stop in distinct:
-            spill = cleanup.enter_context(closing(Spill(directory)))
+            spill = cleanup.enter_context(closing(for_store(view.connection.engine)))
             fold, count = fold_execution(view, scope, Limit(position=stop), progress, spill)
             events = max(events, count)
             held = {str(table.name) for _owner, table in TABLES if spill.holds(table)}

@@ -12,17 +12,12 @@ from typing import Any
 
 import orjson
 import pytest
-from click.testing import CliRunner, Result
-from test_replay import FIXTURES, NAMES, loaded
+from click.testing import Result
+from test_replay import FIXTURES, NAMES, loaded, replay
 
 from projections import source
 from projections import spill as spilling
 from replay import rebuild
-from replay.cli import main
-
-
-def replay(*args: Any) -> Result:
-    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
 
 
 def spilled_replay(monkeypatch: pytest.MonkeyPatch, *args: Any) -> tuple[Result, list[str]]:
