@@ -426,13 +426,21 @@ def needs_normalization(message: dict[str, Any], schema_version: int,
         return True  # empty, or (namespace, sender) absent: the headers may fill them
     msg_type = get("msg_type")
     if msg_type in _SLICE_TYPES:  # the most frequent first
-        if msg_type == "slice" and get("retry") is None:
-            return True
+        if msg_type == "slice":
+            if get("retry") is None:
+                return True
+        elif get("worker") is None and type(get("hostname")) is str:
+            return True  # the worker is the hostname (_finish_slice_result)
         name = get("tf_filename")
         return type(name) is str and "_slice_" in name  # a slice's own file name
     if msg_type in _CHECKSUMMED:
         checksum = get("checksum")
         return checksum is not None and not _CANONICAL_CHECKSUM.match(checksum)
+    prepare = _PREPARE.get(msg_type)
+    if prepare is not None:  # rare types: ask the rule itself whether it fills anything in
+        prepared = dict(message)
+        prepare(prepared)
+        return prepared != message
     return msg_type not in CATALOG
 
 

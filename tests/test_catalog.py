@@ -215,6 +215,52 @@ def test_examine_is_total_and_normalization_is_idempotent(msg_type, fields) -> N
             assert complete(parsed) == verdict.data
 
 
+# The readers' fast path on bodies with a full envelope, as our senders write them: whatever
+# else they hold (every field the catalog reads, not only its own), a body that
+# ``needs_normalization`` passes must be exactly what ``examine`` makes of it.
+_READ_FIELDS = ("agent_name", "agent_type", "checksum", "content", "created_at", "filename",
+                "forwarded", "hostname", "processed", "result", "retry", "run_number", "size",
+                "size_bytes", "slice_filename", "slice_id", "state", "status", "stf_filename",
+                "tf_filename", "total_files", "ts", "worker", "workflow")
+_ENVELOPE = {"msg_id": "m-1", "namespace": "ns", "execution_id": "exe-1", "run_id": 5,
+             "sender": "agent", "timestamp": "2026-01-01T00:00:00.000000Z"}
+field_values = st.one_of(
+    json_values, st.sampled_from(["completed", "failed", "a_slice_001.tf", "0000000f", "ad:15",
+                                  "host-1", {"name": "t", "content": {"site": "BNL"}}]))
+
+
+def _canonical_is_complete(message: dict) -> None:
+    verdict = examine(orjson.dumps(message))
+    if verdict.data is not None and not needs_normalization(message, SCHEMA_VERSION,
+                                                             verdict.sent_at):
+        assert complete(dict(message)) == verdict.data
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow,
+                                                   HealthCheck.data_too_large])
+@given(msg_type=st.sampled_from(sorted(CATALOG)),
+       fields=st.dictionaries(st.sampled_from(sorted({f for spec in CATALOG.values()
+                                                      for f in spec} | set(_READ_FIELDS))),
+                              field_values, max_size=6))
+def test_a_body_passed_as_canonical_is_what_examine_makes_of_it(msg_type, fields) -> None:
+    _canonical_is_complete({"msg_type": msg_type, **_ENVELOPE, **fields})
+
+
+@pytest.mark.parametrize("fields", [
+    {"msg_type": "heartbeat"},  # the transformer's: agent_type filled in
+    {"msg_type": "transformer_heartbeat", "status": "OK"},
+    {"msg_type": "agent_heartbeat", "agent_name": "a"},  # agent_type "Unknown", as the monitor
+    {"msg_type": "agent_heartbeat", "agent_name": "a", "agent_type": None},
+    {"msg_type": "create_workflow_task", "workflow": {"name": "t", "content": {"site": "BNL"}}},
+    {"msg_type": "slice_result", "slice_id": 1, "tf_filename": "t.tf", "status": "completed",
+     "hostname": "host-1"},  # the worker taken from the hostname
+])
+def test_bodies_examine_fills_from_their_own_fields_are_not_canonical(fields) -> None:
+    message = {**_ENVELOPE, **fields}
+    assert needs_normalization(message, SCHEMA_VERSION)
+    _canonical_is_complete(message)
+
+
 # --- totality: whatever arrives, a verdict --------------------------------------------------
 
 ZONES = [None, "UTC", "America/New_York", "Asia/Kolkata", "Pacific/Kiritimati"]
