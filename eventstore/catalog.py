@@ -436,7 +436,7 @@ def needs_normalization(message: dict[str, Any], schema_version: int,
     if msg_type in _CHECKSUMMED:
         checksum = get("checksum")
         return checksum is not None and not _CANONICAL_CHECKSUM.match(checksum)
-    prepare = _PREPARE.get(msg_type)
+    prepare = _PREPARE.get(msg_type) if type(msg_type) is str else None
     if prepare is not None:  # rare types: ask the rule itself whether it fills anything in
         prepared = dict(message)
         prepare(prepared)
