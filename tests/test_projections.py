@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from eventstore import catalog
 from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, TOPIC, Incoming, format_time
@@ -558,6 +560,48 @@ def test_a_consuming_render_gives_the_same_rows_and_leaves_the_fold_without_slic
     assert kept.slices and not consumed.slices and not consumed.sample_slices
     assert all(run.slices for run in kept.runs.values())
     assert not any(run.slices for run in consumed.runs.values())
+
+
+# Every field the catalog or the fold reads, with values that mean something to either.
+_FIELDS = sorted({name for spec in catalog.CATALOG.values() for name in spec}
+                 | {"agent_type", "hostname", "worker", "workflow", "state", "status"})
+_VALUES = st.one_of(st.none(), st.integers(0, 50), st.sampled_from(
+    ["x", "a.tf", "a.stf", "a_slice_001.tf", "completed", "failed", "processing", "queued",
+     "0000000f", "host-1", "run", "physics", "open", "closed"]))
+
+
+@settings(max_examples=1000, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(messages=st.lists(st.tuples(st.sampled_from(sorted(catalog.CATALOG)),
+                                   st.dictionaries(st.sampled_from(_FIELDS), _VALUES,
+                                                   max_size=6)),
+                         min_size=1, max_size=4))
+@example(messages=[("heartbeat", {})])  # the agent_type the catalog fills in
+@example(messages=[("slice", {"slice_id": 1, "tf_filename": "a.tf", "start": 0, "end": 9}),
+                   ("slice_result", {"slice_id": 1, "tf_filename": "a.tf",
+                                     "status": "completed", "hostname": "host-1"})])
+def test_a_body_folded_as_parsed_folds_as_the_catalog_reads_it(messages) -> None:
+    """A rebuild folds a body ``needs_normalization`` passes as parsed, absent fields absent;
+    the catalog's reading of it (``examine``) must fold to the same rows."""
+    examined, parsed = [], []
+    for position, (msg_type, fields) in enumerate(messages, 1):
+        message = {"msg_type": msg_type, "namespace": "ns", "execution_id": "exe-1",
+                   "run_id": 5, "sender": "agent", **fields, "msg_id": f"m-{position}",
+                   "timestamp": f"2026-01-01T00:00:0{position}.000000Z"}
+        verdict = catalog.examine(orjson.dumps(message))
+        if verdict.data is None:
+            continue
+        as_parsed = (verdict.data if catalog.needs_normalization(
+            message, catalog.SCHEMA_VERSION, verdict.sent_at) else orjson.loads(
+                orjson.dumps(message)))
+        envelope = (position, msg_type, verdict.namespace or "", verdict.execution_id,
+                    verdict.run_id, verdict.sender, verdict.sent_at)
+        examined.append((*envelope, verdict.data))
+        parsed.append((*envelope, as_parsed))
+    folds = Fold(), Fold()
+    folds[0].feed(examined)
+    folds[1].feed(parsed)
+    assert snapshot(folds[1], changed_only=False) == snapshot(folds[0], changed_only=False)
 
 
 def test_rebuild_of_one_projection_leaves_the_others(env: Env) -> None:
