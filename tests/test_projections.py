@@ -803,6 +803,57 @@ def test_a_rebuild_from_packed_chunks_equals_one_from_rows(
     assert env.dump() == from_packed
 
 
+def test_packed_slice_bodies_come_without_the_keys_the_fold_takes_from_the_row(
+        env: Env) -> None:
+    """A marked slice or slice_result with a run is packed lean (``reads.LEAN_KEYS`` dropped
+    by SQLite); every other body whole; and the two fold alike."""
+    from eventstore import reads
+
+    if env.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL reads rows, not packed chunks")
+    messages = upstream_forms(env)
+    env.send(*messages)
+    top = env.store.head()
+    chunk = env.store.fold_packed(0, top, top)
+    assert chunk is not None
+    rows, bodies = orjson.loads(chunk.rows), orjson.loads(chunk.bodies)
+    stored, _covered = env.store.fold_rows(0, top, top)
+    lean = 0
+    for row, body, (_position, run, *_rest, whole, marked) in zip(rows, bodies, stored,
+                                                                  strict=True):
+        original = orjson.loads(whole)
+        if marked and run is not None and original["msg_type"] in reads.LEAN_TYPES:
+            lean += 1
+            assert body == {key: value for key, value in original.items()
+                            if key not in reads.LEAN_KEYS}
+        else:
+            assert body == original
+        assert row[0] == _position
+    assert 0 < lean < len(messages) - 1  # the scenario's own slices, not the upstream result
+    from_chunk, from_rows = Fold(), Fold()
+    source.fold_chunk(from_chunk, env.store, chunk)
+    source.fold_rows(from_rows, env.store, stored)
+    assert snapshot(from_chunk, changed_only=False) == snapshot(from_rows, changed_only=False)
+
+
+def test_bodies_sqlite_cannot_make_lean_are_packed_whole(
+        env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from eventstore import reads
+
+    if env.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL reads rows, not packed chunks")
+    messages = scenario(env)
+    env.send(*messages)
+    top = env.store.head()
+    monkeypatch.setattr(reads, "_LEAN_BODY", "json_remove('{', '$.x')")  # malformed JSON
+    with env.store.snapshot() as view:
+        chunk = view.fold_packed(0, top, top)
+    assert chunk is not None and chunk.size == len(messages)
+    stored, _covered = env.store.fold_rows(0, top, top)
+    assert orjson.loads(chunk.bodies) == [orjson.loads(row[5]) for row in stored]
+    assert "bodies read whole" in caplog.text
+
+
 def _marks(env: Env) -> dict[str, int | None]:
     with env.engine.connect() as conn:
         return dict(conn.exec_driver_sql("SELECT event_id, canonical FROM events").all())
