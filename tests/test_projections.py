@@ -125,6 +125,14 @@ def env(db_url: str) -> Iterator[Env]:
     environment.store.close()
 
 
+@pytest.fixture
+def sqlite_env(sqlite_url: str) -> Iterator[Env]:
+    """For what only SQLite does (packed reads: PostgreSQL reads rows)."""
+    environment = Env(sqlite_url)
+    yield environment
+    environment.store.close()
+
+
 def counters(row: dict[str, Any]) -> tuple[int, ...]:
     return tuple(row[name] for name in (
         "stf_count", "stf_samples_received", "slices_created", "slices_queued",
@@ -804,13 +812,12 @@ def test_a_rebuild_from_packed_chunks_equals_one_from_rows(
 
 
 def test_packed_slice_bodies_come_without_the_keys_the_fold_takes_from_the_row(
-        env: Env) -> None:
+        sqlite_env: Env) -> None:
     """A marked slice or slice_result with a run is packed lean (``reads.LEAN_KEYS`` dropped
     by SQLite); every other body whole; and the two fold alike."""
     from eventstore import reads
 
-    if env.engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL reads rows, not packed chunks")
+    env = sqlite_env
     messages = upstream_forms(env)
     env.send(*messages)
     top = env.store.head()
@@ -837,11 +844,11 @@ def test_packed_slice_bodies_come_without_the_keys_the_fold_takes_from_the_row(
 
 
 def test_bodies_sqlite_cannot_make_lean_are_packed_whole(
-        env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        sqlite_env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from eventstore import reads
 
-    if env.engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL reads rows, not packed chunks")
+    env = sqlite_env
     messages = scenario(env)
     env.send(*messages)
     top = env.store.head()
