@@ -124,6 +124,23 @@ the budget's evictions 0.46 s (of which writing 160k rows to the spill file 0.25
 by SQLite in 0.035 s); clearing the old tables 0.11 s; closing the store (checkpointing the
 WAL the rebuild wrote) 0.11 s. Twice the raw read would leave 1.9 s for all of it: the fold's
 thread alone is over that, in CPython.
+
+Issue 15, eighth stop (2026-11-29 07:50-08:40 UTC, a machine about 1.45x slower than the
+seventh stop's on a pure-Python loop, and noisy: the same loop varies by 12% from run to run).
+Lean packed bodies: SQLite drops the envelope keys the fold takes from the row (run,
+execution, time) or never reads (msg_id, sender) from the marked bodies of slices and results
+(``reads.LEAN_KEYS``), in the read-ahead thread. Parsing and freeing the bodies of 300k events
+0.39 -> 0.25 s; the fold's thread on them 0.79-0.94 -> 0.61-0.66 s (best of 5, alternating
+trees, three rounds); SQLite packing them 0.22 -> 0.38-0.40 s (the other thread). Before =
+7f54115, after = this tree, on copies of one 1M-event store built by this catalog:
+- in process (``Projector.rebuild``, best of 3, two rounds): 5.22-5.25 s -> 4.55-4.62 s;
+- as a command (``/usr/bin/time``, five alternating rounds): 5.20-7.34 s (median 5.47 s) ->
+  4.88-5.99 s (median 5.33 s), peak RSS 276 -> 272 MB;
+- instructions of a 100k-event rebuild command (callgrind, threads apart): the fold's thread
+  5.04G -> 4.62G, the read-ahead thread 1.09G -> 2.22G, in all 6.15G -> 6.83G (+11%): more
+  work, on the core that had room for it.
+This benchmark, the same tree: raw read+decode 1.28-1.50 s; rebuild in process 4.50-4.70 s
+(213-222k events/s), as a command 4.66-5.32 s; 3.0-3.7x the raw read. Neither target is met.
 """
 
 from __future__ import annotations

@@ -61,6 +61,12 @@ Issue 15, seventh stop (2026-11-29 05:44 UTC, quiet, a machine about 2x faster t
 stop's, 1M events, ``--repeat 5``): every query 0.185-0.205 s as a command, 2-8 ms in process:
 23 of 23 under 0.3 s. ``python -c pass`` 0.027 s, ``swf --help`` 0.211 s, ``import
 sqlalchemy`` alone 0.16 s. Nothing changed in the code since the sixth stop: the machine did.
+
+Issue 15, eighth stop (2026-11-29 08:40 UTC, a machine about 1.45x slower than the seventh
+stop's on a pure-Python loop, 1M events, ``--repeat 5``): every query 0.248-0.309 s as a
+command, 2-15 ms in process: 21 of 23 at or under 0.3 s (one round of ``--repeat 3``: 0.248-0.358
+s). ``python -c pass`` 0.037 s, ``swf --help`` 0.271 s, ``python -c "import sqlalchemy"`` 0.23
+s: the interpreter and SQLAlchemy's import are nine tenths of every command here.
 """
 
 from __future__ import annotations

@@ -121,6 +121,14 @@ cache for the stored side the 5M peak was 487 MB: the store connection's page ca
 its 256 MB while the stored slices were written. On PostgreSQL (the same 1M-event log in a
 schema, ``/usr/bin/time``, alternating): 5.0-5.4 s and 552 MB before, 5.6-6.1 s and 333-340 MB
 after (the stored rows come through a server-side cursor and are merged with the spill's).
+
+Issue 15, eighth stop (2026-11-29 07:50-08:40 UTC, a machine about 1.45x slower than the
+seventh stop's, and noisy). On this machine the tree of the seventh stop replays 1M events in
+5.59-5.89 s as a command (5.17-5.53 s in process): over the 5 s target. The fold reads lean
+bodies (``benchmarks/projections.py``). Before = 7f54115, after = this tree, five alternating
+rounds (``/usr/bin/time``) on copies of one store: 5.31-6.57 s (median 5.87 s) -> 4.92-5.96 s
+(median 5.44 s), peak RSS 276 -> 272 MB. Phases (this script, after): fold 3.15-3.41 s,
+render 1.05-1.06 s, compare 0.76-0.78 s. The target is met by the best run only.
 """
 
 from __future__ import annotations

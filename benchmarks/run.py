@@ -70,6 +70,14 @@ Issue 15, seventh stop (2026-11-29 06:12 UTC, quiet, a machine about 2x faster t
 stop's): ``swf run`` best 0.295 s, median 0.306 s; production run 11.8 s (25.1k events/s),
 its catch-up 1.9 s. Both met. Once a first catch-up (from position 0) became a rebuild: ``swf
 run`` best 0.281 s, median 0.288 s; production run 12.8 s, its catch-up 1.1 s (265k events/s).
+
+Issue 15, eighth stop (2026-11-29 07:44 and 08:41 UTC, a machine about 1.45x slower than the
+seventh stop's, noisy): ``swf run`` best 0.509 s, median 0.538 s (07:44, after a test suite)
+and best 0.336 s, median 0.355 s (08:41); production run 18.9 s and 16.7 s, its catch-up 1.5
+and 1.4 s. Both met. Profiled at 3,000 STFs (``perf record``), 12% of the run was ext4 looking
+for a free inode for each file the run creates (``recently_deleted`` via ``openat``), in a
+scratch directory where the benchmarks before had deleted thousands of files: the effect the
+fifth stop saw, here as a profile.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ _FOLD = ("position, run_id, schema_version, coalesce(sent_at, recorded_at), exec
 _FOLD_RANGE = (f"SELECT {_FOLD} FROM events WHERE position > {{0}} AND position <= {{0}} "
                f"AND reject_reason IS NULL ORDER BY position LIMIT {{0}}")
 # The same rows packed by SQLite into two JSON arrays, [[position, run_id, schema_version,
-# time, execution_id, null], ...] and the bodies (null for another schema's), in one result row
+# time, execution_id, null, marked], ...] and the bodies (null for another schema's; some lean,
+# see below), in one result row
 # per chunk: SQLite builds them with the GIL released (a read-ahead thread's work overlaps the
 # fold's), and one orjson parse of each array replaces a Python tuple and a parse call per row.
 # The rows are fed to the aggregates in the subquery's order; their positions are returned too.
