@@ -113,6 +113,21 @@ precomputed) gave 1,578 samples for the append and 1,628 for the raw COPY: the s
 append's extra wall time (2.14 s against 1.76 s) is the server waiting for the client between
 and inside batches; the client waits 0.28 s for the server to drain each batch's COPY and
 0.24 s on the 40 commits (WAL flushes of about 6 ms; the raw COPY commits as often).
+
+Issue 15, eighth stop (2026-11-29 07:26 and 08:45 UTC, a machine about 1.45x slower than the
+seventh stop's on a pure-Python loop, and noisy; two runs of ``--repeat 2``): eventsourcing
+aggregate recorder 30,855 and 27,063 ev/s; SQLite append 46,126 and 42,093 ev/s = 1.49x and
+1.56x (met). PostgreSQL raw COPY 96,032 and 76,332 ev/s; append 68,786 and 56,454 ev/s =
+0.72x and 0.74x (client/server CPU 2.07/2.08 and 2.43/2.53 s), catalog precomputed 0.80x and
+0.82x: not met. In a separate script, the raw COPY alone ran at 63.6k-96.0k ev/s within minutes.
+Where the append's time goes (py-spy): the catalog's ``examine`` is 61% of the client's time
+(decode, envelope, normalization check and normalization about equally); with the catalog
+precomputed the client waits 0.99 s of its 2.5 s for the server to drain each batch's COPY and
+0.35 s on the 40 commits, so the server is the floor there. Tried beside the raw COPY, in
+alternation: its rows under the append's transaction shape (advisory lock, one block of
+positions, a savepoint) 79.7-86.3k ev/s against 76.5-77.8k (no cost); its client examining
+each message before writing the prebuilt row 66.9-80.1k ev/s (0.87-1.03x): on two cores a
+client doing the catalog's work beside the server is what the append costs over a raw COPY.
 """
 
 from __future__ import annotations
