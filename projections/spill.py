@@ -156,20 +156,6 @@ class Spill:
                  if isinstance(column.type, sa.Boolean)]
         return (_with_bools(row, flags) for row in rows) if flags and bools else rows
 
-    def add(self, table: sa.Table, rows: list[tuple[Any, ...]]) -> None:
-        """Rows of ``table`` the fold still held, beside the spilled ones (keys not held yet):
-        the table is then whole here (a replay compares it in SQLite)."""
-        assert self.holds(table), "only a spill that holds the table takes more of its rows"
-        conn = self._open()
-        rows.sort()  # (in key order: appended to the b-tree)
-        conn.execute("BEGIN")
-        _insert_rows(conn, table, rows)
-        conn.execute("COMMIT")
-
-    def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """A query of the spill file (its tables named and laid out as the projections')."""
-        return self._open().execute(sql, params).fetchall()
-
     def _put(self, stfs: list[tuple[Any, ...]], samples: list[tuple[Any, ...]],
              pieces: list[tuple[Any, ...]]) -> None:
         conn = self._open()

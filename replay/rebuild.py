@@ -13,10 +13,10 @@ import heapq
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
-from itertools import chain, islice, zip_longest
+from itertools import chain, islice
 from typing import Any, cast
 
 import orjson
@@ -197,7 +197,7 @@ def read_stored(conn: sa.Connection, scope: Scope) -> dict[str, list[Row]]:
 @dataclass(slots=True)
 class Aside:
     """A table's rebuilt rows that are not all in memory: the ones written aside in ``spill``
-    and those the fold still held (``rows``; none on SQLite, where they join the spill's)."""
+    and those the fold still held (``rows``)."""
     spill: Spill
     rows: list[Row]
 
@@ -264,10 +264,10 @@ class StoredTables(Mapping[str, list[Row]]):
 
     def diff_aside(self, name: str, aside: Aside) -> TableDiff:
         """The stored rows of table ``name`` against the rebuilt ones, most of them written
-        ``aside``; the stored side is not held in memory. On SQLite (all rebuilt rows in the
-        spill) both databases write their rows as JSON in the same pieces (``json_pieces``,
-        the same SQL) and the pieces are compared; should any differ, and on PostgreSQL, the
-        rows are compared one by one, read in key order from both (``merged_diff``)."""
+        ``aside``; neither side is held in memory. On SQLite the stored rows are written as
+        JSON by SQLite, piece by piece (``json_pieces``), and compared with orjson's of the
+        rebuilt rows in the same pieces; should any differ, and on PostgreSQL, the rows are
+        compared one by one, read in key order from both (``merged_diff``)."""
         self.wait()
         if self._problem is not None:
             raise self._problem
@@ -275,19 +275,18 @@ class StoredTables(Mapping[str, list[Row]]):
         conn, scope = self._conn, self._scope
         with scan_cache(conn):  # (each page is read once: at 5M events the usual cache
             # would fill to its 256 MB)
-            if conn.dialect.name == "sqlite" and not aside.rows:
+            if conn.dialect.name == "sqlite":
                 quote = conn.dialect.identifier_preparer.quote
-                theirs = json_pieces(functools.partial(_fetch, conn), quote, scope, name)
-                # (the spill's pieces are written by a thread: SQLite releases the GIL, so both
-                # databases write at once on two cores)
-                with closing(fast.read_ahead(json_pieces(aside.spill.fetch, quote, scope, name),
-                                             2)) as mine:
+                # SQLite writes the stored pieces in a thread (the GIL released: on two cores
+                # beside the merge and orjson here), on the connection this thread leaves
+                # alone until the thread is done (``closing`` joins it).
+                with closing(fast.read_ahead(json_pieces(
+                        functools.partial(_fetch, conn), quote, scope, name), 2)) as theirs:
                     try:
-                        same = all(a == b for a, b in zip_longest(mine, theirs))
+                        count = _written_as(aside.ordered(table), theirs)
                     except _Unsure:
-                        same = False
-                if same:
-                    count = aside.spill.count(table)
+                        count = None
+                if count is not None:
                     return TableDiff(name, count, count)
             return merged_diff(name, aside.ordered(table, bools=False),
                                stored_in_key_order(conn, scope, name))
@@ -342,21 +341,25 @@ def same_as_stored(conn: sa.Connection, scope: Scope, name: str, rows: Sequence[
     count, pieces = written
     if count != len(rows):
         return False
-    try:  # keys lead each row and are unique: sorted rows are in key order (a fresh fold's
-        # usually are already: rendered in creation order)
-        return _written_as(rows, pieces) or _written_as(sorted(rows), pieces)
+    # Keys lead each row and are unique: sorted rows are in key order (a fresh fold's usually
+    # are already: rendered in creation order).
+    return (_written_as(iter(rows), pieces) is not None
+            or _written_as(iter(sorted(rows)), pieces) is not None)
+
+
+def _written_as(rows: Iterator[Row], pieces: Iterable[tuple[int, bytes]]) -> int | None:
+    """How many ``rows`` there are, if orjson writes them, piece by piece, as SQLite wrote the
+    stored ones (``json_pieces``); None from the first piece that differs."""
+    written = 0
+    try:
+        for count, piece in pieces:
+            part = list(islice(rows, count))
+            if len(part) != count or orjson.dumps(part)[1:-1] != piece:  # (no brackets)
+                return None
+            written += count
     except (TypeError, orjson.JSONEncodeError):
-        return False
-
-
-def _written_as(rows: Sequence[Row], pieces: list[tuple[int, bytes]]) -> bool:
-    """Whether orjson writes ``rows``, piece by piece, as SQLite wrote the stored ones."""
-    at = 0
-    for count, piece in pieces:
-        if orjson.dumps(rows[at:at + count])[1:-1] != piece:  # (without its brackets)
-            return False
-        at += count
-    return at == len(rows)
+        return None
+    return written if next(rows, None) is None else None
 
 
 def stored_json(conn: sa.Connection, scope: Scope, name: str) -> Written | None:
@@ -622,8 +625,6 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
     distinct = sorted(set(stops.values()))
     rebuilt: dict[str, list[Row]] = {}
     aside: dict[str, Aside] = {}  # table -> its rebuilt rows, most of them in a spill
-    # On SQLite they all go there, to be written as JSON by SQLite (``diff_aside``).
-    join_spill = view.connection.dialect.name == "sqlite"
     events = 0
     tables = None
     with quiet_gc(), ExitStack() as cleanup:  # (rendering and comparing make no cycles either)
@@ -646,9 +647,6 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
                     continue
                 if name in held:
                     aside[name] = Aside(spill, rows.pop(name))
-                    if join_spill:
-                        spill.add(table, aside[name].rows)
-                        aside[name].rows = []
                 else:
                     rebuilt[name] = rows[name]
             del rows

@@ -195,7 +195,7 @@ def test_a_spill_file_left_by_a_killed_process_is_swept_and_one_in_use_is_not(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     killed = subprocess.run(
         [sys.executable, "-c", "import os, sys; from projections.spill import Spill; "
-         "spill = Spill(sys.argv[1]); spill.fetch('SELECT 1'); print(spill.path, flush=True); "
+         "spill = Spill(sys.argv[1]); spill._open(); print(spill.path, flush=True); "
          "os.kill(os.getpid(), 9)", str(tmp_path)],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert killed.returncode == -9, killed.stderr
@@ -203,7 +203,7 @@ def test_a_spill_file_left_by_a_killed_process_is_swept_and_one_in_use_is_not(
     assert left.parent == tmp_path and left.exists()
     live = Spill(str(tmp_path))
     try:
-        live.fetch("SELECT 1")  # (opened: its file made and locked)
+        live._open()  # (its file made and locked)
         assert live.path is not None
         with caplog.at_level("WARNING", logger="projections.spill"):
             assert spilling.sweep(str(tmp_path)) == 1
@@ -244,7 +244,7 @@ def test_a_spill_file_a_sweep_takes_as_it_is_made_is_made_again(
     monkeypatch.setattr(spilling.tempfile, "mkstemp", mkstemp)
     spill = Spill(str(tmp_path))
     try:
-        assert spill.fetch("SELECT 1") == [(1,)]
+        assert spill._open().execute("SELECT 1").fetchall() == [(1,)]
         assert len(made) == 2 and spill.path == made[1]
         os.unlink(made[0])  # (the sweep goes on: removes the first, lets go of it)
         os.close(swept[0])
