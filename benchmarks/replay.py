@@ -135,7 +135,7 @@ writes the merged rows in the stored side's pieces, which SQLite writes in a thr
 alternating rounds as commands: 5.06-6.02 s -> 4.71-5.65 s, peak RSS 272-275 MB both. This
 script: in process 4.18-4.97 s, as a command 4.65-4.88 s (7.0 s of CPU) in one run, 5.07-6.50
 s (7.5-9.2 s of CPU: the machine, not the code) in another; phases fold 3.14-4.25 s, render
-0.42 s, compare 0.74-0.90 s. 5M events: as a command 31.4 s, peak RSS 314 MB (1.14-1.17x the
+0.42 s, compare 0.74-0.90 s. 5M events: as a command 31.4 s, peak RSS 314 MB (1.14-1.18x the
 1M figure: bounded); the rebuild's 5M command, alternating with the tree before lean bodies:
 32.1-40.3 s -> 28.8-29.3 s, 311-317 MB.
 """
