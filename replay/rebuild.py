@@ -8,10 +8,8 @@ from the stored table, extra stored rows, and changed columns (stored -> rebuilt
 
 from __future__ import annotations
 
-import functools
 import heapq
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing
@@ -276,12 +274,10 @@ class StoredTables(Mapping[str, list[Row]]):
         with scan_cache(conn):  # (each page is read once: at 5M events the usual cache
             # would fill to its 256 MB)
             if conn.dialect.name == "sqlite":
-                quote = conn.dialect.identifier_preparer.quote
                 # SQLite writes the stored pieces in a thread (the GIL released: on two cores
                 # beside the merge and orjson here), on the connection this thread leaves
                 # alone until the thread is done (``closing`` joins it).
-                with closing(fast.read_ahead(json_pieces(
-                        functools.partial(_fetch, conn), quote, scope, name), 2)) as theirs:
+                with closing(fast.read_ahead(json_pieces(conn, scope, name), 2)) as theirs:
                     try:
                         count = _written_as(aside.ordered(table), theirs)
                     except _Unsure:
@@ -367,9 +363,8 @@ def stored_json(conn: sa.Connection, scope: Scope, name: str) -> Written | None:
     scope (``json_pieces``); or None: not SQLite, or the rows do not write as JSON."""
     if conn.dialect.name != "sqlite":
         return None
-    quote = conn.dialect.identifier_preparer.quote
     try:
-        pieces = list(json_pieces(functools.partial(_fetch, conn), quote, scope, name))
+        pieces = list(json_pieces(conn, scope, name))
     except _Unsure:
         return None
     return sum(found for found, _piece in pieces), pieces
@@ -379,14 +374,13 @@ class _Unsure(Exception):
     """The rows cannot be written as JSON that compares (see ``json_pieces``)."""
 
 
-def json_pieces(fetch: Callable[[str, tuple[Any, ...]], list[Row]],
-                quote: Callable[[str], str], scope: Scope, name: str
-                ) -> Iterator[tuple[int, bytes]]:
+def json_pieces(conn: sa.Connection, scope: Scope, name: str) -> Iterator[tuple[int, bytes]]:
     """(how many rows, their JSON values joined by commas) of the rows of table ``name`` in the
-    scope, written by SQLite (``fetch``: a query of a SQLite database holding the table) in
-    key order, JSON_PIECE_ROWS a piece. Raises ``_Unsure``: run_state (read twice over), a
-    float column (SQLite writes 15 digits), a value JSON cannot hold, a key with a NULL."""
+    scope, written by SQLite (``conn``: a SQLite store's) in key order, JSON_PIECE_ROWS a
+    piece. Raises ``_Unsure``: run_state (read twice over), a float column (SQLite writes 15
+    digits), a value JSON cannot hold, a key with a NULL."""
     table = TABLE_BY_NAME[name]
+    quote = conn.dialect.identifier_preparer.quote
     if name == "run_state" or any(isinstance(column.type, (sa.Float, sa.Numeric))
                                   for column in table.columns):
         raise _Unsure(name)
@@ -404,13 +398,13 @@ def json_pieces(fetch: Callable[[str, tuple[Any, ...]], list[Row]],
             last: Row = ()  # the rest of the key of the previous piece's last row
             while True:  # a piece: the rows after ``last`` up to the JSON_PIECE_ROWS-th
                 rows_after = f"{where} AND ({rest}) > ({marks})" if last else where
-                bound = fetch(f"SELECT {rest} FROM {quote(name)} WHERE {rows_after} "
-                              f"ORDER BY {key} LIMIT 1 OFFSET {JSON_PIECE_ROWS - 1}",
-                              (*params, *last)) if rest else []
+                bound = _fetch(conn, f"SELECT {rest} FROM {quote(name)} WHERE {rows_after} "
+                               f"ORDER BY {key} LIMIT 1 OFFSET {JSON_PIECE_ROWS - 1}",
+                               (*params, *last)) if rest else []
                 if bound and None in bound[0]:
                     raise _Unsure(name)  # (NULL compares as nothing: the pieces would miss it)
                 upto = f" AND ({rest}) <= ({marks})" if bound else ""
-                found, piece = fetch((
+                found, piece = _fetch(conn, (
                     f"SELECT count(*), CAST(group_concat(j, ',') AS BLOB) FROM (SELECT "
                     f"json_array({values}) AS j FROM {quote(name)} WHERE {rows_after}{upto} "
                     f"ORDER BY {key})"), (*params, *last, *(bound[0] if bound else ())))[0]
@@ -419,7 +413,7 @@ def json_pieces(fetch: Callable[[str, tuple[Any, ...]], list[Row]],
                 if not bound:
                     break
                 last = tuple(bound[0])
-    except (sa.exc.DBAPIError, sqlite3.Error) as problem:  # (a BLOB: compared row by row)
+    except sa.exc.DBAPIError as problem:  # (a BLOB: compared row by row)
         raise _Unsure(name) from problem
 
 
