@@ -651,5 +651,6 @@ def compare(view: Snapshot, scope: Scope, stops: Mapping[str, int],
                 rebuilt[name] = list(rows_aside.ordered(TABLE_BY_NAME[name]))
             aside = {}
         diffs = diff_tables(rebuilt, final, aside)
+        del rebuilt, aside, final, tables  # freed before the collector is back (quiet_gc)
     return Comparison(scope.execution_id, events, dict(stops), diffs,
                       list(scope.foreign_executions))
