@@ -141,6 +141,27 @@ trees, three rounds); SQLite packing them 0.22 -> 0.38-0.40 s (the other thread)
   work, on the core that had room for it.
 This benchmark, the same tree: raw read+decode 1.28-1.50 s; rebuild in process 4.50-4.70 s
 (213-222k events/s), as a command 4.66-5.32 s; 3.0-3.7x the raw read. Neither target is met.
+
+Issue 15, ninth stop (2026-11-29 09:30-11:10 UTC; a 10M-iteration Python loop took 0.52-0.61
+s, against 0.23-0.29 s on the eighth stop's machine, yet this benchmark ran as fast or faster;
+the same command varied by a quarter within minutes). The rebuild held its rendered rows when
+``quiet_gc`` turned the collector back on, so the first allocation after scanned all 354k of
+them: one collection of 0.11 s, now 0.001 s (timed with ``gc.callbacks``; the wall times
+swing more than that). Four alternating runs of this benchmark, before (9588283) and after:
+rebuild in process 4.32-4.68 s -> 4.44-4.80 s, as a command 4.98-5.18 s -> 4.36-5.27 s, so
+the noise hides it. Best of the stop: raw read+decode 1.16-1.49 s; rebuild in process 3.82 s
+(262k events/s), as a command 3.91 s (256k events/s), 2.6x the raw read. 5M events (one run,
+the machine busy with tests for part of it): as a command 24.2 s, peak RSS 306 MB (1.15x the
+1M figure's 265 MB). The 250k events/s target is met in the stop's fast minutes only; the 2x
+target is not: the rebuild's two threads spend 5.3-5.9 s of CPU on 1M events, and on two cores
+even a perfect overlap leaves 2.6-3.0 s of wall time, over twice a 1.16-1.49 s raw read.
+Tried and not kept: the fold compiled by mypyc (the project's own annotations; gcc). Fold and
+records compiled: 4.42 -> 3.66 s in process, 5.01 -> 4.01 s as a command, 3.2x the raw read;
+with source, derive, projector and tables too, the command 4.04-4.22 -> 3.57-3.62 s. Not kept:
+it is still over 3x the raw read; every install would compile with gcc, and a compiled module
+shadows its edited source until it is built again; mypyc checks the annotations at run time
+(a body value of another type stored in a record field typed str raises TypeError, where
+CPython stores it), and native classes refuse the method patching the tests and benchmarks do.
 """
 
 from __future__ import annotations

@@ -138,6 +138,14 @@ s (7.5-9.2 s of CPU: the machine, not the code) in another; phases fold 3.14-4.2
 0.42 s, compare 0.74-0.90 s. 5M events: as a command 31.4 s, peak RSS 314 MB (1.14-1.18x the
 1M figure: bounded); the rebuild's 5M command, alternating with the tree before lean bodies:
 32.1-40.3 s -> 28.8-29.3 s, 311-317 MB.
+
+Issue 15, ninth stop (2026-11-29 09:30-11:10 UTC, the machine of ``benchmarks/projections.py``'s
+ninth-stop paragraph). The replay held its rebuilt and stored rows when ``quiet_gc`` turned the
+collector back on: the first collection after scanned them, 0.11-0.12 s of the 0.13 s its
+99 collections took; now 0.015 s in all (``gc.callbacks``). This script: in process 3.41-4.08
+s, as a command 3.96-4.17 s (5.7-6.0 s of CPU), peak RSS 268-275 MB; phases fold 2.71-2.74 s,
+render 0.36-0.40 s, compare 0.61-0.66 s. 5M events (before the change, one run): as a command
+27.9 s, peak RSS 319 MB (1.16-1.19x the 1M figure: bounded).
 """
 
 from __future__ import annotations
