@@ -128,6 +128,15 @@ alternation: its rows under the append's transaction shape (advisory lock, one b
 positions, a savepoint) 79.7-86.3k ev/s against 76.5-77.8k (no cost); its client examining
 each message before writing the prebuilt row 66.9-80.1k ev/s (0.87-1.03x): on two cores a
 client doing the catalog's work beside the server is what the append costs over a raw COPY.
+
+Issue 15, ninth stop (2026-11-29 09:50 UTC, ``--repeat 2``, no code change to the append):
+eventsourcing application recorder 91,080 ev/s, aggregate recorder 34,588 ev/s; SQLite append
+54,294 ev/s = 1.57x the aggregate recorder (met); ``swf import`` 42,529 ev/s; PostgreSQL raw
+COPY 105,175 ev/s (client/server CPU 0.25/1.75 s), append 70,081 ev/s = 0.67x (1.90/2.09 s):
+not met. Tried and not kept: the catalog, envelope and identity compiled by mypyc: PostgreSQL
+append 73,023 ev/s (0.74x a raw COPY of 98,183 in its round), SQLite append 49,044 ev/s, read +
+normalize 1.27 -> 1.30 s: within the noise. The catalog's work is dict and string operations
+that are already C calls; compiling the Python around them saves little.
 """
 
 from __future__ import annotations
