@@ -129,7 +129,7 @@ positions, a savepoint) 79.7-86.3k ev/s against 76.5-77.8k (no cost); its client
 each message before writing the prebuilt row 66.9-80.1k ev/s (0.87-1.03x): on two cores a
 client doing the catalog's work beside the server is what the append costs over a raw COPY.
 
-Issue 15, ninth stop (2026-11-29 09:50 UTC, ``--repeat 2``, no code change to the append):
+Issue 15, ninth stop (2026-11-29 09:45 UTC, ``--repeat 2``, no code change to the append):
 eventsourcing application recorder 91,080 ev/s, aggregate recorder 34,588 ev/s; SQLite append
 54,294 ev/s = 1.57x the aggregate recorder (met); ``swf import`` 42,529 ev/s; PostgreSQL raw
 COPY 105,175 ev/s (client/server CPU 0.25/1.75 s), append 70,081 ev/s = 0.67x (1.90/2.09 s):

@@ -142,7 +142,7 @@ trees, three rounds); SQLite packing them 0.22 -> 0.38-0.40 s (the other thread)
 This benchmark, the same tree: raw read+decode 1.28-1.50 s; rebuild in process 4.50-4.70 s
 (213-222k events/s), as a command 4.66-5.32 s; 3.0-3.7x the raw read. Neither target is met.
 
-Issue 15, ninth stop (2026-11-29 09:30-11:10 UTC; a 10M-iteration Python loop took 0.52-0.61
+Issue 15, ninth stop (2026-11-29 09:30-10:00 UTC; a 10M-iteration Python loop took 0.52-0.61
 s, against 0.23-0.29 s on the eighth stop's machine, yet this benchmark ran as fast or faster;
 the same command varied by a quarter within minutes). The rebuild held its rendered rows when
 ``quiet_gc`` turned the collector back on, so the first allocation after scanned all 354k of

@@ -68,7 +68,7 @@ command, 2-15 ms in process: 21 of 23 at or under 0.3 s (one round of ``--repeat
 s). ``python -c pass`` 0.037 s, ``swf --help`` 0.271 s, ``python -c "import sqlalchemy"`` 0.23
 s: the interpreter and SQLAlchemy's import are nine tenths of every command here.
 
-Issue 15, ninth stop (2026-11-29 09:45 UTC, 1M events, ``--repeat 3``): every query 0.274-0.303
+Issue 15, ninth stop (2026-11-29 09:50 UTC, 1M events, ``--repeat 3``): every query 0.274-0.303
 s as a command, 3-14 ms in process: 21 of 23 at or under 0.3 s. ``python -c pass`` 0.032 s,
 ``swf --help`` 0.282 s. hyperfine, 20 runs each: ``swf query runs`` 0.269 s mean, ``python -c
 "import sqlalchemy, sqlite3, click, orjson"`` 0.213 s: the project's own imports and the query

@@ -139,7 +139,7 @@ s (7.5-9.2 s of CPU: the machine, not the code) in another; phases fold 3.14-4.2
 1M figure: bounded); the rebuild's 5M command, alternating with the tree before lean bodies:
 32.1-40.3 s -> 28.8-29.3 s, 311-317 MB.
 
-Issue 15, ninth stop (2026-11-29 09:30-11:10 UTC, the machine of ``benchmarks/projections.py``'s
+Issue 15, ninth stop (2026-11-29 09:30-10:00 UTC, the machine of ``benchmarks/projections.py``'s
 ninth-stop paragraph). The replay held its rebuilt and stored rows when ``quiet_gc`` turned the
 collector back on: the first collection after scanned them, 0.11-0.12 s of the 0.13 s its
 99 collections took; now 0.015 s in all (``gc.callbacks``). This script: in process 3.41-4.08

@@ -79,7 +79,7 @@ for a free inode for each file the run creates (``recently_deleted`` via ``opena
 scratch directory where the benchmarks before had deleted thousands of files: the effect the
 fifth stop saw, here as a profile.
 
-Issue 15, ninth stop (2026-11-29 10:00 UTC): ``swf run`` best 0.375 s, median 0.386 s;
+Issue 15, ninth stop (2026-11-29 09:52 UTC): ``swf run`` best 0.375 s, median 0.386 s;
 production run 14.6 s (20,188 events/s), its catch-up 1.3 s. Both met. The cyclic collector
 takes 0.71 s of the production run (``gc.callbacks``): 0.55 s in six full collections, of the
 run's own objects (``gc.freeze()`` of what exists at its start left them at 0.50 s).
