@@ -13,10 +13,10 @@ import pytest
 from test_projections import EX, Env
 from test_replay import replay
 
-SLICES = 3000  # rows the rebuild renders, each a tuple the collector tracks
-# A collection starts once its youngest generation outgrows 700 objects; a few thousand more
-# than that are the rows of a rebuild or replay that were still held.
-YOUNG_AT_MOST = 2000
+# A collection starts once its youngest generation outgrows its threshold (700 objects on
+# CPython 3.11); thousands more than that are rows a rebuild or replay still held.
+YOUNG_AT_MOST = 2 * gc.get_threshold()[0] + 600
+SLICES = 2 * YOUNG_AT_MOST  # rows the rebuild renders, each a tuple the collector tracks
 
 
 @pytest.fixture
