@@ -42,8 +42,8 @@ _FOLD = ("position, run_id, schema_version, coalesce(sent_at, recorded_at), exec
 _FOLD_RANGE = (f"SELECT {_FOLD} FROM events WHERE position > {{0}} AND position <= {{0}} "
                f"AND reject_reason IS NULL ORDER BY position LIMIT {{0}}")
 # The same rows packed by SQLite into two JSON arrays, [[position, run_id, schema_version,
-# time, execution_id, null, marked], ...] and the bodies (null for another schema's; some lean,
-# see below), in one result row
+# time, execution_id, null, marked], ...] and the bodies (null for another schema's; a slice's
+# or result's as its fields, see below), in one result row
 # per chunk: SQLite builds them with the GIL released (a read-ahead thread's work overlaps the
 # fold's), and one orjson parse of each array replaces a Python tuple and a parse call per row.
 # The rows are fed to the aggregates in the subquery's order; their positions are returned too.
@@ -54,17 +54,27 @@ _PACKED = (
     "'null' END, ',') || ']' AS BLOB) FROM (SELECT position, run_id, schema_version, sent_at, "
     "recorded_at, execution_id, msg_type, body, " + _MARKED + " AS marked FROM events WHERE "
     "{where} ORDER BY position LIMIT {m})")
-# Lean bodies: the marked body of a slice or slice_result with a run (most of a log) without the
-# envelope keys whose facts the fold takes from the row (run, execution, time) or never reads
-# for such an event (msg_id, sender): SQLite drops them in the read-ahead thread, and the fold's
-# thread parses and frees a third less. (CAST: since SQLite 3.45 a BLOB argument is JSONB.)
-# Only marked bodies: an unmarked one may go to the catalog, which reads every key. (A valid
-# slice always has a run; without one the fold would read its sender, so it stays whole.)
-LEAN_TYPES = ("slice", "slice_result")
-LEAN_KEYS = ("msg_id", "timestamp", "execution_id", "run_id", "sender")
-_LEAN_BODY = (f"CASE WHEN marked AND run_id IS NOT NULL AND msg_type IN "
-              f"({', '.join(repr(name) for name in LEAN_TYPES)}) THEN json_remove(CAST(body AS "
-              f"TEXT), {', '.join(repr('$.' + key) for key in LEAN_KEYS)}) ELSE body END")
+# Slices and their results as fields: the marked body of a slice or slice_result with a run
+# (most of a log) comes as the JSON array of the fields the fold reads of it, msg_type and
+# namespace first (``Fold.slice_fields``, ``Fold.result_fields``; a missing one is null), not
+# the envelope keys whose facts the fold takes from the row (run, execution, time) or never
+# reads for such an event (msg_id, sender). SQLite extracts them in the read-ahead thread; the
+# fold's thread parses and frees an array, and looks up no keys. (CAST: since SQLite 3.45 a
+# BLOB argument is JSONB.) Only marked bodies: an unmarked one may go to the catalog, which
+# reads every key. (A valid slice always has a run; without one the fold would read its
+# sender, so it stays whole.)
+SLICE_FIELDS = ("tf_filename", "slice_id", "stf_filename", "start", "end", "tf_count", "retry")
+RESULT_FIELDS = ("slice_id", "tf_filename", "retry", "status", "worker", "error")
+
+
+def _fields(msg_type: str, names: tuple[str, ...]) -> str:
+    paths = ", ".join(repr(f"$.{name}") for name in ("msg_type", "namespace", *names))
+    return (f"WHEN marked AND run_id IS NOT NULL AND msg_type = {msg_type!r} "
+            f"THEN json_extract(CAST(body AS TEXT), {paths})")
+
+
+_FIELDS_BODY = (f"CASE {_fields('slice', SLICE_FIELDS)} "
+                f"{_fields('slice_result', RESULT_FIELDS)} ELSE body END")
 _STORED = ", ".join(STORED_COLUMNS)
 _STEP = ("position, event_id, coalesce(sent_at, recorded_at), msg_type, sender, execution_id, "
          "reject_reason, run_id, schema_version, body")
@@ -239,13 +249,15 @@ class Reads:
         return rows, rows[-1][0] if len(rows) == limit else until
 
     def _packed(self, where: str) -> tuple[str, str]:
-        """The packed read of the rows ``where`` selects: (with lean bodies, with whole ones)."""
-        return (_PACKED.format(version=SCHEMA_VERSION, where=where, m=self._m, body=_LEAN_BODY),
+        """The packed read of the rows ``where`` selects: (slices and results as their fields,
+        every body whole)."""
+        return (_PACKED.format(version=SCHEMA_VERSION, where=where, m=self._m, body=_FIELDS_BODY),
                 _PACKED.format(version=SCHEMA_VERSION, where=where, m=self._m, body="body"))
 
     def fold_packed(self, after: int, until: int, limit: int) -> Packed | None:
-        """``fold_rows`` packed by the database (SQLite), or None: read ``fold_rows``. Lean:
-        the bodies of marked ``LEAN_TYPES`` events with a run lack the ``LEAN_KEYS``."""
+        """``fold_rows`` packed by the database (SQLite), or None: read ``fold_rows``. A
+        marked slice or slice_result with a run comes as its fields (``SLICE_FIELDS``,
+        ``RESULT_FIELDS``)."""
         if not self._packs:
             return None
         return self._read_packed(self._fold_packed, (after, until, limit), after, until, limit)
@@ -258,8 +270,8 @@ class Reads:
             except sa.exc.OperationalError as problem:
                 # A body SQLite's JSON cannot read (orjson, the catalog's parser, could): this
                 # chunk's bodies come whole, the fold reads them as it would anyway.
-                log.warning("positions after %d: bodies read whole, SQLite could not drop "
-                            "their envelope keys (%s)", after, problem.orig)
+                log.warning("positions after %d: bodies read whole, SQLite could not extract "
+                            "the fields of their slices (%s)", after, problem.orig)
                 size, last, rows, bodies = conn.exec_driver_sql(sql[1], args).one()
         if not size:
             return Packed(after, until, 0, b"[]", b"[]", execution_id)

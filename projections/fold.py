@@ -469,18 +469,26 @@ class Fold:
 
     def _slice(self, ns: str, execution_id: str | None, number: int, time: str,
                data: dict[str, Any]) -> None:
+        self.slice_fields(ns, execution_id, number, time, data["tf_filename"], data["slice_id"],
+                          data.get("stf_filename"), data["start"], data["end"],
+                          data.get("tf_count"), data.get("retry"))
+
+    def slice_fields(self, ns: str, execution_id: str | None, number: int, time: str,
+                     tf_filename: Any, slice_id: Any, stf_filename: Any, start: Any, end: Any,
+                     tf_count: Any, retry: Any) -> None:
+        """A `slice` message, by the fields the fold reads of it (``reads.SLICE_FIELDS``: a
+        packed chunk carries them as SQLite extracted them)."""
         run = self._current  # hot path: the run's times follow from its slices' (derive.py)
         if (run is None or run.run != number or run.ns != ns
                 or (execution_id is not None and run.execution_id is None)):
             run = self._run(ns, number, execution_id, time)
-        tf_filename = data["tf_filename"]
         if self.spill is not None and (ns, number, tf_filename) not in self.samples:
             self.spill.recall_sample(self, (ns, number, tf_filename))  # before it is linked
-        key = (ns, number, tf_filename, data["slice_id"])
+        key = (ns, number, tf_filename, slice_id)
         piece = self.slices.get(key)  # (inline: the two hottest handlers)
         if piece is None:  # (the run's ns and number, the names shared: see _shared)
-            key = (run.ns, run.run, _shared(tf_filename), key[3])
-            piece = self.slices[key] = SliceRec(run.ns, run.run, key[2], key[3], time)
+            key = (run.ns, run.run, _shared(tf_filename), slice_id)
+            piece = self.slices[key] = SliceRec(run.ns, run.run, key[2], slice_id, time)
         elif time > piece.updated_at:  # type: ignore[operator]
             piece.updated_at = time
         elif time < piece.created_at:  # type: ignore[operator]
@@ -489,19 +497,18 @@ class Fold:
         self.d_slices.add(piece)
         if not piece.announced:
             self.announce(run, piece)
-        stf_name = data.get("stf_filename")
-        if stf_name != piece.stf_filename:
+        if stf_filename != piece.stf_filename:
             sample = self.samples.get((ns, number, tf_filename))
-            if stf_name is None:
-                stf_name = sample.stf_filename if sample is not None else None
-            if stf_name is not None and stf_name != piece.stf_filename:
-                piece.stf_filename = stf_name = _shared(stf_name)
-                if sample is None or sample.stf_filename != stf_name:  # else linked already
-                    self.link(ns, number, stf_name, tf_filename)
-        piece.start = data["start"]
-        piece.end = data["end"]
-        piece.tf_count = data.get("tf_count")
-        retry = data.get("retry") or 0
+            if stf_filename is None:
+                stf_filename = sample.stf_filename if sample is not None else None
+            if stf_filename is not None and stf_filename != piece.stf_filename:
+                piece.stf_filename = stf_filename = _shared(stf_filename)
+                if sample is None or sample.stf_filename != stf_filename:  # else linked already
+                    self.link(ns, number, stf_filename, tf_filename)
+        piece.start = start
+        piece.end = end
+        piece.tf_count = tf_count
+        retry = retry or 0
         order = retry * ATTEMPT  # rank 0: queued
         if order > piece.order:  # a re-queue: a new attempt starts
             piece.order = order
@@ -512,15 +519,28 @@ class Fold:
 
     def _slice_result(self, ns: str, execution_id: str | None, number: int, time: str,
                       data: dict[str, Any]) -> None:
+        slice_id = data.get("slice_id")  # optional: a canonical body may lack the key
+        if slice_id is None:  # a failure without the slice's identity
+            run = self._current
+            if (run is None or run.run != number or run.ns != ns
+                    or (execution_id is not None and run.execution_id is None)):
+                run = self._run(ns, number, execution_id, time)
+            self._unmatched_failure(run, time, data)
+            return
+        self.result_fields(ns, execution_id, number, time, slice_id, data.get("tf_filename"),
+                           data.get("retry"), data["status"], data.get("worker"),
+                           data.get("error"))
+
+    def result_fields(self, ns: str, execution_id: str | None, number: int, time: str,
+                      slice_id: Any, tf_filename: Any, retry: Any, status: Any, worker: Any,
+                      error: Any) -> None:
+        """A `slice_result` naming its slice, by the fields the fold reads of it
+        (``reads.RESULT_FIELDS``: a packed chunk carries them as SQLite extracted them)."""
         run = self._current  # hot path: the run's times follow from its slices' (derive.py)
         if (run is None or run.run != number or run.ns != ns
                 or (execution_id is not None and run.execution_id is None)):
             run = self._run(ns, number, execution_id, time)
-        slice_id = data.get("slice_id")  # optional: a canonical body may lack the key
-        if slice_id is None:  # a failure without the slice's identity
-            self._unmatched_failure(run, time, data)
-            return
-        key = (ns, number, data.get("tf_filename") or "", slice_id)
+        key = (ns, number, tf_filename or "", slice_id)
         piece = self.slices.get(key)  # (inline: the two hottest handlers)
         if (piece is None and self.spill is not None
                 and self.spill.recall_sample(self, (ns, number, key[2]))):
@@ -534,18 +554,16 @@ class Fold:
             piece.created_at = time
         piece.seen = self.round
         self.d_slices.add(piece)
-        retry = data.get("retry")
         if retry is None:  # no attempt given: it reports on the current one
             retry = piece.retries
-        order = retry * ATTEMPT + RANK[data["status"]]
+        order = retry * ATTEMPT + RANK[status]
         if order > piece.order:
             piece.order = order
-            piece.status = _intern(data["status"])  # (a str: a key of RANK)
+            piece.status = _intern(status)  # (a str: a key of RANK)
             piece.retries = retry
-            worker = data.get("worker")
             if worker != piece.worker:  # (a slice's reports mostly name one worker)
                 piece.worker = _shared(worker)
-            piece.error = data.get("error")
+            piece.error = error
 
     def _rest_slice_result(self, ns: str, execution_id: str | None, number: int, time: str,
                            data: dict[str, Any]) -> None:

@@ -17,9 +17,11 @@ released, so the read-ahead thread no longer competes with the fold for it (it d
 tuple per row: a read-ahead thread then saved nothing), and the fold parses each array in one
 call. A chunk whose arrays do not parse (a body that would not embed) is read again row by row
 (``Reads.packed_rows``: of the execution only, for a replay's). The marked bodies of slices and
-their results come lean (``reads.LEAN_KEYS`` dropped by SQLite): the handlers take a slice
-event's run, execution and time from the row and never read its msg_id or sender, which
-parsing and freeing cost the fold's thread a third of its body work.
+their results come as arrays of the fields their handlers read (``reads.SLICE_FIELDS``,
+``reads.RESULT_FIELDS``, extracted by SQLite): the handlers take a slice event's run, execution
+and time from the row and never read its msg_id or sender, and parsing and freeing those cost
+the fold's thread a third of its body work; an array is cheaper to parse than an object, and
+its fields need no lookups.
 
 Few columns are read: each text column costs a string object per row. msg_type, namespace and
 sender come from the body (the catalog takes them from there too); execution_id is a column
@@ -69,9 +71,10 @@ def _parsed(rows: list[Row]) -> list[dict[str, Any] | None]:
     return [loads(row[5]) if row[2] == SCHEMA_VERSION else None for row in rows]
 
 
-def unpacked(view: Reads, chunk: Packed) -> tuple[list[Any], list[dict[str, Any] | None]]:
-    """A packed chunk's rows (each with no body) and parsed bodies, in position order; read
-    again row by row should a body not embed in the array (its parse then fails)."""
+def unpacked(view: Reads, chunk: Packed) -> tuple[list[Any], list[Any]]:
+    """A packed chunk's rows (each with no body) and parsed bodies (a slice's or result's as
+    its fields, see ``fold_parsed``), in position order; read again row by row should a body
+    not embed in the array (its parse then fails)."""
     try:
         rows, data = orjson.loads(chunk.rows), orjson.loads(chunk.bodies)
     except orjson.JSONDecodeError:
@@ -123,15 +126,26 @@ def fold_chunk(fold: Fold, view: Reads, chunk: list[Row] | Packed) -> int:
     return fold_parsed(fold, view, *unpacked(view, chunk))
 
 
-def fold_parsed(fold: Fold, view: Reads, rows: list[Any],
-                parsed: list[dict[str, Any] | None]) -> int:
+def fold_parsed(fold: Fold, view: Reads, rows: list[Any], parsed: list[Any]) -> int:
     """Fold rows with their parsed bodies (a rebuild's hot loop: ``_decoded`` inlined, no tuple
     per event); returns how many events were folded. Same decisions as ``decode`` +
-    ``Fold.feed``."""
+    ``Fold.feed``. A body that is a list is a marked slice or result with a run, as its
+    msg_type, namespace and the fields of ``reads.SLICE_FIELDS`` or ``RESULT_FIELDS``."""
     handlers = fold.handlers
+    slice_fields, result_fields = fold.slice_fields, fold.result_fields
     count = 0
     for (position, run, version, time, execution_id, _body, marked), data in zip(
             rows, parsed, strict=True):
+        if type(data) is list:
+            if data[0] == "slice":
+                slice_fields(data[1] or "", execution_id, run, time, *data[2:])
+                count += 1
+                continue
+            if data[2] is not None:  # (a result naming no slice: the fold reads all of it)
+                result_fields(data[1] or "", execution_id, run, time, *data[2:])
+                count += 1
+                continue
+            data = orjson.loads(view.examine_inputs(position)[0])
         if data is None or (not marked and needs_normalization(data, version, time)):
             found = _examined(view, position)
             if found is None:

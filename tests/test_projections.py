@@ -811,39 +811,55 @@ def test_a_rebuild_from_packed_chunks_equals_one_from_rows(
     assert env.dump() == from_packed
 
 
-def test_packed_slice_bodies_come_without_the_keys_the_fold_takes_from_the_row(
-        sqlite_env: Env) -> None:
-    """A marked slice or slice_result with a run is packed lean (``reads.LEAN_KEYS`` dropped
-    by SQLite); every other body whole; and the two fold alike."""
+def test_packed_slices_and_results_come_as_the_fields_the_fold_reads(sqlite_env: Env) -> None:
+    """A marked slice or slice_result with a run is packed as its msg_type, namespace and the
+    fields of ``reads.SLICE_FIELDS`` or ``RESULT_FIELDS`` (extracted by SQLite; a missing one
+    null), every other body whole; and the two fold alike, a failure naming no slice too."""
     from eventstore import reads
 
     env = sqlite_env
-    messages = upstream_forms(env)
+    messages = [*upstream_forms(env),
+                env.msg("slice_result", status="failed", error="lost", worker="w-9"),
+                env.msg("slice", slice_id=7, tf_filename=TF[1], start=1, end=2)]
     env.send(*messages)
     top = env.store.head()
     chunk = env.store.fold_packed(0, top, top)
     assert chunk is not None
     rows, bodies = orjson.loads(chunk.rows), orjson.loads(chunk.bodies)
     stored, _covered = env.store.fold_rows(0, top, top)
-    lean = 0
+    fields = {"slice": reads.SLICE_FIELDS, "slice_result": reads.RESULT_FIELDS}
+    as_fields = set()
     for row, body, (_position, run, *_rest, whole, marked) in zip(rows, bodies, stored,
                                                                   strict=True):
         original = orjson.loads(whole)
-        if marked and run is not None and original["msg_type"] in reads.LEAN_TYPES:
-            lean += 1
-            assert body == {key: value for key, value in original.items()
-                            if key not in reads.LEAN_KEYS}
+        if marked and run is not None and original["msg_type"] in fields:
+            as_fields.add(original["msg_type"] if original.get("slice_id") is not None
+                          else "failure naming no slice")
+            assert body == [original["msg_type"], original.get("namespace"),
+                            *(original.get(name) for name in fields[original["msg_type"]])]
         else:
             assert body == original
         assert row[0] == _position
-    assert 0 < lean < len(messages) - 1  # the scenario's own slices, not the upstream result
+    assert as_fields == {"slice", "slice_result", "failure naming no slice"}
     from_chunk, from_rows = Fold(), Fold()
     source.fold_chunk(from_chunk, env.store, chunk)
     source.fold_rows(from_rows, env.store, stored)
     assert snapshot(from_chunk, changed_only=False) == snapshot(from_rows, changed_only=False)
+    assert from_rows.runs[(NS, RUN)].failures  # (the failure was folded, both ways)
 
 
-def test_bodies_sqlite_cannot_make_lean_are_packed_whole(
+def test_the_fold_reads_of_a_slice_and_a_result_what_the_packed_fields_hold() -> None:
+    """``Fold.slice_fields`` and ``result_fields`` take the packed fields in their order."""
+    import inspect
+
+    from eventstore import reads
+
+    for method, names in ((Fold.slice_fields, reads.SLICE_FIELDS),
+                          (Fold.result_fields, reads.RESULT_FIELDS)):
+        assert list(inspect.signature(method).parameters)[5:] == list(names), method
+
+
+def test_bodies_sqlite_cannot_read_are_packed_whole(
         sqlite_env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from eventstore import reads
@@ -852,7 +868,7 @@ def test_bodies_sqlite_cannot_make_lean_are_packed_whole(
     messages = scenario(env)
     env.send(*messages)
     top = env.store.head()
-    monkeypatch.setattr(reads, "_LEAN_BODY", "json_remove('{', '$.x')")  # malformed JSON
+    monkeypatch.setattr(reads, "_FIELDS_BODY", "json_extract('{', '$.x')")  # malformed JSON
     with env.store.snapshot() as view:
         chunk = view.fold_packed(0, top, top)
     assert chunk is not None and chunk.size == len(messages)
