@@ -29,6 +29,19 @@ SQLITE_CACHE_KIB = 256 * 1024  # an upper bound, allocated only as pages are use
 PG_CONNECT_TIMEOUT_S = 5
 
 
+def _null(_value: None) -> None:
+    return None
+
+
+# The sqlite3 module binds an exact int, float, str or bytearray as it is; any other value, None
+# and bool included, goes through its adapter lookup, which with nothing registered raises and
+# clears two AttributeErrors (about 0.4 us a value: most of a row's binding when it has a few
+# NULLs). Registered, None still binds as NULL and a bool as 0 or 1, only without that detour.
+# (For every sqlite3 connection of the process, which binds them exactly as before.)
+sqlite3.register_adapter(type(None), _null)
+sqlite3.register_adapter(bool, int)
+
+
 def database_url(url: str | None = None) -> str:
     """The URL to use: the argument, else $SWF_DB, else a SQLite file in the working dir."""
     return url or os.environ.get("SWF_DB") or DEFAULT_URL

@@ -459,3 +459,26 @@ def test_append_rejected_keeps_any_message_and_absorbs_its_repeats(db_url) -> No
         assert again.events == [] and again.duplicates == [event.event_id]
         assert store.append([Incoming(TOPIC, good)]).duplicates == [event.event_id]
         assert store.head() >= 2 and len(list(store.read())) == 2
+
+
+def test_sqlite_binds_none_and_booleans_as_before_without_the_adapter_detour(
+        sqlite_url: str) -> None:
+    """eventstore.engine registers sqlite3 adapters for None and bool (the module's lookup
+    otherwise raises and clears two AttributeErrors per such value); what is stored stays a
+    NULL and the integers 1 and 0."""
+    import sqlite3
+
+    from eventstore.engine import create_engine
+
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
+    assert (bool, sqlite3.PrepareProtocol) in sqlite3.adapters
+    engine = create_engine(sqlite_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE bound (a, b, c)")
+            conn.exec_driver_sql("INSERT INTO bound VALUES (?, ?, ?)", (None, True, False))
+            assert tuple(conn.exec_driver_sql(
+                "SELECT a, b, c, typeof(a), typeof(b), typeof(c) FROM bound").one()) == (
+                None, 1, 0, "null", "integer", "integer")
+    finally:
+        engine.dispose()
