@@ -147,7 +147,7 @@ s, as a command 3.96-4.17 s (5.7-6.0 s of CPU), peak RSS 268-275 MB; phases fold
 render 0.36-0.40 s, compare 0.61-0.66 s. 5M events (before the change, one run): as a command
 27.9 s, peak RSS 319 MB (1.16-1.19x the 1M figure: bounded). After the packed slices and
 results came as fields and the sqlite3 adapters (``benchmarks/projections.py``): as a command
-3.79-4.11 s, phases fold 2.36-2.82 s, render 0.37-0.41 s, compare 0.71-0.74 s (one run at a
+3.79-4.51 s, phases fold 2.36-2.82 s, render 0.37-0.41 s, compare 0.71-0.74 s (one run at a
 slow minute, when the raw read took 2.74 s instead of 1.2-1.5 s: 5.73 s).
 """
 
