@@ -42,22 +42,26 @@ def parse_moment(text: str) -> Limit:
 def state_at(view: Snapshot, scope: Scope, limit: Limit) -> dict[str, Any]:
     """The execution's state after the events up to ``limit``: executions and run rows, status
     tallies of files, samples and slices per run, datasets and tasks."""
-    fold, count = fold_execution(view, scope, limit)
-    last = _last_event(view, scope.execution_id, limit)
-    rows = rebuilt_rows(fold, scope)
-    return {
-        "execution_id": scope.execution_id,
-        "until": {"position": limit.position, "time": limit.time},
-        "events": count,
-        "last_event": last,
-        "executions": rows_to_dicts("executions", rows["executions"]),
-        "runs": rows_to_dicts("run_state", rows["run_state"]),
-        "stf_files": _tally(rows["stf_files"], "stf_files"),
-        "tf_samples": _tally(rows["tf_samples"], "tf_samples"),
-        "tf_slices": _tally(rows["tf_slices"], "tf_slices"),
-        "datasets": rows_to_dicts("datasets", rows["datasets"]),
-        "panda_tasks": rows_to_dicts("panda_tasks", rows["panda_tasks"]),
-    }
+    with quiet_gc():  # (the fold and its rows are freed before the collector is back)
+        fold, count = fold_execution(view, scope, limit)
+        last = _last_event(view, scope.execution_id, limit)
+        rows = rebuilt_rows(fold, scope)
+        del fold
+        state = {
+            "execution_id": scope.execution_id,
+            "until": {"position": limit.position, "time": limit.time},
+            "events": count,
+            "last_event": last,
+            "executions": rows_to_dicts("executions", rows["executions"]),
+            "runs": rows_to_dicts("run_state", rows["run_state"]),
+            "stf_files": _tally(rows["stf_files"], "stf_files"),
+            "tf_samples": _tally(rows["tf_samples"], "tf_samples"),
+            "tf_slices": _tally(rows["tf_slices"], "tf_slices"),
+            "datasets": rows_to_dicts("datasets", rows["datasets"]),
+            "panda_tasks": rows_to_dicts("panda_tasks", rows["panda_tasks"]),
+        }
+        del rows
+    return state
 
 
 def _tally(rows: list[Row], name: str) -> dict[str, dict[str, int]]:
@@ -98,7 +102,8 @@ class Step:
 def steps(view: Snapshot, scope: Scope, limit: Limit) -> Iterator[Step]:
     """Each event of the execution (and of other executions in its runs), in position order,
     with the projection rows it changed."""
-    fold_execution(view, scope, limit)  # fills the scope: its runs, executions sharing them
+    with quiet_gc():  # (its fold freed before the collector is back)
+        fold_execution(view, scope, limit)  # fills the scope: its runs, executions sharing them
     rows = view.step_rows(scope.execution_id, scope.run_numbers, scope.foreign_executions,
                           limit)
     fold = Fold(complete=True)
@@ -115,6 +120,7 @@ def steps(view: Snapshot, scope: Scope, limit: Limit) -> Iterator[Step]:
                     fold.feed(items)
                     step.changes = _changes(snapshot(fold), seen)
             yield step
+        del fold, seen  # (freed before the collector is back)
 
 
 def _changes(tables: dict[str, list[dict[str, Any]]], seen: dict[tuple[str, Row], dict[str, Any]]

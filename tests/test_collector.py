@@ -1,5 +1,6 @@
 """The cyclic collector stays off while a rebuild or a replay folds (``projector.quiet_gc``),
-and what they made is freed before it comes back on: the first collection after would otherwise
+and what they made is freed before it comes back on (a replay's comparison, ``--until`` and
+``--step`` alike): the first collection after would otherwise
 scan every row still held (a tenth of a second at 1M events, in every rebuild command)."""
 
 from __future__ import annotations
@@ -58,10 +59,12 @@ def test_a_rebuild_frees_its_rows_before_the_collector_is_back(env: Env) -> None
     assert max(sizes, default=0) < YOUNG_AT_MOST, sizes
 
 
+@pytest.mark.parametrize("options", [(), ("--until", "1000000"), ("--step",)],
+                         ids=["compare", "until", "step"])
 def test_a_replay_frees_its_rows_before_the_collector_is_back(
-        env: Env, sqlite_url: str) -> None:
+        env: Env, sqlite_url: str, options: tuple[str, ...]) -> None:
     _many_slices(env)
     with young_at_collections() as sizes:
-        result = replay(EX, "--db", sqlite_url)
+        result = replay(EX, "--db", sqlite_url, *options)
     assert result.exit_code == 0, result.output
     assert max(sizes, default=0) < YOUNG_AT_MOST, sizes
