@@ -521,11 +521,7 @@ class Fold:
                       data: dict[str, Any]) -> None:
         slice_id = data.get("slice_id")  # optional: a canonical body may lack the key
         if slice_id is None:  # a failure without the slice's identity
-            run = self._current
-            if (run is None or run.run != number or run.ns != ns
-                    or (execution_id is not None and run.execution_id is None)):
-                run = self._run(ns, number, execution_id, time)
-            self._unmatched_failure(run, time, data)
+            self._unmatched_failure(self._run(ns, number, execution_id, time), time, data)
             return
         self.result_fields(ns, execution_id, number, time, slice_id, data.get("tf_filename"),
                            data.get("retry"), data["status"], data.get("worker"),
@@ -575,7 +571,6 @@ class Fold:
         self._slice_result(ns, execution_id, number, time, data)
 
     def _unmatched_failure(self, run: RunRec, time: str, data: dict[str, Any]) -> None:
-        self._run(run.ns, run.run, None, time)  # its times (the slice path leaves them)
         worker = data.get("worker") or ""
         run.failures[(time, worker)] = value = (data.get("error"), data.get("panda_task_id"),
                                                 data.get("panda_id"))
