@@ -142,6 +142,22 @@ cleared two AttributeErrors per such value): appending 20k events of this log, m
 generation included, 4.86G -> 4.81G instructions (callgrind). One round after (10:30 UTC, a
 slower minute: the aggregate recorder 33,326 ev/s): SQLite append 46,363 ev/s = 1.39x it (met);
 PostgreSQL append 54,941 ev/s = 0.61x a raw COPY of 89,703 (not met).
+
+Issue 15, tenth stop (2026-11-29 11:15-11:40 UTC, a faster machine: a 10M-iteration Python
+loop took 0.18 s; no code change to the append). Two runs of ``--repeat 2`` and ``3``: the
+aggregate recorder 41,150-41,995 ev/s, SQLite append 60,879-62,591 ev/s = 1.48-1.49x it (met);
+PostgreSQL raw COPY 114,904-124,046 ev/s (client/server CPU 0.16-0.28/1.48-1.60 s), append
+85,224-92,813 ev/s = 0.74-0.75x (1.65-1.71/1.46-1.65 s): not met. Alternating COPY and append
+in fresh schemas outside this script (seven rounds), the COPY ran at 81-140k ev/s and the
+append at 88-102k: 0.69-1.12x, so one round proves nothing either way. Where an append's 40
+batches spend their wall time (the client's clock around psycopg's calls, three runs): the
+COPY stream, the client examining and writing rows while the server stores them, 1.34-1.41 s;
+the COPY's end, waiting for the server to store the rows still in flight, 0.28-0.50 s; the
+40 commits 0.11-0.28 s; the other statements 0.05 s. The client's CPU is 1.55-1.71 s, of
+which examining (``_examined``: catalog, event, identity) about 1.05 s; the server's is about
+the same, so each waits for the other in the stream and at its end. Only a client clearly
+faster than the server (about a quarter less CPU) would leave the server's time alone, as in
+the raw COPY; the catalog's Python is two thirds of it.
 """
 
 from __future__ import annotations

@@ -175,6 +175,19 @@ rebuild, whose fold's thread spends about 1.4G of its instructions importing:
 Wall times of this benchmark, alternating with the tree before the first (two runs each): in
 process 4.11-4.44 s before, 3.64-4.69 s after: the machine's noise again. In ``benchmarks/
 replay.py`` the fold's phase went from 2.71-2.74 s to 2.36 s.
+
+Issue 15, tenth stop (2026-11-29 11:15-12:00 UTC, a faster machine: a 10M-iteration Python
+loop took 0.18 s). Three runs at 1M: raw read+decode 0.95-1.19 s; rebuild in process 2.93-3.19
+s (313-341k events/s: met), as a command 3.19-3.36 s, peak RSS 263-264 MB; 2.69-3.07x the raw
+read (not met). 5M: as a command 17.7-18.7 s, peak RSS 302-304 MB (1.15x). This stop adds the
+rebuild's steps, timed one after another (``steps``), in place of the row path's read+decode
+that a SQLite rebuild no longer takes. At 1M: read 1.54-1.58 s (the read-ahead thread's work
+in a rebuild), parse 0.44-0.54 s, fold 1.60-1.61 s, render 0.32 s, write 0.54 s. The rebuild
+(2.93-3.19 s) is its fold's thread (parse, fold, render, write: 2.91-3.00 s, 2.46-2.83x the raw
+read) with the read wholly overlapped. So even a free read and free writes would leave
+parse + fold + render at 2.4 s, 2x-2.5x the raw read: the fold's Python is the floor. At 5M
+the fold takes 2.7 us an event instead of 1.6 (its memory budget writes settled STF groups
+aside), 2.47x the raw read for its thread.
 """
 
 from __future__ import annotations

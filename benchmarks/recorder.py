@@ -17,6 +17,9 @@ topic, then each subscriber drains that same backlog on its own:
   message acked only after its batch committed.
 
 Rates are messages / (last ack - subscription start). Target: recorder >= 10,000 msg/s.
+
+Issue 15, tenth stop (2026-11-29 11:42 UTC, 50,000 messages, SQLite): the bare subscriber
+21,614 msg/s, the recorder 21,757 msg/s (1.01x): met; the broker's delivery is the limit.
 """
 
 from __future__ import annotations

@@ -149,6 +149,11 @@ render 0.36-0.40 s, compare 0.61-0.66 s. 5M events (before the change, one run):
 results came as fields and the sqlite3 adapters (``benchmarks/projections.py``): as a command
 3.79-4.51 s, phases fold 2.36-2.82 s, render 0.37-0.41 s, compare 0.71-0.74 s (one run at a
 slow minute, when the raw read took 2.74 s instead of 1.2-1.5 s: 5.73 s).
+
+Issue 15, tenth stop (2026-11-29 11:20-11:31 UTC, the machine of ``benchmarks/projections.py``'s
+tenth-stop paragraph; no code change): in process 2.90-2.92 s, as a command 3.12-3.16 s (4.7 s
+of CPU), peak RSS 271-275 MB, raw read+decode 1.51-1.73 s; phases fold 1.99 s, render 0.33 s,
+compare 0.57 s. 5M events: as a command 20.4 s, peak RSS 319 MB (1.16-1.18x: bounded).
 """
 
 from __future__ import annotations
