@@ -185,11 +185,12 @@ that a SQLite rebuild no longer takes. At 1M: read 1.54-1.58 s (the read-ahead t
 in a rebuild), parse 0.44-0.54 s, fold 1.60-1.61 s, render 0.32 s, write 0.54 s. The rebuild
 (2.93-3.19 s) is its fold's thread (parse, fold, render, write: 2.91-3.00 s, 2.46-2.83x the raw
 read) with the read wholly overlapped. So even a free read and free writes would leave
-parse + fold + render at 2.4 s, 2x-2.5x the raw read: the fold's Python is the floor. At 5M
-the fold takes 2.7 us an event instead of 1.6 (its memory budget writes settled STF groups
-aside), 2.47x the raw read for its thread. Newer interpreters (pyenv's 3.12.1 and 3.13.0,
-virtualenvs of this tree, alternating with 3.11.7, 1,009,603 events): rebuild in process 3.79
-and 3.68-3.79 s against 3.31 s, fold step 1.83 and 1.81-1.93 s against 1.62 s: slower here.
+parse + fold + render at 2.36-2.47 s, 2.0-2.3x the raw read of the same run: the fold's
+Python is the floor. At 5M the fold takes 2.7 us an event instead of 1.6 (its memory budget
+writes settled STF groups aside), 2.47x the raw read for its thread. Newer interpreters
+(pyenv's 3.12.1 and 3.13.0, virtualenvs of this tree, alternating with 3.11.7, 1,009,603
+events): rebuild in process 3.79 and 3.68-3.79 s against 3.31 s, fold step 1.83 and 1.81-1.93
+s against 1.62 s: slower here.
 """
 
 from __future__ import annotations
@@ -365,26 +366,26 @@ def steps(store: EventStore) -> dict[str, float]:
     fold.spill = spill = for_store(store.engine)
     clock = time.perf_counter
     with quiet_gc(), closing(spill):
-        chunks = Projector(store)._chunks(0, store.head(), store.head())
+        top = store.head()
+        chunks = Projector(store)._chunks(0, top, top)
         while True:
             began = clock()
             chunk = next(chunks, None)
             read = clock()
+            spent["read"] += read - began
             if chunk is None:
-                spent["read"] += read - began
                 break
             assert isinstance(chunk[0], Packed), "SQLite reads packed chunks"
             rows, parsed = source.unpacked(store, chunk[0])
             unpacked = clock()
             source.fold_parsed(fold, store, rows, parsed)
             keep_to_budget(fold, spill)
-            spent["read"] += read - began
             spent["parse"] += unpacked - read
             spent["fold"] += clock() - unpacked
         began = clock()
         changes = render(fold, NAMES, fresh=True, consume=True)
         spent["render"] = clock() - began
-        del fold, changes, rows, parsed
+        del fold, changes  # (freed before the collector is back on, as the rebuild does)
     return spent
 
 
