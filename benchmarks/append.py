@@ -158,6 +158,17 @@ which examining (``_examined``: catalog, event, identity) about 1.05 s; the serv
 the same, so each waits for the other in the stream and at its end. Only a client clearly
 faster than the server (about a quarter less CPU) would leave the server's time alone, as in
 the raw COPY; the catalog's Python is two thirds of it.
+
+Issue 15, eleventh stop (2026-11-29 12:45-13:00 UTC, as fast a machine; no code change to the
+append). ``--repeat 3 --no-library`` and ``--repeat 2``: the aggregate recorder 38,071 ev/s,
+SQLite append 62,647-64,205 ev/s (1.69x it: met); PostgreSQL raw COPY 111,431-119,722 ev/s
+(client/server CPU 0.19-0.22/1.51-1.71 s), append 82,122-84,197 ev/s = 0.70-0.74x
+(1.58-1.72/1.70-1.72 s): not met. With the catalog precomputed the append ran at
+84,029-89,180 ev/s = 0.70-0.80x, its client at 0.77-0.80 s of CPU (under half the server's)
+and its server at 1.89-2.03 s. So the tenth stop's reading, that a client a quarter cheaper
+would leave the server's time alone, does not hold: with no catalog at all the append is still
+short of 0.9x, and the rest of the gap is on the server's side of the exchange (its extra CPU,
+and the time it waits between and within batches).
 """
 
 from __future__ import annotations
