@@ -161,7 +161,7 @@ the raw COPY; the catalog's Python is two thirds of it.
 
 Issue 15, eleventh stop (2026-11-29 12:45-13:00 UTC, as fast a machine; no code change to the
 append). ``--repeat 3 --no-library`` and ``--repeat 2``: the aggregate recorder 38,071 ev/s,
-SQLite append 62,647-64,205 ev/s (1.69x it: met); PostgreSQL raw COPY 111,431-119,722 ev/s
+SQLite append 62,647-64,205 ev/s (1.65-1.69x it: met); PostgreSQL raw COPY 111,431-119,722 ev/s
 (client/server CPU 0.19-0.22/1.51-1.71 s), append 82,122-84,197 ev/s = 0.70-0.74x
 (1.58-1.72/1.70-1.72 s): not met. With the catalog precomputed the append ran at
 84,029-89,180 ev/s = 0.70-0.80x, its client at 0.77-0.80 s of CPU (under half the server's)
