@@ -159,7 +159,7 @@ the same, so each waits for the other in the stream and at its end. Only a clien
 faster than the server (about a quarter less CPU) would leave the server's time alone, as in
 the raw COPY; the catalog's Python is two thirds of it.
 
-Issue 15, eleventh stop (2026-11-29 12:45-13:00 UTC, as fast a machine; no code change to the
+Issue 15, eleventh stop (2026-11-29 12:25-12:35 UTC, as fast a machine; no code change to the
 append). ``--repeat 3 --no-library`` and ``--repeat 2``: the aggregate recorder 38,071 ev/s,
 SQLite append 62,647-64,205 ev/s (1.65-1.69x it: met); PostgreSQL raw COPY 111,431-119,722 ev/s
 (client/server CPU 0.19-0.22/1.51-1.71 s), append 82,122-84,197 ev/s = 0.70-0.74x

@@ -192,7 +192,7 @@ writes settled STF groups aside), 2.47x the raw read for its thread. Newer inter
 events): rebuild in process 3.79 and 3.68-3.79 s against 3.31 s, fold step 1.83 and 1.81-1.93
 s against 1.62 s: slower here.
 
-Issue 15, eleventh stop (2026-11-29 12:20-13:00 UTC, as fast a machine: 10M-iteration loop 0.18
+Issue 15, eleventh stop (2026-11-29 12:20-12:35 UTC, as fast a machine: 10M-iteration loop 0.18
 s). Five runs at 1M: raw read+decode 0.93-1.45 s; rebuild in process 3.01-3.39 s (295-332k
 events/s), as a command 3.17-4.42 s; fold step 1.47-1.85 s. The rebuild's phases (its own
 methods timed in one rebuild, twice): read+parse+fold 2.08-2.13 s, render 0.27 s, write 0.53
