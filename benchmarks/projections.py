@@ -192,21 +192,20 @@ writes settled STF groups aside), 2.47x the raw read for its thread. Newer inter
 events): rebuild in process 3.79 and 3.68-3.79 s against 3.31 s, fold step 1.83 and 1.81-1.93
 s against 1.62 s: slower here.
 
-Issue 15, eleventh stop (2026-11-29 12:20-12:35 UTC, as fast a machine: 10M-iteration loop 0.18
-s). Five runs at 1M: raw read+decode 0.93-1.45 s; rebuild in process 3.01-3.39 s (295-332k
-events/s), as a command 3.17-4.42 s; fold step 1.47-1.85 s. The rebuild's phases (its own
-methods timed in one rebuild, twice): read+parse+fold 2.08-2.13 s, render 0.27 s, write 0.53
-s, commit 0.15 s. Its two threads spend 4.47-4.75 s of CPU (two more runs; the reader about 1.5
-s), so on two cores even a perfect balance would take 2.2-2.4 s: over 2x the raw read. Measured and not kept,
-a compiled fold with Cython 3.3.1 (fold, records and source built in place; alternating runs,
-same store): compiled as they are, the rebuild took 3.26 s (fold step 1.57 s: no gain); with
-the records as extension types (every field an ``object``, declared in a .pxd, so a body value
-of any type is still stored) and the hot handlers' locals typed, the fold step took 1.27-1.32 s
-and the rebuild 2.78-2.97 s in process, its fold's thread 2.34-2.47x the raw read. Folding 1M
-parsed events held in memory: 0.79 us an event against 1.02. Under callgrind, the compiled
-slice handlers spend about half their instructions in dict and set operations on the
-identity-keyed state (CPython's own C already) and a sixth looking up the fold's attributes: a
-compiler cannot halve a fold that keeps this layout.
+Issue 15, eleventh stop (2026-11-29 12:20-12:35 UTC, as fast a machine: 10M-iteration loop 0.18 s).
+Five runs at 1M: raw read+decode 0.93-1.45 s; rebuild in process 3.01-3.39 s (295-332k events/s), as
+a command 3.17-4.42 s; fold step 1.47-1.85 s. The rebuild's phases (its own methods timed in one
+rebuild, twice): read+parse+fold 2.08-2.13 s, render 0.27 s, write 0.53 s, commit 0.15 s. Its two
+threads spend 4.47-4.75 s of CPU (two more runs; the reader about 1.5 s), so on two cores even a
+perfect balance would take 2.2-2.4 s: over 2x the raw read. Measured and not kept, a compiled fold
+with Cython 3.3.1 (fold, records and source built in place; alternating runs, same store): compiled
+as they are, the rebuild took 3.26 s (fold step 1.57 s: no gain); with the records as extension
+types (every field an ``object``, declared in a .pxd, so a body value of any type is still stored)
+and the hot handlers' locals typed, the fold step took 1.27-1.32 s and the rebuild 2.78-2.97 s in
+process, its fold's thread 2.34-2.47x the raw read. Folding 1M parsed events held in memory: 0.79 us
+an event against 1.02. Under callgrind, the compiled slice handlers spend about half their
+instructions in dict and set operations on the identity-keyed state (CPython's own C already) and a
+sixth looking up the fold's attributes: a compiler cannot halve a fold that keeps this layout.
 """
 
 from __future__ import annotations
