@@ -371,9 +371,10 @@ def steps(store: EventStore) -> dict[str, float]:
     packed chunks (in a rebuild, the read-ahead thread's work), parsing them, folding (with the
     memory budget) and rendering the rows. The fold's thread does all but the read, and the
     row writes (timed in the rebuild itself): their sum bounds the rebuild from below."""
+    from eventstore.collector import quiet_gc
     from projections.derive import render
     from projections.fold import Fold
-    from projections.projector import NAMES, quiet_gc
+    from projections.projector import NAMES
     from projections.spill import for_store, keep_to_budget
 
     spent = dict.fromkeys(("read", "parse", "fold", "render"), 0.0)

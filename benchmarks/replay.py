@@ -177,8 +177,9 @@ from bigstore import log_builder, store_options, store_path  # noqa: E402
 from bytecode import compile_project  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
+from eventstore.collector import quiet_gc  # noqa: E402
 from eventstore.store import EventStore  # noqa: E402
-from projections.projector import Projector, quiet_gc  # noqa: E402
+from projections.projector import Projector  # noqa: E402
 from projections.spill import Spill  # noqa: E402
 from replay import rebuild, source  # noqa: E402
 from replay.cli import main as replay_main  # noqa: E402

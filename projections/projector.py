@@ -16,7 +16,6 @@ process caught up first) and starts over if they did.
 
 from __future__ import annotations
 
-import gc
 import heapq
 import logging
 from collections.abc import Callable, Collection, Generator, Iterator
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from eventstore.collector import quiet_gc
 from eventstore.engine import lock_key
 from eventstore.errors import ReadOnlyStore
 from eventstore.migrate import upgrade, upgrade_store
@@ -359,22 +359,6 @@ def _checkpoints(conn: sa.Connection) -> dict[str, int]:
     stored: dict[str, int] = dict(conn.execute(sa.select(
         projection_checkpoints.c.name, projection_checkpoints.c.position)).all())
     return {name: stored.get(name, 0) for name in NAMES}
-
-
-@contextmanager
-def quiet_gc() -> Iterator[None]:
-    """The fold allocates millions of long-lived records and no reference cycles (keep it that
-    way: its garbage is then freed by reference counting): the cyclic collector would only
-    rescan them over and over, for about a third of a rebuild's time. Free what the block made
-    before it ends: the first allocation after it scans every object allocated meanwhile that
-    is still alive."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class _Statements:

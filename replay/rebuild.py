@@ -20,13 +20,14 @@ from typing import Any, cast
 import orjson
 import sqlalchemy as sa
 
+from eventstore.collector import quiet_gc
 from eventstore.reads import Packed, scan_cache
 from eventstore.store import Snapshot
 from projections import source as fast
 from projections import tables as t
 from projections.derive import everything, flushed, render
 from projections.fold import Fold
-from projections.projector import NAMES, quiet_gc
+from projections.projector import NAMES
 from projections.spill import Spill, for_store, keep_to_budget
 
 from . import source

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from eventstore.collector import quiet_gc
 from eventstore.store import Snapshot
 from projections import source as fast
 from projections.derive import snapshot
@@ -19,7 +20,6 @@ from .rebuild import (
     Row,
     fold_execution,
     key_width,
-    quiet_gc,
     rebuilt_rows,
     rows_to_dicts,
 )

@@ -1,7 +1,8 @@
-"""The cyclic collector stays off while a rebuild or a replay folds (``projector.quiet_gc``),
-and what they made is freed before it comes back on (a replay's comparison, ``--until`` and
-``--step`` alike): the first collection after would otherwise
-scan every row still held (a tenth of a second at 1M events, in every rebuild command)."""
+"""The cyclic collector stays off while a rebuild or a replay folds
+(``eventstore.collector.quiet_gc``), and what they made is freed before it comes back on (a
+replay's comparison, ``--until`` and ``--step`` alike): the first collection after would
+otherwise scan every row still held (a tenth of a second at 1M events, in every rebuild
+command)."""
 
 from __future__ import annotations
 
