@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 from test_projections import EX, Env
 from test_replay import replay
+from test_store import incoming
+
+from eventstore.store import EventStore
 
 # A collection starts once its youngest generation outgrows its threshold (700 objects on
 # CPython 3.11); thousands more than that are rows a rebuild or replay still held.
@@ -69,3 +72,32 @@ def test_a_replay_frees_its_rows_before_the_collector_is_back(
         result = replay(EX, "--db", sqlite_url, *options)
     assert result.exit_code == 0, result.output
     assert max(sizes, default=0) < YOUNG_AT_MOST, sizes
+
+
+def test_an_append_runs_no_collection_and_leaves_the_collector_as_it_was(db_url: str) -> None:
+    # Each message's parsed body and its event are objects the collector tracks: thousands of
+    # them would start collections, which promote the batch's events still in use and so bring
+    # on full collections of the whole process.
+    messages = [incoming("slice", slice_id=k) for k in range(3 * YOUNG_AT_MOST)]
+    starts: list[int] = []
+
+    def seen(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            starts.append(info["generation"])
+
+    with EventStore(db_url) as store:
+        gc.collect()
+        gc.callbacks.append(seen)
+        try:
+            appended = store.append(messages)
+        finally:
+            gc.callbacks.remove(seen)
+        assert len(appended.events) == len(messages)
+        assert len(starts) <= 1, starts  # (one, as the block ends, for the events returned)
+        assert gc.isenabled()
+        gc.disable()  # a caller's choice is kept
+        try:
+            assert len(store.append([incoming("slice", slice_id=-1)]).events) == 1
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
