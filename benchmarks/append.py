@@ -159,16 +159,23 @@ the same, so each waits for the other in the stream and at its end. Only a clien
 faster than the server (about a quarter less CPU) would leave the server's time alone, as in
 the raw COPY; the catalog's Python is two thirds of it.
 
-Issue 15, eleventh stop (2026-11-29 12:25-12:35 UTC, as fast a machine; no code change to the
-append). ``--repeat 3 --no-library`` and ``--repeat 2``: the aggregate recorder 38,071 ev/s,
-SQLite append 62,647-64,205 ev/s (1.65-1.69x it: met); PostgreSQL raw COPY 111,431-119,722 ev/s
-(client/server CPU 0.19-0.22/1.51-1.71 s), append 82,122-84,197 ev/s = 0.70-0.74x
-(1.58-1.72/1.70-1.72 s): not met. With the catalog precomputed the append ran at
-84,029-89,180 ev/s = 0.70-0.80x, its client at 0.77-0.80 s of CPU (under half the server's)
-and its server at 1.89-2.03 s. So the tenth stop's reading, that a client a quarter cheaper
-would leave the server's time alone, does not hold: with no catalog at all the append is still
-short of 0.9x, and the rest of the gap is on the server's side of the exchange (its extra CPU,
-and the time it waits between and within batches).
+Issue 15, eleventh stop (2026-11-29 12:25-12:55 UTC, as fast a machine). ``--repeat 3
+--no-library`` and ``--repeat 2``: the aggregate recorder 38,071 ev/s, SQLite append
+62,647-64,205 ev/s (1.65-1.69x it: met); PostgreSQL raw COPY 111,431-119,722 ev/s (client/server
+CPU 0.19-0.22/1.51-1.71 s), append 82,122-84,197 ev/s = 0.70-0.74x (1.58-1.72/1.70-1.72 s): not
+met. With the catalog precomputed the append ran at 84,029-89,180 ev/s = 0.70-0.80x, its client
+at 0.77-0.80 s of CPU (under half the server's) and its server at 1.89-2.03 s. So the tenth
+stop's reading, that a client a quarter cheaper would leave the server's time alone, does not
+hold: with no catalog at all the append is still short of 0.9x, and the rest of the gap is on
+the server's side of the exchange (its extra CPU, and the time it waits between and within
+batches). Then the store's append paused the cyclic collector for the batch (4a461a8): a
+collection in the middle of a batch promoted its events still in use, and the promotions brought
+on full collections of everything the process holds (200k messages here). Alternating runs of
+``--repeat 2 --no-library``, before and after: PostgreSQL append 82,646 and 86,414 against
+98,021 and 90,436 ev/s (client CPU 1.81 and 1.76 against 1.59 and 1.74 s; raw COPY 117-133k ev/s
+throughout, so 0.67-0.70x against 0.70-0.74x); SQLite append 58,856-58,990 against 55,959-58,376
+ev/s (no change outside the noise; ``swf import`` already ran with few collections). Not met:
+0.9x COPY, nor 100k ev/s.
 """
 
 from __future__ import annotations
