@@ -4,9 +4,9 @@ An append, a rebuild and a replay allocate objects by the hundred thousand (pars
 events, records, rows) that reference counting frees; none of them form a cycle (keep it that
 way). With the collector on, each young generation it scans keeps the objects still in use at
 that moment: it promotes them, and the promotions then bring on full collections that rescan
-every object of the process, for nothing (a third of a rebuild's time; a fifth of a PostgreSQL
-append's client time in a process that holds much). The collector stays as the caller set it
-outside the block.
+every object of the process, for nothing (a third of a rebuild's time; up to 12% of a PostgreSQL
+append's client CPU in the append benchmark, more in a process that holds more). The collector
+stays as the caller set it outside the block.
 """
 
 from __future__ import annotations
