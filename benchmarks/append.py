@@ -174,8 +174,9 @@ on full collections of everything the process holds (200k messages here). Altern
 ``--repeat 2 --no-library``, before and after: PostgreSQL append 82,646 and 86,414 against
 98,021 and 90,436 ev/s (client CPU 1.81 and 1.76 against 1.59 and 1.74 s; raw COPY 117-133k ev/s
 throughout, so 0.67-0.70x against 0.70-0.74x); SQLite append 58,856-58,990 against 55,959-58,376
-ev/s (no change outside the noise; ``swf import`` already ran with few collections). Not met:
-0.9x COPY, nor 100k ev/s.
+ev/s (no change outside the noise; ``swf import`` already ran with few collections). A third run
+after, with the library: aggregate recorder 41,322 ev/s, SQLite append 65,763 (1.59x: met),
+PostgreSQL raw COPY 127,886 and append 92,283 ev/s (0.72x). Not met: 0.9x COPY, nor 100k ev/s.
 """
 
 from __future__ import annotations
