@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from eventstore.collector import quiet_gc
+
 if TYPE_CHECKING:  # imported by ``load``: `swf --help` needs neither pydantic nor SQLAlchemy
     from swf.settings import Settings
 
@@ -65,9 +67,6 @@ class LazyGroup(click.Group):
             # No collection while a command's modules import: they create hundreds of thousands
             # of objects that all live on (SQLAlchemy's alone), and the collections those
             # allocations trigger find nothing to free - ~4% of a `swf query`'s instructions.
-            # (Imported here: `swf --help` loads no store module; every command loads it to run.)
-            from eventstore.collector import quiet_gc
-
             with quiet_gc():
                 for module in COMMAND_MODULES.get(cmd_name, ()):
                     name, _, attribute = module.partition(":")
