@@ -487,10 +487,14 @@ def measure_store(label: str, urls: tuple[str, str], messages: list[Incoming], b
               help="PostgreSQL server (a scratch schema is created and dropped); '' to skip")
 @click.option("--library/--no-library", "with_library", default=True, show_default=True,
               help="Measure the eventsourcing library (installed in .cache/bench-venv).")
+@click.option("--alternatives", is_flag=True,
+              help="Also measure PostgreSQL without the idempotency index (the unique event_id "
+                   "constraint) and at swf import's batch size, raw COPY and append alike.")
 @click.option("--repeat", default=1, show_default=True,
               help="Rounds of every measurement, interleaved (load from other processes is "
                    "spread over all of them); each measurement's fastest round is shown.")
-def main(count: int, batch: int, pg_url: str, with_library: bool, repeat: int) -> None:
+def main(count: int, batch: int, pg_url: str, with_library: bool, alternatives: bool,
+         repeat: int) -> None:
     logging.basicConfig(level=logging.WARNING)
     messages = generate(count)
     gc.freeze()  # the benchmark's own 200k messages must not make every GC pass slower
@@ -518,7 +522,7 @@ def main(count: int, batch: int, pg_url: str, with_library: bool, repeat: int) -
             keep([("swf import (fresh process, SQLite)",
                    *swf_import(import_file, f"sqlite:///{folder / 'import.db'}"))])
         if pg_url:
-            keep(measure_postgres(pg_url, messages, batch))
+            keep(measure_postgres(pg_url, messages, batch, alternatives))
     results = [(name, *measured) for name, measured in best.items()]
     baseline = best["sqlite3 executemany baseline"]
     base_rate = baseline[0] / baseline[1]
@@ -535,10 +539,12 @@ def main(count: int, batch: int, pg_url: str, with_library: bool, repeat: int) -
                    f"{rate / base_rate:>7.2f}x {versus} {cpu:>22}")
 
 
-def measure_postgres(pg_url: str, messages: list[Incoming], batch: int) -> list[Measured]:
-    """The same measurements in two scratch schemas, dropped afterwards."""
+def measure_postgres(pg_url: str, messages: list[Incoming], batch: int, alternatives: bool
+                     ) -> list[Measured]:
+    """The same measurements in scratch schemas, dropped afterwards; with ``alternatives``, the
+    raw COPY and the append again without the idempotency index and at swf import's batch."""
     admin_url = sa.make_url(pg_url).set(drivername="postgresql+psycopg")
-    schemas = [f"swf_bench_{uuid.uuid4().hex[:10]}" for _ in range(3)]
+    schemas = [f"swf_bench_{uuid.uuid4().hex[:10]}" for _ in range(7 if alternatives else 3)]
     admin = sa.create_engine(admin_url)
     try:
         with admin.begin() as conn:
@@ -548,16 +554,53 @@ def measure_postgres(pg_url: str, messages: list[Incoming], batch: int) -> list[
         click.echo(f"PostgreSQL skipped: {str(problem.orig).splitlines()[0]}", err=True)
         return []
     try:
-        first, second, third = (
-            admin_url.update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False) for schema in schemas)
-        copied = [("PostgreSQL raw COPY baseline", *pg_copy_baseline(third, messages, batch))]
-        return copied + measure_store("PostgreSQL", (first, second), messages, batch)
+        urls = [admin_url.update_query_dict({"options": f"-csearch_path={schema}"})
+                .render_as_string(hide_password=False) for schema in schemas]
+        measured = [("PostgreSQL raw COPY baseline", *pg_copy_baseline(urls[2], messages, batch))]
+        measured += measure_store("PostgreSQL", (urls[0], urls[1]), messages, batch)
+        if alternatives:
+            measured += measure_alternatives(urls[3:], messages, batch)
+        return measured
     finally:
         with admin.begin() as conn:
             for schema in schemas:
                 conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
+
+
+def measure_alternatives(urls: list[str], messages: list[Incoming], batch: int
+                         ) -> list[Measured]:
+    """Raw COPY and append into a table without the unique event_id index (what idempotency
+    costs), then both in swf import's batches (what each batch's commit costs)."""
+    from swf.commands.store_commands import IMPORT_BATCH
+
+    for url in urls[:2]:
+        without_idempotency_index(url)
+    measured = [("PostgreSQL raw COPY, no idempotency index",
+                 *pg_copy_baseline(urls[0], messages, batch))]
+    with EventStore(urls[1], namespace="epic-bench") as store:
+        measured.append(("PostgreSQL append, no idempotency index",
+                         *timed(lambda: append_all(store, messages, batch),
+                                store_backend(store))))
+    measured.append((f"PostgreSQL raw COPY (batch {IMPORT_BATCH})",
+                     *pg_copy_baseline(urls[2], messages, IMPORT_BATCH)))
+    with EventStore(urls[3], namespace="epic-bench") as store:
+        measured.append((f"PostgreSQL append (batch {IMPORT_BATCH})",
+                         *timed(lambda: append_all(store, messages, IMPORT_BATCH),
+                                store_backend(store))))
+    return measured
+
+
+def without_idempotency_index(url: str) -> None:
+    """A fresh store's schema, its events table without the unique event_id constraint: a
+    duplicate would be stored twice, so only a benchmark may append to it."""
+    EventStore(url).close()
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE events DROP CONSTRAINT uq_events_event_id")
+    finally:
+        engine.dispose()
 
 
 if __name__ == "__main__":
