@@ -197,13 +197,15 @@ class Projector:
 
         with self.engine.connect() as conn, scan_cache(conn):
             while done < until and limit > 0:
-                with conn.begin():  # not one long transaction: it would hold up checkpoints
-                    view = Snapshot(conn)
-                    packed = view.fold_packed(done, until, min(source.PACKED_CHUNK, limit))
-                    if packed is None:
-                        rows, covered = view.fold_rows(done, until, min(source.CHUNK, limit))
-                    else:
-                        covered = packed.covered
+                # A packed chunk is one statement, its own read transaction; rows are read in a
+                # transaction per chunk. Not one long transaction: it would hold up checkpoints.
+                packed = Snapshot(conn).fold_packed(done, until, min(source.PACKED_CHUNK, limit))
+                if packed is None:
+                    with conn.begin():
+                        rows, covered = Snapshot(conn).fold_rows(done, until,
+                                                                 min(source.CHUNK, limit))
+                else:
+                    covered = packed.covered
                 yield (rows, covered) if packed is None else (packed, covered)
                 limit -= len(rows) if packed is None else packed.size
                 done = covered

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from eventstore import catalog
 from eventstore.envelope import RESULT_QUEUE, SLICE_QUEUE, TOPIC, Incoming, format_time
-from eventstore.reads import Packed, Reads
+from eventstore.reads import Packed, Reads, Snapshot
 from eventstore.store import EventStore
 from projections import derive, queries, source
 from projections import tables as t
@@ -809,6 +809,39 @@ def test_a_rebuild_from_packed_chunks_equals_one_from_rows(
     monkeypatch.setattr(Reads, "fold_packed", lambda self, after, until, limit: None)
     assert env.projector.rebuild() == len(messages)
     assert env.dump() == from_packed
+
+
+def test_a_packed_chunk_is_read_in_one_statement_without_a_transaction_of_its_own(
+        sqlite_env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call into SQLite hands the GIL back, and a read-ahead thread waits to take it
+    again while the fold runs: a packed chunk is read in one driver statement, with no BEGIN
+    and COMMIT around it (a rebuild of 1M events began 1,000 transactions for its reads)."""
+    env = sqlite_env
+    messages = upstream_forms(env)
+    env.send(*messages)
+    begun: list[None] = []
+    statements: list[str] = []
+    sa.event.listen(env.engine, "begin", lambda _conn: begun.append(None))
+    sa.event.listen(env.engine, "before_cursor_execute",
+                    lambda _conn, _cursor, sql, *_args: statements.append(sql))
+
+    def transactions(chunk_size: int) -> int:
+        monkeypatch.setattr(source, "PACKED_CHUNK", chunk_size)
+        begun.clear()
+        assert env.projector.rebuild() == len(messages)
+        return len(begun)
+
+    in_one_chunk = transactions(len(messages))
+    assert transactions(2) == in_one_chunk  # 23 chunks: no transaction more
+    assert not any("group_concat" in sql for sql in statements)  # (past SQLAlchemy)
+    with env.store.snapshot() as view:
+        top = view.head()
+    assert env.store.fold_packed(0, top, top) is not None
+    with env.engine.connect() as conn:
+        assert not conn.in_transaction()
+        packed = Snapshot(conn).fold_packed(0, top, top)
+        assert packed is not None and packed.size == len(messages)
+        assert not conn.in_transaction()  # (its own read, ended with the statement)
 
 
 def test_packed_slices_and_results_come_as_the_fields_the_fold_reads(sqlite_env: Env) -> None:
