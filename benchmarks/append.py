@@ -177,6 +177,25 @@ throughout, so 0.67-0.70x against 0.70-0.74x); SQLite append 58,856-58,990 again
 ev/s (no change outside the noise; ``swf import`` already ran with few collections). A third run
 after, with the library: aggregate recorder 41,322 ev/s, SQLite append 65,763 (1.59x: met),
 PostgreSQL raw COPY 127,886 and append 92,283 ev/s (0.72x). Not met: 0.9x COPY, nor 100k ev/s.
+
+Issue 15, twelfth stop (2026-11-29 13:38 and 14:01 UTC, a slower machine for this work; two runs
+of ``--repeat 2 --alternatives``, no code change to the append): the aggregate recorder 35,817
+and 36,962 ev/s, SQLite append 43,962 and 46,787 ev/s = 1.23x and 1.27x (met, near the bar);
+PostgreSQL raw COPY 103,633 and 99,599 ev/s, append 68,233 and 65,629 ev/s = 0.66x (client/server
+CPU 2.36-2.44/1.77-1.91 s), catalog precomputed 0.79-0.80x: not met. ``--alternatives`` measures
+what the issue says the design may cap:
+- without the idempotency index (the unique event_id constraint dropped): raw COPY 116,700 and
+  128,476 ev/s (the server's CPU 0.13-0.44 s lower), append 70,616 and 67,678 ev/s, within 3%
+  of the append with it. The client spends 2.26-2.30 s of CPU, more than the whole raw COPY
+  takes, so the index is not what holds the append under 100k ev/s on this machine: the client's
+  Python per event is (the catalog's ``examine`` 1.08-1.11 s of it);
+- in swf import's batches of 20,000 (a quarter of the commits, and of the waits for the server
+  to drain each COPY): append 74,833 and 72,856 ev/s, 7-11% over batches of 5,000; the raw COPY
+  in those batches 83,458 and 85,781 ev/s (so 0.85-0.90x it).
+In a scratch script alternating the same four variants in fresh schemas (13:36, three rounds),
+the COPY ranged 58-113k ev/s at 5,000 a batch and 80-116k at 20,000 (113-159k without the
+index), the append 58-73k and 65-83k (69-89k without the index), its client at 2.1-2.4 s of
+CPU in every round: one round ranks the COPYs by noise, the append by its client.
 """
 
 from __future__ import annotations

@@ -206,6 +206,24 @@ process, its fold's thread 2.34-2.47x the raw read. Folding 1M parsed events hel
 an event against 1.02. Under callgrind, the compiled slice handlers spend about half their
 instructions in dict and set operations on the identity-keyed state (CPython's own C already) and a
 sixth looking up the fold's attributes: a compiler cannot halve a fold that keeps this layout.
+
+Issue 15, twelfth stop (2026-11-29 13:41-14:06 UTC, a slower machine for this work: a 10M-iteration
+loop 0.21-0.22 s, yet the production run of ``run.py`` took 20-22 s against 12.7 s last stop).
+Three runs before the change below: raw read+decode 1.34-1.43 s; rebuild in process 4.92-5.03 s
+(199-203k events/s), as a command 5.10-5.27 s; steps: read 2.44-2.47 s, parse 0.73-0.81 s, fold
+2.24-2.27 s, render 0.36-0.40 s, write 0.67-0.71 s. The rebuild took about 0.9 s longer than its
+fold's thread's own steps: timed around the read-ahead queue, the fold waited 0.57-0.80 s in all
+for chunks, the reader 0.03-0.07 s for room. The reader's SQLite work was ahead of the fold, but
+each call into SQLite hands the GIL back, and taking it again while the fold runs waits up to
+the switch interval (5 ms): a chunk took a BEGIN, the packed statement through SQLAlchemy's
+result, and a COMMIT. Now a packed chunk is one statement on the driver's connection, its own
+read transaction: the fold waits 0.29-0.37 s. Alternating trees, three rounds of two rebuilds
+in process: before 4.99-5.43 s, after 4.48-4.94 s. A smaller switch interval (0.2-0.5 ms, set
+around the rebuild) cut the wait to 0.11-0.17 s but not the wall time (4.70-4.84 s against
+4.77 s; the hand-offs cost what they saved), so it was not kept. After, two runs: raw read+decode
+1.63-1.65 s, rebuild in process 4.71-5.05 s (198-212k events/s), as a command 5.20-5.25 s, peak
+RSS 263 MB; 2.85-3.09x the raw read in process. Neither target is met on this machine: the
+fold's thread alone (parse, fold, render, write) is 2.50-2.66x the raw read of the same run.
 """
 
 from __future__ import annotations

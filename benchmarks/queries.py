@@ -78,6 +78,12 @@ and its REST rules 4 ms, each needed by the command or by the modules it imports
 Issue 15, tenth stop (2026-11-29 11:31 UTC, a faster machine; no code change): every query
 0.208-0.235 s as a command, 2-11 ms in process: all 23 under 0.3 s. ``python -c pass`` 0.028 s,
 ``swf --help`` 0.218 s; importing SQLAlchemy is about 0.1 s of each command (``-X importtime``).
+
+Issue 15, twelfth stop (2026-11-29 13:56 UTC, a slower machine; no code change): every query
+0.260-0.304 s as a command, 3-15 ms in process: 22 of 23 at or under 0.3 s. Best of seven fresh
+processes: ``python -c pass`` 36 ms, ``import sqlalchemy`` 191-224 ms, ``swf query runs`` 272-290
+ms. SQLAlchemy's import (with the asyncio and importlib.metadata it loads) is two thirds of every
+command; the rest of the project's imports and the query's work about 50 ms.
 """
 
 from __future__ import annotations
