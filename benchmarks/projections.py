@@ -224,7 +224,7 @@ around the rebuild) cut the wait to 0.11-0.17 s but not the wall time (4.70-4.84
 1.63-1.65 s, rebuild in process 4.71-5.05 s (198-212k events/s), as a command 5.20-5.25 s, peak
 RSS 263 MB; 2.85-3.09x the raw read in process. Neither target is met on this machine: the
 fold's thread alone (parse, fold, render, write) is 2.50-2.66x the raw read of the same run.
-5M events after (14:30 UTC): raw read+decode 7.31 s; rebuild in process 26.7 s, as a command
+5M events after (14:15 UTC): raw read+decode 7.31 s; rebuild in process 26.7 s, as a command
 25.2 s (198k events/s), peak RSS 301 MB: 1.14x the 1M figure (bounded).
 """
 

@@ -160,7 +160,7 @@ read in one statement on the driver's connection, see ``benchmarks/projections.p
 4.60-4.65 s, as a command 4.58-4.63 s (6.9-7.0 s of CPU), peak RSS 265-272 MB, raw read+decode
 2.20-2.32 s; phases fold 3.46 s, render 0.41 s, compare 0.81 s. Met, with less room than on the
 faster machines before. Alternating with the tree before that change (two runs each of
-``--repeat 2``, 14:45 UTC): in process 4.11-4.50 s before, 3.85-4.14 s after; as a command
+``--repeat 2``, 14:20 UTC): in process 4.11-4.50 s before, 3.85-4.14 s after; as a command
 4.42-4.68 s before, 4.22-4.47 s after (the replay reads its execution in one transaction, so it
 gains only the SQLAlchemy result's calls per chunk).
 """
