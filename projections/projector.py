@@ -174,9 +174,7 @@ class Projector:
         chunks = self._chunks(done, until, limit)
         if min(until - done, limit) >= source.READ_AHEAD_MIN and source.can_read_ahead(
                 self.engine):
-            chunks = source.read_ahead(chunks, source.PACKED_DEPTH
-                                       if self.engine.dialect.name == "sqlite"
-                                       else source.READ_AHEAD_DEPTH)
+            chunks = source.read_ahead(chunks)
         with closing(chunks):  # left early (an error): the reader and its connection end here
             for rows, covered in chunks:
                 # (a body to normalize has its destination and headers looked up by the store)
@@ -199,7 +197,7 @@ class Projector:
             while done < until and limit > 0:
                 # A packed chunk is one statement, its own read transaction; rows are read in a
                 # transaction per chunk. Not one long transaction: it would hold up checkpoints.
-                packed = Snapshot(conn).fold_packed(done, until, min(source.PACKED_CHUNK, limit))
+                packed = Snapshot(conn).fold_packed(done, until, min(source.CHUNK, limit))
                 if packed is None:
                     with conn.begin():
                         rows, covered = Snapshot(conn).fold_rows(done, until,

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 # The budget: past ABOVE slices in a fold, settled STF files leave it until DOWN_TO remain
 # (about 0.8 kB a slice); one touched in the last WINDOW rounds (chunks of the log, of
-# ``source.PACKED_CHUNK`` events) stays.
+# ``source.CHUNK`` events) stays.
 ABOVE = 250_000
 DOWN_TO = 150_000
 WINDOW = 20

@@ -113,8 +113,7 @@ def _fold(view: Snapshot, scope: Scope, limit: Limit, extra: Sequence[Row],
         # Rows up to a position are committed for good: a connection of the reader's own reads
         # exactly the rows this snapshot would. Packed chunks (SQLite) are read with the GIL
         # released, beside the fold.
-        for chunk in fast.read_ahead(_execution_chunks_apart(engine, scope.execution_id, limit),
-                                     fast.PACKED_DEPTH):
+        for chunk in fast.read_ahead(_execution_chunks_apart(engine, scope.execution_id, limit)):
             count += fast.fold_chunk(fold, view, chunk)
             if spill is not None:
                 keep_to_budget(fold, spill)
@@ -144,7 +143,7 @@ def _execution_chunks_apart(engine: sa.Engine, execution_id: str, limit: Limit
                             ) -> Iterator[list[Row] | Packed]:
     """``_execution_rows_apart`` packed where the database can (``Reads.execution_chunks``)."""
     with engine.connect() as conn, scan_cache(conn), conn.begin():
-        yield from Snapshot(conn).execution_chunks(execution_id, limit, fast.PACKED_CHUNK)
+        yield from Snapshot(conn).execution_chunks(execution_id, limit, fast.CHUNK)
 
 
 def rendered(fold: Fold, fresh: bool = True, consume: bool = False) -> dict[str, list[Row]]:

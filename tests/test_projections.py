@@ -792,7 +792,7 @@ def test_a_rebuild_from_packed_chunks_equals_one_from_rows(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     messages = upstream_forms(env)
     env.send(*messages)
-    monkeypatch.setattr(source, "PACKED_CHUNK", 4)
+    monkeypatch.setattr(source, "CHUNK", 4)
     packed = []
     real = Reads.fold_packed
 
@@ -826,7 +826,7 @@ def test_a_packed_chunk_is_read_in_one_statement_without_a_transaction_of_its_ow
                     lambda _conn, _cursor, sql, *_args: statements.append(sql))
 
     def transactions(chunk_size: int) -> int:
-        monkeypatch.setattr(source, "PACKED_CHUNK", chunk_size)
+        monkeypatch.setattr(source, "CHUNK", chunk_size)
         begun.clear()
         assert env.projector.rebuild() == len(messages)
         return len(begun)
@@ -842,6 +842,26 @@ def test_a_packed_chunk_is_read_in_one_statement_without_a_transaction_of_its_ow
         packed = Snapshot(conn).fold_packed(0, top, top)
         assert packed is not None and packed.size == len(messages)
         assert not conn.in_transaction()  # (its own read, ended with the statement)
+
+
+def test_a_round_of_the_fold_is_as_long_read_packed_as_read_in_rows(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory budget counts time in rounds of the fold (``spill.WINDOW``): a chunk of
+    ``source.CHUNK`` events, whether SQLite packs it or PostgreSQL sends it as rows."""
+    messages = scenario(env)
+    env.send(*messages)
+    monkeypatch.setattr(source, "CHUNK", 4)
+    rounds: list[int] = []
+    real = source.fold_chunk
+
+    def counted(fold: Fold, view: Reads, chunk: Any) -> int:
+        rounds.append(real(fold, view, chunk))
+        return rounds[-1]
+
+    monkeypatch.setattr(source, "fold_chunk", counted)
+    assert env.projector.rebuild() == len(messages)
+    full, rest = divmod(len(messages), 4)
+    assert rounds == [4] * full + [rest] * (rest > 0)
 
 
 def test_packed_slices_and_results_come_as_the_fields_the_fold_reads(sqlite_env: Env) -> None:
@@ -1016,7 +1036,7 @@ def test_an_execution_read_in_packed_chunks_folds_as_one_read_in_rows(
 
     mine, sent = interleaved(env, others)
     env.send(*sent)
-    monkeypatch.setattr(source, "PACKED_CHUNK", 4)
+    monkeypatch.setattr(source, "CHUNK", 4)
     chunks: list[Any] = []
     real = Reads.execution_chunks
 
@@ -1077,15 +1097,14 @@ def test_a_rebuild_read_ahead_by_a_thread_equals_a_serial_one(
     messages = scenario(env)
     env.send(*messages)
     monkeypatch.setattr(source, "CHUNK", 3)  # many chunks through the thread's queue
-    monkeypatch.setattr(source, "PACKED_CHUNK", 3)
     monkeypatch.setattr(source, "READ_AHEAD_MIN", 10**9)
     assert env.projector.rebuild() == len(messages)
     serial = env.dump()
     threads = []
     real = source.read_ahead
 
-    def counted(chunks: Any, depth: int) -> Any:
-        threads.append(depth)
+    def counted(chunks: Any) -> Any:
+        threads.append(chunks)
         return real(chunks, 2)
 
     monkeypatch.setattr(source, "READ_AHEAD_MIN", 1)

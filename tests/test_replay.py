@@ -601,8 +601,7 @@ def test_a_run_number_retried_by_a_later_execution(sqlite_url, tmp_path, monkeyp
     written_aside: list[int] = []
     if bounded:
         for module, name, value in ((spilling, "ABOVE", -1), (spilling, "DOWN_TO", -1),
-                                    (spilling, "WINDOW", 0), (source, "PACKED_CHUNK", 1),
-                                    (source, "CHUNK", 1)):
+                                    (spilling, "WINDOW", 0), (source, "CHUNK", 1)):
             monkeypatch.setattr(module, name, value)
         put = spilling.Spill._put
         monkeypatch.setattr(spilling.Spill, "_put", lambda spill, stfs, *rest: (

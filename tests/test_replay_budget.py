@@ -25,7 +25,6 @@ def spilled_replay(monkeypatch: pytest.MonkeyPatch, *args: Any) -> tuple[Result,
     tables compared aside (their names; with " by row" where the JSON of the two sides
     differed, so their rows were read and compared one by one)."""
     with monkeypatch.context() as patched:
-        patched.setattr(source, "PACKED_CHUNK", 20)
         patched.setattr(source, "CHUNK", 20)
         patched.setattr(spilling, "ABOVE", -1)  # every settled STF file, slices or none
         patched.setattr(spilling, "DOWN_TO", -1)
@@ -204,7 +203,7 @@ def test_projections_covering_different_positions_compare_alike_over_the_budget(
         with monkeypatch.context() as patched:
             for name, value in (("ABOVE", -1), ("DOWN_TO", -1), ("WINDOW", 1)):
                 patched.setattr(spilling, name, value)
-            patched.setattr(source, "PACKED_CHUNK", 20)
+            patched.setattr(source, "CHUNK", 20)
             put = spilling.Spill._put
             written: list[int] = []
             patched.setattr(spilling.Spill, "_put", lambda spill, stfs, *rest: (

@@ -137,8 +137,7 @@ def test_a_rebuild_that_spills_writes_what_one_that_does_not_writes(
     projector = Projector(store)
     projector.rebuild()
     expected = dump(store.engine)
-    monkeypatch.setattr(source, "PACKED_CHUNK", chunk)  # a round every few events
-    monkeypatch.setattr(source, "CHUNK", chunk)
+    monkeypatch.setattr(source, "CHUNK", chunk)  # a round every few events
     _budget(monkeypatch, 0, 0, window)
     projector.rebuild()
     assert dump(store.engine) == expected
@@ -161,7 +160,6 @@ def test_a_rebuild_over_its_budget_writes_groups_aside_and_the_same_tables(
     projector = Projector(store)
     projector.rebuild()
     expected = dump(store.engine)
-    monkeypatch.setattr(source, "PACKED_CHUNK", 40)
     monkeypatch.setattr(source, "CHUNK", 40)
     _budget(monkeypatch, 120, 5, 2)
     made: list[str | None] = []
@@ -276,7 +274,6 @@ def test_a_first_catch_up_is_a_rebuild_in_bounded_memory_equal_to_catching_up_in
     with monkeypatch.context() as patched:
         for name, value in (("ABOVE", -1), ("DOWN_TO", -1), ("WINDOW", 0)):
             patched.setattr(spilling, name, value)
-        patched.setattr(source, "PACKED_CHUNK", 2)
         patched.setattr(source, "CHUNK", 2)
         put = Spill._put
         patched.setattr(Spill, "_put", lambda spill, stfs, *rest: (
