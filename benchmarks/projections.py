@@ -226,6 +226,16 @@ RSS 263 MB; 2.85-3.09x the raw read in process. Neither target is met on this ma
 fold's thread alone (parse, fold, render, write) is 2.50-2.66x the raw read of the same run.
 5M events after (14:15 UTC): raw read+decode 7.31 s; rebuild in process 26.7 s, as a command
 25.2 s (198k events/s), peak RSS 301 MB: 1.14x the 1M figure (bounded).
+Then packed chunks of 5,000 rows, as long as a chunk of rows (``source.CHUNK``; they were 1,000):
+a round of the fold, the memory budget's unit of time, is the same on both backends, and each
+chunk's fixed work (a statement, a hand-off, the budget's check) is paid a fifth as often. In
+process, alternating with the tree before (14:25-14:33 UTC): 1M events 3.95-4.33 s before,
+3.60-3.65 s after, peak RSS 262-263 MB and 264 MB; 5M events 23.94-24.37 s before, 21.42-23.95 s
+after, peak RSS 299-302 MB and 309-312 MB. ``benchmarks/replay.py``: within its noise (as a
+command 3.97-4.18 s before, 3.87-4.21 s after). This benchmark after (14:38-14:43 UTC): raw
+read+decode 1.32-1.58 s; rebuild in process 3.96-4.19 s (239-252k events/s), as a command
+4.02-4.22 s, peak RSS 265-266 MB; 2.50-3.17x the raw read. 5M events: as a command 24.2 s, peak
+RSS 310 MB (1.17x the 1M figure: bounded, with less room than the 1.14x before).
 """
 
 from __future__ import annotations
