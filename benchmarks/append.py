@@ -185,7 +185,7 @@ PostgreSQL raw COPY 103,633 and 99,599 ev/s, append 68,233 and 65,629 ev/s = 0.6
 CPU 2.36-2.44/1.77-1.91 s), catalog precomputed 0.79-0.80x: not met. ``--alternatives`` measures
 what the issue says the design may cap:
 - without the idempotency index (the unique event_id constraint dropped): raw COPY 116,700 and
-  128,476 ev/s (the server's CPU 0.13-0.44 s lower), append 70,616 and 67,678 ev/s, within 3%
+  128,476 ev/s (the server's CPU 0.13-0.44 s lower), append 70,616 and 67,678 ev/s, within 4%
   of the append with it. The client spends 2.26-2.30 s of CPU, more than the whole raw COPY
   takes, so the index is not what holds the append under 100k ev/s on this machine: the client's
   Python per event is (the catalog's ``examine`` 1.08-1.11 s of it);
@@ -492,11 +492,16 @@ def measure_store(label: str, urls: tuple[str, str], messages: list[Incoming], b
                         *timed(lambda: sum(1 for _ in store.read()))))
         results.append((f"{label} read_raw (decode only)",
                         *timed(lambda: sum(1 for _ in store.read_raw()))))
-    with EventStore(urls[1], namespace="epic-bench") as store, catalog_precomputed(messages):
+    with catalog_precomputed(messages):
         results.insert(1, (f"{label} append, catalog precomputed",
-                           *timed(lambda: append_all(store, messages, batch),
-                                  store_backend(store))))
+                           *fresh_append(urls[1], messages, batch)))
     return results
+
+
+def fresh_append(url: str, messages: list[Incoming], batch: int) -> tuple[int, float, str]:
+    """Everything appended into the (fresh) store at ``url``, ``batch`` messages a call."""
+    with EventStore(url, namespace="epic-bench") as store:
+        return timed(lambda: append_all(store, messages, batch), store_backend(store))
 
 
 @click.command()
@@ -597,29 +602,20 @@ def measure_alternatives(urls: list[str], messages: list[Incoming], batch: int
         without_idempotency_index(url)
     measured = [("PostgreSQL raw COPY, no idempotency index",
                  *pg_copy_baseline(urls[0], messages, batch))]
-    with EventStore(urls[1], namespace="epic-bench") as store:
-        measured.append(("PostgreSQL append, no idempotency index",
-                         *timed(lambda: append_all(store, messages, batch),
-                                store_backend(store))))
+    measured.append(("PostgreSQL append, no idempotency index",
+                     *fresh_append(urls[1], messages, batch)))
     measured.append((f"PostgreSQL raw COPY (batch {IMPORT_BATCH})",
                      *pg_copy_baseline(urls[2], messages, IMPORT_BATCH)))
-    with EventStore(urls[3], namespace="epic-bench") as store:
-        measured.append((f"PostgreSQL append (batch {IMPORT_BATCH})",
-                         *timed(lambda: append_all(store, messages, IMPORT_BATCH),
-                                store_backend(store))))
+    measured.append((f"PostgreSQL append (batch {IMPORT_BATCH})",
+                     *fresh_append(urls[3], messages, IMPORT_BATCH)))
     return measured
 
 
 def without_idempotency_index(url: str) -> None:
     """A fresh store's schema, its events table without the unique event_id constraint: a
     duplicate would be stored twice, so only a benchmark may append to it."""
-    EventStore(url).close()
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql("ALTER TABLE events DROP CONSTRAINT uq_events_event_id")
-    finally:
-        engine.dispose()
+    with EventStore(url) as store, store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE events DROP CONSTRAINT uq_events_event_id")
 
 
 if __name__ == "__main__":
