@@ -567,8 +567,22 @@ def measure_postgres(pg_url: str, messages: list[Incoming], batch: int, alternat
                      ) -> list[Measured]:
     """The same measurements in scratch schemas, dropped afterwards; with ``alternatives``, the
     raw COPY and the append again without the idempotency index and at swf import's batch."""
+    with scratch_schemas(pg_url, 7 if alternatives else 3) as urls:
+        if not urls:
+            return []
+        measured = [("PostgreSQL raw COPY baseline", *pg_copy_baseline(urls[2], messages, batch))]
+        measured += measure_store("PostgreSQL", (urls[0], urls[1]), messages, batch)
+        if alternatives:
+            measured += measure_alternatives(urls[3:], messages, batch)
+        return measured
+
+
+@contextmanager
+def scratch_schemas(pg_url: str, count: int) -> Iterator[list[str]]:
+    """URLs of ``count`` new, empty schemas of the server at ``pg_url``, dropped afterwards;
+    no URLs (and a line saying why) when the server cannot be reached."""
     admin_url = sa.make_url(pg_url).set(drivername="postgresql+psycopg")
-    schemas = [f"swf_bench_{uuid.uuid4().hex[:10]}" for _ in range(7 if alternatives else 3)]
+    schemas = [f"swf_bench_{uuid.uuid4().hex[:10]}" for _ in range(count)]
     admin = sa.create_engine(admin_url)
     try:
         with admin.begin() as conn:
@@ -576,15 +590,12 @@ def measure_postgres(pg_url: str, messages: list[Incoming], batch: int, alternat
                 conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     except sa.exc.OperationalError as problem:
         click.echo(f"PostgreSQL skipped: {str(problem.orig).splitlines()[0]}", err=True)
-        return []
+        admin.dispose()
+        yield []
+        return
     try:
-        urls = [admin_url.update_query_dict({"options": f"-csearch_path={schema}"})
-                .render_as_string(hide_password=False) for schema in schemas]
-        measured = [("PostgreSQL raw COPY baseline", *pg_copy_baseline(urls[2], messages, batch))]
-        measured += measure_store("PostgreSQL", (urls[0], urls[1]), messages, batch)
-        if alternatives:
-            measured += measure_alternatives(urls[3:], messages, batch)
-        return measured
+        yield [admin_url.update_query_dict({"options": f"-csearch_path={schema}"})
+               .render_as_string(hide_password=False) for schema in schemas]
     finally:
         with admin.begin() as conn:
             for schema in schemas:
