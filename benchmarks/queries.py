@@ -84,6 +84,13 @@ Issue 15, twelfth stop (2026-11-29 13:56 UTC, a slower machine; no code change):
 processes: ``python -c pass`` 36 ms, ``import sqlalchemy`` 191-224 ms, ``swf query runs`` 272-290
 ms. SQLAlchemy's import (with the asyncio and importlib.metadata it loads) is two thirds of every
 command; the rest of the project's imports and the query's work about 50 ms.
+
+Issue 15, thirteenth stop (2026-11-29 15:19 UTC, the slowest machine of these stops; no code
+change): every query 0.337-0.598 s as a command, 5-20 ms in process: none under 0.3 s. ``python
+-c pass`` 0.069 s, ``swf --help`` 0.405 s; importing SQLAlchemy is 194 ms of a 0.45 s query
+command (``-X importtime``). Counted by callgrind (``instructions.py``, a 100k-event store):
+``swf query runs`` 1,196.2M instructions, against 1,192.5M for the tenth stop's tree, whose
+machine answered every query in 0.208-0.235 s.
 """
 
 from __future__ import annotations
