@@ -8,8 +8,8 @@ within minutes (``contention.py`` measures what a busy neighbour adds), so the w
 trees compare only when they are measured alternately in one session. Instructions compare
 across sessions: callgrind counts the same total for the same binary, inputs and environment,
 whatever else the machine does (string hashing is seeded, ``PYTHONHASHSEED=0``, so that dicts
-and sets are laid out alike in every run; a query command counted twice differed by 0.05%:
-object addresses still vary). They are not time - cache misses, the overlap of two
+and sets are laid out alike in every run: a query command counted twice gave the same count).
+They are not time - cache misses, the overlap of two
 threads and the kernel's work are not in them - so they track what the code asks of the
 machine, not the targets themselves; wall-time benchmarks still decide those.
 
