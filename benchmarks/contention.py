@@ -20,6 +20,13 @@ core), so this measures it, in one run, for:
 Each runs alone, then beside the neighbour, ``--rounds`` times. The neighbour is a Python process
 writing a dict of a million entries at scattered keys: the kind of work the fold and the
 append's client do. The slowdown is the median beside it over the median alone.
+
+Measured 2026-11-29 15:29 UTC (issue 15, thirteenth stop; 1M events, 200,000 messages, three
+rounds), seconds alone and beside the neighbour: raw read + decode 1.95, 2.06, 2.63 and 2.89,
+2.26, 2.06 (1.10x); the fold's thread's steps 4.10, 5.64, 4.77 and 5.73, 5.13, 5.26 (1.10x);
+the raw COPY 3.65, 2.87, 3.56 and 4.50, 4.04, 3.84 (1.13x; its server 2.63-3.48 s of CPU alone,
+3.43-4.04 s beside). So two busy vCPUs give this machine about 1.8 cores' worth, and the spread
+within each column (the machine's own noise) is as large as the slowdown.
 """
 
 from __future__ import annotations

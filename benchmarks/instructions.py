@@ -1,7 +1,7 @@
 """Instructions, not seconds: the issue's workloads counted by callgrind, which neither the
 machine's speed nor its neighbours move.
 
-    python benchmarks/instructions.py [--events N] [--stf-count N]
+    python benchmarks/instructions.py [--events N] [--stf-count N] [--tree DIR]
 
 This machine kind's speed has varied up to 3x from one session to the next, and by a fifth
 within minutes (``contention.py`` measures what a busy neighbour adds), so the wall times of two
@@ -25,7 +25,29 @@ compiled bytecode as an installed ``swf`` starts, in a scratch folder:
   and orjson only), ``swf projections rebuild``, ``swf-replay`` of its execution and
   ``swf query runs``.
 
+``--tree`` counts another checkout's commands on the same workloads (the log is still built by
+this one), so a tree from before this script existed is counted the same way:
+
+    git worktree add /tmp/before <commit> && python benchmarks/instructions.py --tree /tmp/before
+
 Needs valgrind (Debian's package; on every machine of this kind).
+
+Measured 2026-11-29 16:06-16:12 UTC (issue 15, thirteenth stop), this tree and the tenth stop's
+(82d6e58, ``--tree``, which met every absolute target of the issue in wall time on its machine),
+at the defaults:
+
+    workload                        82d6e58     this tree   change
+    python -c pass                   145.5M        145.5M    0
+    swf run (default workflow)     1,640.7M      1,641.3M    +0.04%
+    swf run, 200 STFs (9,895 ev.)  4,866.8M      4,881.6M    +0.30% (the append's collector pause)
+    raw read + decode (100k)       1,788.0M      1,788.8M    +0.04%
+    swf projections rebuild        6,340.9M      6,305.9M    -0.55%
+    swf-replay of its execution    6,256.7M      6,224.3M    -0.52%
+    swf query runs                 1,193.1M      1,193.6M    +0.04%
+
+The same script's count moves by about 0.05% with the folder it runs from (the raw read, which
+imports nothing of the project's). Without the start-ups, the rebuild is 3.11x the raw read +
+decode in instructions and the replay 3.06x (82d6e58: 3.13x and 3.08x).
 """
 
 from __future__ import annotations
@@ -64,12 +86,13 @@ while rows := cursor.fetchmany(5000):
 """
 
 
-def instructions(argv: list[str], folder: Path) -> int:
-    """Instructions ``argv`` executes, all its threads counted; its failure is an error."""
+def instructions(argv: list[str], folder: Path, tree: Path) -> int:
+    """Instructions ``argv`` executes with the project's modules from ``tree``, all its threads
+    counted; its failure is an error."""
     counts = folder / "callgrind.out"
     done = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}",
                            *argv], cwd=folder, capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0"})
+                          env={**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"})
     if done.returncode != 0:
         raise click.ClickException(f"{' '.join(argv[:4])} failed ({done.returncode}): "
                                    f"{done.stderr[-2000:]}")
@@ -87,12 +110,16 @@ def stored_events(path: Path) -> int:
 @click.command()
 @click.option("--events", default=100_000, show_default=True, help="Size of the log.")
 @click.option("--stf-count", default=200, show_default=True, help="STFs of the big run.")
-def main(events: int, stf_count: int) -> None:
+@click.option("--tree", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=ROOT, show_default="this checkout",
+              help="The checkout whose commands are counted.")
+def main(events: int, stf_count: int, tree: Path) -> None:
     """Instructions of each workload, and per event where it has events."""
     logging.basicConfig(level=logging.WARNING)
     if shutil.which("valgrind") is None:
         raise click.ClickException("valgrind is not installed (apt-get install valgrind)")
-    compile_project(ROOT)
+    tree = tree.resolve()
+    compile_project(tree)
     python = sys.executable  # the interpreter itself: valgrind does not follow a shim's exec
     rows: list[tuple[str, int, int]] = []  # workload, instructions, events
 
@@ -100,7 +127,7 @@ def main(events: int, stf_count: int) -> None:
         """Count ``argv``'s instructions in a scratch folder; a run's events are those its
         store (``swf.db`` there) holds afterwards."""
         with tempfile.TemporaryDirectory() as scratch:
-            total = instructions(argv, Path(scratch))
+            total = instructions(argv, Path(scratch), tree)
             if (Path(scratch) / "swf.db").exists():
                 events_done = stored_events(Path(scratch) / "swf.db")
         rows.append((name, total, events_done))
