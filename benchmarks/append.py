@@ -198,13 +198,15 @@ index), the append 58-73k and 65-83k (69-89k without the index), its client at 2
 CPU in every round: one round ranks the COPYs by noise, the append by its client.
 
 Issue 15, thirteenth stop (2026-11-29 15:07 UTC, the slowest machine of these stops; one run of
-``--alternatives``, no code change to the append): the aggregate recorder 26,093 ev/s, SQLite
-append 28,783 ev/s = 1.10x it (not met here; 1.21-1.69x on every machine before), ``swf import``
-25,780 ev/s; PostgreSQL raw COPY 45,578 ev/s (client/server CPU 0.35/4.10 s), append 34,309
-ev/s = 0.75x it (4.10/4.29 s), catalog precomputed 1.02x; without the idempotency index the
-append ran 15% faster (0.87x the COPY with the index, 0.61x the COPY without it); in batches of
-20,000, 0.77x a COPY in those batches. ``contention.py``: a raw COPY beside a busy Python process
-took 1.13x as long (its server 3.43-4.04 s of CPU, against 2.63-3.48 s alone).
+``--alternatives``, no code change to the append): the aggregate recorder 26,093 ev/s, SQLite append
+28,783 ev/s = 1.10x it (not met in that round), ``swf import`` 25,780 ev/s; PostgreSQL raw COPY
+45,578 ev/s (client/server CPU 0.35/4.10 s), append 34,309 ev/s = 0.75x it (4.10/4.29 s), catalog
+precomputed 1.02x; without the idempotency index the append ran 15% faster (0.87x the COPY with the
+index, 0.61x the COPY without it); in batches of 20,000, 0.77x a COPY in those batches.
+``contention.py``: a raw COPY beside a busy Python process took 1.13x as long (its server 3.43-4.04
+s of CPU, against 2.63-3.48 s alone). Two more rounds of SQLite alone at 16:12 (``--repeat 2
+--pg-url ''``, best of each): the aggregate recorder 29,886 ev/s, SQLite append 37,961 ev/s = 1.27x
+(met), ``swf import`` 34,530 ev/s.
 Decision (this stop): the PostgreSQL append stays as it is, at 0.65-0.77x a raw COPY. The gap is
 the catalog examining every message, which the issue's rules forbid skipping (with its verdicts
 precomputed the append reached 0.79-1.02x), on the second vCPU, where it also slows the server
