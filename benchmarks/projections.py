@@ -237,14 +237,16 @@ read+decode 1.32-1.58 s; rebuild in process 3.96-4.19 s (239-252k events/s), as 
 4.02-4.22 s, peak RSS 265-266 MB; 2.50-3.17x the raw read. 5M events: as a command 24.2 s, peak
 RSS 310 MB (1.17x the 1M figure: bounded, with less room than the 1.14x before).
 
-Issue 15, thirteenth stop (2026-11-29 15:01-15:48 UTC, the slowest machine of these stops for
-this work, and a noisy one: the fold's own steps took 4.1-5.6 s in three runs minutes apart; no
-change to the rebuild). 1M events, two runs: raw read+decode 2.32-3.08 s; rebuild in process
-8.42-8.79 s (114-119k events/s), as a command 8.79-9.16 s, peak RSS 265-266 MB; 2.73-3.79x the
-raw read; steps read 3.42-4.21 s, parse 1.19-1.46 s, fold 3.19-3.84 s, render 0.37-0.43 s,
-write 1.43-1.50 s. 5M events: raw read+decode 8.83 s; as a command 42.8 s, peak RSS 310 MB
-(1.17x the 1M figure: bounded). Neither speed target is met here. Two benchmarks added this stop
-put these figures beside other machines':
+Issue 15, thirteenth stop (2026-11-29 15:01-15:48 UTC, the slowest machine of these stops for this
+work, and a noisy one: the fold's own steps took 4.1-5.6 s in three runs minutes apart; no change to
+the rebuild). 1M events, two runs: raw read+decode 2.32-3.08 s; rebuild in process 8.42-8.79 s
+(114-119k events/s), as a command 8.79-9.16 s, peak RSS 265-266 MB; 2.73-3.79x the raw read; steps
+read 3.42-4.21 s, parse 1.19-1.46 s, fold 3.19-3.84 s, render 0.37-0.43 s, write 1.43-1.50 s. Three
+runs at 16:14-16:16 UTC, the machine faster: raw read+decode 1.96-2.46 s; rebuild in process
+5.77-6.53 s (153-173k events/s), as a command 6.71-7.00 s; the fold's thread alone 1.96x, 2.42x and
+2.53x the raw read. 5M events: raw read+decode 8.83 s; as a command 42.8 s, peak RSS 310 MB (1.17x
+the 1M figure: bounded). Neither speed target is met here. Two benchmarks added this stop put these
+figures beside other machines':
 - ``instructions.py`` (callgrind; the machine's speed does not move it): a 100k-event rebuild
   command executes 6,305.5M instructions, the tenth stop's tree (82d6e58) 6,339.5M; that tree
   rebuilt 1M events at 313-341k events/s on its machine. The raw read+decode of the same log
@@ -253,16 +255,17 @@ put these figures beside other machines':
 - ``contention.py``: beside a Python process busy on the other vCPU, the raw read+decode took
   1.10x as long (medians of three rounds), the fold's own steps 1.10x. The rebuild hides its
   read on the second core only as far as that core is free and leaves the first alone.
-Decision (this stop): the 2x target is not pursued further in this design. It needs a fold
-whose work per event is a fraction of parsing the body: the fold's thread alone is 2.3-2.7x the
-raw read (parse, render and write alone 1.06-1.2x), and compiling the fold as it is does not get
-there (mypyc 3.2x, Cython with typed records 2.34-2.47x for the thread), because half of a
-compiled handler's instructions are CPython's own dict and set operations on the state keyed by
-identity. What would get there is a second implementation of every projection's rules, over
-integer-keyed columnar state in native code, beside the Python fold that catch-up, replay and
-the tests share: a compiler in every install and a second language for the rules the team
-changes most. Kept: one fold, in Python, at 2.5-3.8x the raw read (a 1M rebuild in 3-4 s on the
-fast machines of this kind, 8-9 s on this one), in bounded memory.
+Decision (this stop): the 2x target is not pursued further in this design. It needs a fold whose
+work per event is a fraction of parsing the body: the fold's thread alone is 1.96-2.72x the raw read
+(parse, render and write alone 1.06-1.2x), so even a read-ahead that cost the fold nothing would
+leave the rebuild at the bar or over it; compiling the fold as it is does not get there (mypyc 3.2x,
+Cython with typed records 2.34-2.47x for the thread), because half of a compiled handler's
+instructions are CPython's own dict and set operations on the state keyed by identity. What would
+get there is a second implementation of every projection's rules, over integer-keyed columnar state
+in native code, beside the Python fold that catch-up, replay and the tests share: a compiler in
+every install and a second language for the rules the team changes most. Kept: one fold, in Python,
+at 2.5-3.8x the raw read (a 1M rebuild in 3-4 s on the fast machines of this kind, 5.8-8.8 s on this
+one), in bounded memory.
 """
 
 from __future__ import annotations
