@@ -86,12 +86,18 @@ ms. SQLAlchemy's import (with the asyncio and importlib.metadata it loads) is tw
 command; the rest of the project's imports and the query's work about 50 ms.
 
 Issue 15, thirteenth stop (2026-11-29 15:19 UTC, the slowest machine of these stops; no code
-change): every query 0.337-0.598 s as a command, 5-20 ms in process: none under 0.3 s. ``python
--c pass`` 0.069 s, ``swf --help`` 0.405 s; importing SQLAlchemy is 194 ms of a 0.45 s query
-command (``-X importtime``). Counted by callgrind (``instructions.py``, a 100k-event store):
-``swf query runs`` 1,196.2M instructions, against 1,192.5M for the tenth stop's tree (on the 1M
-store, with string hashing seeded, twice each: 1,193.6M against 1,193.4M, the same every time),
-whose machine answered every query in 0.208-0.235 s.
+change): every query 0.337-0.598 s as a command, 5-20 ms in process: none under 0.3 s. ``python -c
+pass`` 0.069 s, ``swf --help`` 0.405 s; importing SQLAlchemy is 194 ms of a 0.45 s query command
+(``-X importtime``). Counted by callgrind (``instructions.py``, a 100k-event store): ``swf query
+runs`` 1,196.2M instructions, against 1,192.5M for the tenth stop's tree (on the 1M store, with
+string hashing seeded, twice each: 1,193.6M against 1,193.4M, the same every time), whose machine
+answered every query in 0.208-0.235 s. Two runs at 16:17-16:19 UTC, the machine faster: the first's
+slowest query 0.333 s; in the second every query 0.303-0.476 s (``python -c pass`` 0.047 s, ``swf
+--help`` 0.328 s), none under 0.3 s. In instructions (callgrind, string hashing seeded), of the
+1,193.6M of ``swf query runs``: the interpreter's start 145.5M, ``import sqlalchemy`` 805.4M more
+(67% of the command), click, orjson, sqlite3 and SQLAlchemy's SQLite dialect 68.6M more; the
+project's imports, opening the store, the catch-up check, the query and its output the remaining
+174M (15%).
 """
 
 from __future__ import annotations

@@ -96,18 +96,18 @@ CPU in 23.2 s, 2.7 s of it the kernel's). Sampled at 2,000 STFs (py-spy): the st
 46% (the catalog 10%, SQLite's inserts 18%, commits 5%), the agents' deliveries 24%, the files
 adapter writing and checksumming the STF files 14% (opening them 9%).
 
-Issue 15, thirteenth stop (2026-11-29 15:04-15:21 UTC, the slowest machine of these stops for
-this work; no code change to the run): ``swf run`` best 0.475, 0.684 and 0.637 s, medians
-0.503-0.700 s (met in one round of three); production run 34.8, 36.5 and 37.0 s (8.0-8.5k
-events/s): not met.
-Alternating with the tenth stop's tree (82d6e58, 12.1 s on its machine): production run 28.8
-and 34.1 s before, 36.5 and 37.0 s after; in process at 3,000 STFs 17.5 and 15.5 s before, 13.6
-and 14.1 s after: the machine's own noise (a fifth from one minute to the next) is larger than
-any difference. Counted by callgrind (``instructions.py``, which machines do not move): ``swf
-run`` 1,639.2M instructions against 1,640.7M before, a run of 200 STFs 4,883.7M against 4,871.4M
-(with string hashing seeded, 4,906.6M against 4,892.6M: +0.29%, the append's pause of the
-collector, eleventh stop, which the gc callbacks show saving 0.04-0.10 s of collections at 3,000
-STFs). The run asks of the machine what it asked when it took 12.1 s.
+Issue 15, thirteenth stop (2026-11-29 15:04-15:21 UTC, the slowest machine of these stops for this
+work; no code change to the run): ``swf run`` best 0.475, 0.684 and 0.637 s, medians 0.503-0.700 s
+(met in one round of three); production run 34.8, 36.5 and 37.0 s (8.0-8.5k events/s): not met.
+Alternating with the tenth stop's tree (82d6e58, 12.1 s on its machine): production run 28.8 and
+34.1 s before, 36.5 and 37.0 s after; in process at 3,000 STFs 17.5 and 15.5 s before, 13.6 and 14.1
+s after: the machine's own noise (a fifth from one minute to the next) is larger than any
+difference. Counted by callgrind (``instructions.py``, which machines do not move): ``swf run``
+1,639.2M instructions against 1,640.7M before, a run of 200 STFs 4,883.7M against 4,871.4M (with
+string hashing seeded, 4,906.6M against 4,892.6M: +0.29%, the append's pause of the collector,
+eleventh stop, which the gc callbacks show saving 0.04-0.10 s of collections at 3,000 STFs). The run
+asks of the machine what it asked when it took 12.1 s. At 16:17 UTC, the machine faster: ``swf run``
+best 0.442 s, median 0.461 s (met); production run 21.5 s (13.8k events/s), its catch-up 1.6 s.
 """
 
 from __future__ import annotations
