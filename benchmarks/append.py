@@ -206,8 +206,9 @@ index, 0.61x the COPY without it); in batches of 20,000, 0.77x a COPY in those b
 ``contention.py``: a raw COPY beside a busy Python process took 1.13x as long (its server 3.43-4.04
 s of CPU, against 2.63-3.48 s alone). Two more rounds of SQLite alone at 16:12 (``--repeat 2
 --pg-url ''``, best of each): the aggregate recorder 29,886 ev/s, SQLite append 37,961 ev/s = 1.27x
-(met), ``swf import`` 34,530 ev/s.
-Decision (this stop): the PostgreSQL append stays as it is, at 0.65-0.77x a raw COPY. The gap is
+(met), ``swf import`` 34,530 ev/s. One more round at 16:21 (``--no-library``): PostgreSQL raw COPY
+80,469 ev/s (0.28/2.30 s), append 46,772 ev/s = 0.58x (3.30/2.80 s), catalog precomputed 0.73x.
+Decision (this stop): the PostgreSQL append stays as it is, at 0.58-0.82x a raw COPY. The gap is
 the catalog examining every message, which the issue's rules forbid skipping (with its verdicts
 precomputed the append reached 0.79-1.02x), on the second vCPU, where it also slows the server
 beside it. The idempotency index costs 3.5-15% and stays: it is the store's contract that a

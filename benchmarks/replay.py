@@ -165,11 +165,13 @@ faster machines before. Alternating with the tree before that change (two runs e
 gains only the SQLAlchemy result's calls per chunk).
 
 Issue 15, thirteenth stop (2026-11-29 15:24 UTC, the slowest machine of these stops; no code
-change): in process 7.53-8.83 s, as a command 8.67-9.06 s (13.0-14.2 s of CPU), peak RSS 268-272
-MB, raw read+decode 3.26-4.99 s; phases fold 6.26 s, render 0.61 s, compare 1.40 s. Not met here.
-Counted by callgrind (``instructions.py``, 100k events): the replay command 6,226.1M
-instructions, against 6,253.0M for the tenth stop's tree, which replayed 1M events in 3.12-3.16
-s as a command on its machine.
+change): in process 7.53-8.83 s, as a command 8.67-9.06 s (13.0-14.2 s of CPU), peak RSS 268-272 MB,
+raw read+decode 3.26-4.99 s; phases fold 6.26 s, render 0.61 s, compare 1.40 s. Not met here.
+Counted by callgrind (``instructions.py``, 100k events): the replay command 6,226.1M instructions,
+against 6,253.0M for the tenth stop's tree, which replayed 1M events in 3.12-3.16 s as a command on
+its machine. At 16:20 UTC, the machine faster: in process 6.29 s, as a command 6.60-8.29 s
+(9.95-12.85 s of CPU), peak RSS 273-279 MB; phases fold 4.80 s, render 0.42 s, compare 1.04 s; 2.22x
+the raw read in process. Not met.
 """
 
 from __future__ import annotations
