@@ -197,15 +197,17 @@ class Projector:
             while done < until and limit > 0:
                 # A packed chunk is one statement, its own read transaction; rows are read in a
                 # transaction per chunk. Not one long transaction: it would hold up checkpoints.
-                packed = Snapshot(conn).fold_packed(done, until, min(source.CHUNK, limit))
-                if packed is None:
-                    with conn.begin():
-                        rows, covered = Snapshot(conn).fold_rows(done, until,
-                                                                 min(source.CHUNK, limit))
-                else:
-                    covered = packed.covered
-                yield (rows, covered) if packed is None else (packed, covered)
-                limit -= len(rows) if packed is None else packed.size
+                size = min(source.CHUNK, limit)
+                packed = Snapshot(conn).fold_packed(done, until, size)
+                if packed is not None:
+                    yield packed, packed.covered
+                    limit -= packed.size
+                    done = packed.covered
+                    continue
+                with conn.begin():
+                    rows, covered = Snapshot(conn).fold_rows(done, until, size)
+                yield rows, covered
+                limit -= len(rows)
                 done = covered
 
     # -- rebuild -------------------------------------------------------------------------------
