@@ -36,8 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -47,10 +46,9 @@ import click
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
-from append import DEFAULT_PG, generate, pg_copy_baseline, scratch_schemas  # noqa: E402
+from append import DEFAULT_PG, generate, pg_copy_baseline, scratch_schemas, timed  # noqa: E402
 from bigstore import log_builder, store_options, store_path  # noqa: E402
 
-from eventstore.envelope import Incoming  # noqa: E402
 from eventstore.store import EventStore  # noqa: E402
 
 # Writes scattered over a million keys; says "busy" once running, so no sleep stands in for
@@ -82,21 +80,10 @@ def busy_core(on: bool) -> Iterator[None]:
         neighbour.wait()
 
 
-def seconds(action: Callable[[], object]) -> float:
-    began = time.perf_counter()
-    action()
-    return time.perf_counter() - began
-
-
 def fold_steps(builder: ModuleType, store: EventStore) -> float:
     """The fold's thread's steps (parse, fold, render), summed; the read is left out."""
     spent = builder.steps(store)
     return sum(value for name, value in spent.items() if name != "read")
-
-
-def copy_seconds(url: str, messages: list[Incoming]) -> tuple[float, str]:
-    _count, elapsed, cpu = pg_copy_baseline(url, messages, 5000)
-    return elapsed, cpu
 
 
 @click.command()
@@ -125,7 +112,7 @@ def main(events: int, db_path: Path | None, keep: bool, pg_url: str, message_cou
             for _round in range(rounds):
                 for beside in (False, True):
                     with busy_core(beside):
-                        note(read_name, beside, seconds(lambda: builder.raw_all(store)))
+                        note(read_name, beside, timed(lambda: builder.raw_all(store))[1])
                         note("fold's thread: parse, fold, render", beside,
                              fold_steps(builder, store))
     cpu: dict[bool, list[str]] = {False: [], True: []}
@@ -135,7 +122,7 @@ def main(events: int, db_path: Path | None, keep: bool, pg_url: str, message_cou
             for index, url in enumerate(urls):
                 beside = index % 2 == 1
                 with busy_core(beside):
-                    elapsed, used = copy_seconds(url, messages)
+                    _count, elapsed, used = pg_copy_baseline(url, messages, 5000)
                 note(f"PostgreSQL raw COPY ({message_count:,} messages)", beside, elapsed)
                 cpu[beside].append(used)
     click.echo(f"{'measurement':<40} {'alone (s)':>22} {'beside a busy core (s)':>24} "

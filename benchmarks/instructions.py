@@ -67,20 +67,21 @@ import click
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
+from append import CLI as SWF  # noqa: E402
 from bigstore import log_builder  # noqa: E402
 from bytecode import compile_project  # noqa: E402
 
 from eventstore.store import EventStore  # noqa: E402
+from projections.source import CHUNK  # noqa: E402
 
-SWF = "import sys; from swf.cli import run; sys.argv[0] = 'swf'; run()"
-# The rebuild's baseline as a command of its own: what projections.py times in process.
+# The rebuild's baseline as a command of its own: what projections.py's ``raw_all`` times in
+# process (its query and chunk size are the arguments), with nothing of the project imported.
 RAW_READ = """
 import sqlite3, sys, orjson
 connection = sqlite3.connect(sys.argv[1])
 loads = orjson.loads
-cursor = connection.execute(
-    "SELECT position, body FROM events WHERE reject_reason IS NULL ORDER BY position")
-while rows := cursor.fetchmany(5000):
+cursor = connection.execute(sys.argv[2])
+while rows := cursor.fetchmany(int(sys.argv[3])):
     for row in rows:
         loads(row[1])
 """
@@ -146,7 +147,8 @@ def main(events: int, stf_count: int, tree: Path) -> None:
             builder.build(store, events)
             logged = store.head()
         url = f"sqlite:///{path}"
-        raw = count("raw read + decode", [python, "-c", RAW_READ, str(path)], logged)
+        raw = count("raw read + decode", [python, "-c", RAW_READ, str(path),
+                                          builder.RAW_READ_SQL, str(CHUNK)], logged)
         rebuild = count("swf projections rebuild",
                         [python, "-c", SWF, "projections", "rebuild", "--db", url], logged)
         replay = count("swf-replay of its execution",

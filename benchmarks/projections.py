@@ -400,6 +400,11 @@ def read_all(store: EventStore) -> int:
     return sum(1 for event in store.read() if event.data is not None)
 
 
+# The floor's query: every valid body, in position order (``raw_all``; instructions.py runs it
+# as a command of its own).
+RAW_READ_SQL = "SELECT position, body FROM events WHERE reject_reason IS NULL ORDER BY position"
+
+
 def raw_all(store: EventStore) -> int:
     """The floor: every valid body read at the driver level, in position order, and parsed
     with orjson (no catalog, no fold)."""
@@ -408,8 +413,7 @@ def raw_all(store: EventStore) -> int:
     connection = store.engine.raw_connection()
     try:
         cursor = connection.cursor()
-        cursor.execute("SELECT position, body FROM events WHERE reject_reason IS NULL "
-                       "ORDER BY position")
+        cursor.execute(RAW_READ_SQL)
         while rows := cursor.fetchmany(source.CHUNK):
             for row in rows:
                 loads(row[1])
