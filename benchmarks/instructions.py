@@ -34,24 +34,11 @@ Needs valgrind (Debian's package; on every machine of this kind).
 
 Budgets: at the default sizes each workload's count is held against the count of the tenth stop's
 tree (82d6e58), which met every wall-time target of issue 15 on its machine (``BUDGETS``, with a
-tolerance of 1%); the script exits with status 1 when one is over.
-
-Measured 2026-11-29 16:06-16:12 UTC (issue 15, thirteenth stop), this tree and the tenth stop's
-(82d6e58, ``--tree``, which met every absolute target of the issue in wall time on its machine),
-at the defaults:
-
-    workload                        82d6e58     this tree   change
-    python -c pass                   145.5M        145.5M    0
-    swf run (default workflow)     1,640.7M      1,641.3M    +0.04%
-    swf run, 200 STFs (9,895 ev.)  4,866.8M      4,881.6M    +0.30% (the append's collector pause)
-    raw read + decode (100k)       1,788.0M      1,788.8M    +0.04%
-    swf projections rebuild        6,340.9M      6,305.9M    -0.55%
-    swf-replay of its execution    6,256.7M      6,224.3M    -0.52%
-    swf query runs                 1,193.1M      1,193.6M    +0.04%
-
-The same script's count moves by about 0.05% with the folder it runs from (the raw read, which
-imports nothing of the project's). Without the start-ups, the rebuild is 3.11x the raw read +
-decode in instructions and the replay 3.06x (82d6e58: 3.13x and 3.08x).
+tolerance of 1%); the script exits with status 1 when one is over. Measured 2026-11-29 17:35 UTC
+(issue 15, fourteenth stop), this tree: ``swf run`` 1,640.8M (+0.00%), at 200 STFs 4,878.5M
+(+0.24%, the append's collector pause), the rebuild 6,299.4M (-0.65%), the replay 6,223.9M
+(-0.52%), ``swf query runs`` 1,193.6M (+0.04%): all within. Every stop's figures:
+``benchmarks/HISTORY.md``.
 """
 
 from __future__ import annotations

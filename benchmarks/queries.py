@@ -15,89 +15,14 @@ fixed start-up (owned by the CLI, not by the queries); each command is also run 
 
 Target (issue 15): any ``swf query`` on a 1M-event store <= 0.3 s.
 
-Measured 2026-11-28 on the shared 2-vCPU VM while other sessions ran benchmarks and tests
-(load average 4-16), 1,000,000 events: ``python -c pass`` 0.04 s, ``swf --help`` 0.64 s. Every
-query 0.59-0.80 s as a command, 0.004-0.019 s in process; so the command's own start-up
-(importing ``swf.cli`` with every command module) is the whole of what is over the target, and
-the queries themselves meet it (in process + interpreter start: at most 0.06 s). Before,
-``swf query execution`` took 2.5 s (1.85 s over ``swf --help``): its rejected-events lookup
-walked the execution's index (every one of its events) instead of the tiny partial index of
-rejected rows; that is fixed, with no new index. The other queries were already served by the
-projection tables' keys and indexes (``--limit`` on the big tables).
-
-Measured on the settled quiet machine (2026-11-28 16:22 UTC, load average under 1), 1M events:
-the slowest query 0.433 s as a command, 12 ms in process; ``python -c pass`` 0.031 s, ``swf
---help`` 0.414 s. The query work meets the 0.3 s target with room to spare; the command does
-not, by ``swf``'s start-up (SQLAlchemy ~0.12 s, the settings' pydantic and the adapters'
-modules they import ~0.1 s, the event store and projections ~0.08 s).
-
-Issue 15's start-up work (2026-11-28 19:15 UTC, another machine of the same kind, load average
-0.5, bytecode compiled first - this machine kind sets PYTHONDONTWRITEBYTECODE, so the figures
-above included compiling every module at every start): the settings without pydantic
-(swf/fields.py), the click group importing them only when a command loads them, the adapters'
-modules imported only by the settings' methods that need them. Instructions of ``swf query runs``
-(callgrind, not disturbed by load): 1,767M before, 1,307M after; ``python -c pass`` is 143M and
-``import sqlalchemy`` alone 948M. Timed: every query 0.295-0.349 s as a command (before, on this
-machine: 0.41-0.46 s for ``query runs``), 3-18 ms in process, 15-28 ms of work in a fresh
-process with the modules imported. The target is met by the query work and by 7 of 23 commands;
-the slowest command is 0.05 s over it: SQLAlchemy's import is half of the command and the
-interpreter with its site packages another 0.04 s.
-
-Issue 15, third stop (2026-11-28 21:09-21:34 UTC, quiet, bytecode compiled): the query
-commands no longer import the recorder, tenacity, the broker clients, tomllib, configparser,
-difflib or the fold (``tests/test_startup.py``), the command's imports run with the collector
-off, dataclasses get docstrings (no ``inspect.signature``): callgrind ``swf query runs``
-1,308.6M -> 1,191.7M instructions. Every query 0.267-0.301 s (one round) and 0.245-0.304 s
-(another; ``query tasks`` does 3 ms of work): 21-22 of 23 at or under 0.3 s, the slowest 1-4
-ms over; before, on this machine, 0.299-0.326 s. ``python -c pass`` 0.030 s, ``swf --help``
-0.262 s; SQLAlchemy's import is still about two thirds of every command.
-
-Issue 15, sixth stop (2026-11-29 04:16 UTC, quiet, 1M events): every query 0.299-0.331 s as a
-command, 3-16 ms in process: 1 of 23 at or under 0.3 s. ``python -c pass`` takes 0.038 s,
-``import sqlalchemy`` alone 0.239 s, so SQLAlchemy's import is two thirds of every command;
-the queries' own work meets the target with room.
-
-Issue 15, seventh stop (2026-11-29 05:44 UTC, quiet, a machine about 2x faster than the sixth
-stop's, 1M events, ``--repeat 5``): every query 0.185-0.205 s as a command, 2-8 ms in process:
-23 of 23 under 0.3 s. ``python -c pass`` 0.027 s, ``swf --help`` 0.211 s, ``import
-sqlalchemy`` alone 0.16 s. Nothing changed in the code since the sixth stop: the machine did.
-
-Issue 15, eighth stop (2026-11-29 08:40 UTC, a machine about 1.45x slower than the seventh
-stop's on a pure-Python loop, 1M events, ``--repeat 5``): every query 0.248-0.309 s as a
-command, 2-15 ms in process: 21 of 23 at or under 0.3 s (one round of ``--repeat 3``: 0.248-0.358
-s). ``python -c pass`` 0.037 s, ``swf --help`` 0.271 s, ``python -c "import sqlalchemy"`` 0.23
-s: the interpreter and SQLAlchemy's import are nine tenths of every command here.
-
-Issue 15, ninth stop (2026-11-29 09:50 UTC, 1M events, ``--repeat 3``): every query 0.274-0.303
-s as a command, 3-14 ms in process: 21 of 23 at or under 0.3 s. ``python -c pass`` 0.032 s,
-``swf --help`` 0.282 s. hyperfine, 20 runs each: ``swf query runs`` 0.269 s mean, ``python -c
-"import sqlalchemy, sqlite3, click, orjson"`` 0.213 s: the project's own imports and the query
-are the other 56 ms (of them imports about 35 ms: settings 4 ms, the tables 4 ms, the catalog
-and its REST rules 4 ms, each needed by the command or by the modules it imports).
-
-Issue 15, tenth stop (2026-11-29 11:31 UTC, a faster machine; no code change): every query
-0.208-0.235 s as a command, 2-11 ms in process: all 23 under 0.3 s. ``python -c pass`` 0.028 s,
-``swf --help`` 0.218 s; importing SQLAlchemy is about 0.1 s of each command (``-X importtime``).
-
-Issue 15, twelfth stop (2026-11-29 13:56 UTC, a slower machine; no code change): every query
-0.260-0.304 s as a command, 3-15 ms in process: 22 of 23 at or under 0.3 s. Best of seven fresh
-processes: ``python -c pass`` 36 ms, ``import sqlalchemy`` 191-224 ms, ``swf query runs`` 272-290
-ms. SQLAlchemy's import (with the asyncio and importlib.metadata it loads) is two thirds of every
-command; the rest of the project's imports and the query's work about 50 ms.
-
-Issue 15, thirteenth stop (2026-11-29 15:19 UTC, the slowest machine of these stops; no code
-change): every query 0.337-0.598 s as a command, 5-20 ms in process: none under 0.3 s. ``python -c
-pass`` 0.069 s, ``swf --help`` 0.405 s; importing SQLAlchemy is 194 ms of a 0.45 s query command
-(``-X importtime``). Counted by callgrind (``instructions.py``, a 100k-event store): ``swf query
-runs`` 1,196.2M instructions, against 1,192.5M for the tenth stop's tree (on the 1M store, with
-string hashing seeded, twice each: 1,193.6M against 1,193.4M, the same every time), whose machine
-answered every query in 0.208-0.235 s. Two runs at 16:17-16:19 UTC, the machine faster: the first's
-slowest query 0.333 s; in the second every query 0.303-0.476 s (``python -c pass`` 0.047 s, ``swf
---help`` 0.328 s), none under 0.3 s. In instructions (callgrind, string hashing seeded), of the
-1,193.6M of ``swf query runs``: the interpreter's start 145.5M, ``import sqlalchemy`` 805.4M more
-(67% of the command), click, orjson, sqlite3 and SQLAlchemy's SQLite dialect 68.6M more; the
-project's imports, opening the store, the catch-up check, the query and its output the remaining
-174M (15%).
+Where it stands (issue 15, fourteenth stop): the queries' own work takes 2-25 ms on a 1M-event
+store on every machine measured. As commands, every query was under 0.3 s on the fast machines of
+this kind (0.185-0.235 s); on slower ones some or all were over it (the slowest 0.30-0.60 s), with
+the same instructions (``instructions.py``). The floor is the interpreter's start and SQLAlchemy's
+import: two thirds of a command's instructions are ``import sqlalchemy`` (about 0.2 s on this
+stop's machine, where the slowest query took 0.348 s); the project's own imports, opening the
+store, the catch-up check, the query and its output are 15%. Every stop's figures:
+``benchmarks/HISTORY.md``; the standing of every target: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
