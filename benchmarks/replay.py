@@ -22,11 +22,11 @@ Target (issue 15): the replay of 1,000,000 events in <= 5 s as a command, its me
 (1M and 5M within 20%).
 
 Where it stands (issue 15, fourteenth stop): peak RSS at 5M events is 1.11-1.18x the 1M figure
-(met). The 1M replay as a command took 3.1-4.2 s on the fast machines of this kind (met), 4.6-5.6 s
-on this stop's (met in one run of two), 6.6-9.1 s on the slowest, with the same instructions
-(``instructions.py``). Its time is the fold's (the rebuild's, ``projections.py``), then the compare
-with the stored rows (SQLite writes them as JSON; about a sixth). Every stop's figures:
-``benchmarks/HISTORY.md``; the standing of every target: ``benchmarks/README.md``.
+(met). The 1M replay as a command took 3.1-4.6 s on the faster machines of this kind (met),
+4.8-5.6 s on this stop's (met in one run of two), 6.6-9.1 s on the slowest, with the same
+instructions (``instructions.py``). Its time is the fold's (the rebuild's, ``projections.py``),
+then the compare with the stored rows (SQLite writes them as JSON; about a sixth). Every stop's
+figures: ``benchmarks/HISTORY.md``; the standing of every target: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
