@@ -164,6 +164,10 @@ def main(events: int, stf_count: int, tree: Path) -> None:
         started = count("swf query runs", [python, "-c", SWF, "query", "runs", "--db", url])
     bare = rows[0][1]  # python -c pass
     budgets = BUDGETS if (events, stf_count) == (DEFAULT_EVENTS, DEFAULT_STF_COUNT) else {}
+    # A budget is found by its workload's name, written here and in BUDGETS: one that names no
+    # workload counted would otherwise go unchecked without a word.
+    if unmatched := sorted(set(budgets) - {name for name, _total, _events in rows}):
+        raise click.ClickException(f"budgets for no workload counted: {', '.join(unmatched)}")
     click.echo(f"{'workload':<36} {'instructions':>16} {'events':>9} {'per event':>10}  budget")
     over = []
     for name, total, events_done in rows:
