@@ -65,6 +65,7 @@ from eventstore.identity import event_id  # noqa: E402
 from eventstore.store import EventStore  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_BATCH = 5000  # messages per append call, and per COPY of the raw baseline
 # The benchmark's own virtualenv for the ``eventsourcing`` library (git-ignored; not a dependency
 # of swf), created on first use.
 BENCH_VENV = ROOT / ".cache" / "bench-venv"
@@ -334,7 +335,7 @@ def fresh_append(url: str, messages: list[Incoming], batch: int) -> tuple[int, f
 
 @click.command()
 @click.option("--events", "count", default=200_000, show_default=True, help="messages to append")
-@click.option("--batch", default=5000, show_default=True, help="messages per append call")
+@click.option("--batch", default=DEFAULT_BATCH, show_default=True, help="messages per append call")
 @click.option("--pg-url", default=DEFAULT_PG, show_default=True,
               help="PostgreSQL server (a scratch schema is created and dropped); '' to skip")
 @click.option("--library/--no-library", "with_library", default=True, show_default=True,

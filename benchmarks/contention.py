@@ -46,7 +46,14 @@ import click
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
-from append import DEFAULT_PG, generate, pg_copy_baseline, scratch_schemas, timed  # noqa: E402
+from append import (  # noqa: E402
+    DEFAULT_BATCH,
+    DEFAULT_PG,
+    generate,
+    pg_copy_baseline,
+    scratch_schemas,
+    timed,
+)
 from bigstore import log_builder, store_options, store_path  # noqa: E402
 
 from eventstore.store import EventStore  # noqa: E402
@@ -122,7 +129,7 @@ def main(events: int, db_path: Path | None, keep: bool, pg_url: str, message_cou
             for index, url in enumerate(urls):
                 beside = index % 2 == 1
                 with busy_core(beside):
-                    _count, elapsed, used = pg_copy_baseline(url, messages, 5000)
+                    _count, elapsed, used = pg_copy_baseline(url, messages, DEFAULT_BATCH)
                 note(f"PostgreSQL raw COPY ({message_count:,} messages)", beside, elapsed)
                 cpu[beside].append(used)
     click.echo(f"{'measurement':<40} {'alone (s)':>22} {'beside a busy core (s)':>24} "
