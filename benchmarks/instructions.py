@@ -37,7 +37,9 @@ tree (82d6e58), which met every wall-time target of issue 15 on its machine (``B
 tolerance of 1%); the script exits with status 1 when one is over. Measured 2026-11-29 17:35 UTC
 (issue 15, fourteenth stop), this tree: ``swf run`` 1,640.8M (+0.00%), at 200 STFs 4,878.5M
 (+0.24%, the append's collector pause), the rebuild 6,299.4M (-0.65%), the replay 6,223.9M
-(-0.52%), ``swf query runs`` 1,193.6M (+0.04%): all within. Every stop's figures:
+(-0.52%), ``swf query runs`` 1,193.6M (+0.04%): all within. Again 2026-11-29 19:20 UTC (fifteenth
+stop): 1,641.5M (+0.05%), 4,885.6M (+0.39%), 6,303.9M (-0.58%), 6,222.8M (-0.54%) and 1,193.6M
+(+0.04%): all within. Every stop's figures:
 ``benchmarks/HISTORY.md``.
 """
 
