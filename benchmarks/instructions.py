@@ -9,9 +9,9 @@ trees compare only when they are measured alternately in one session. Instructio
 across sessions: callgrind counts the same total for the same binary, inputs and environment,
 whatever else the machine does (string hashing is seeded, ``PYTHONHASHSEED=0``, so that dicts
 and sets are laid out alike in every run: a query command counted twice gave the same count).
-They are not time - cache misses, the overlap of two
-threads and the kernel's work are not in them - so they track what the code asks of the
-machine, not the targets themselves; wall-time benchmarks still decide those.
+They are not time - cache misses, the overlap of two threads and the kernel's work are not in
+them - so they track what the code asks of the machine, not the targets themselves; wall-time
+benchmarks still decide those.
 
 Each workload runs as a command under ``valgrind --tool=callgrind`` (every thread counted), from
 compiled bytecode as an installed ``swf`` starts, in a scratch folder:
@@ -39,8 +39,7 @@ tolerance of 1%); the script exits with status 1 when one is over. Measured 2026
 (+0.24%, the append's collector pause), the rebuild 6,299.4M (-0.65%), the replay 6,223.9M
 (-0.52%), ``swf query runs`` 1,193.6M (+0.04%): all within. Again 2026-11-29 19:20 UTC (fifteenth
 stop): 1,641.5M (+0.05%), 4,885.6M (+0.39%), 6,303.9M (-0.58%), 6,222.8M (-0.54%) and 1,193.6M
-(+0.04%): all within. Every stop's figures:
-``benchmarks/HISTORY.md``.
+(+0.04%): all within. Every stop's figures: ``benchmarks/HISTORY.md``.
 """
 
 from __future__ import annotations
