@@ -14,19 +14,15 @@ COPY"). ``swf import`` is timed as a fresh process importing the same messages f
 Targets (DESIGN section 10): SQLite append >= 1.2x the library; PostgreSQL >= 100k ev/s or
 >= 0.9x raw COPY.
 
-Where it stands (issue 15, fifteenth stop): the SQLite append is 1.08-1.69x the library's
-aggregate recorder (the issue's 38.6k ev/s baseline is that recorder's figure): at or over 1.2x in
-every round on the faster machines, under it in one round of the thirteenth stop's (1.10x), one of
-the fourteenth's (1.14x) and two of three of the fifteenth's (1.08x and 1.09x, then 1.20x). The
-catalog's examining, which the issue's rules forbid skipping, is a quarter to two fifths of the
-append: with its verdicts precomputed the append was 1.62-1.75x the library on the fifteenth
-stop's machine. The PostgreSQL append is 0.58-0.82x a raw COPY (34-98k ev/s): decided, not pursued
-further (thirteenth stop). Its gap is the catalog examining every message, which the issue's rules
-forbid skipping (with its verdicts precomputed the append reached 0.79-1.02x), on the second vCPU,
-where it also slows the server beside it. The idempotency index costs 3.5-15% and stays: it is the
-store's contract that a message is stored once. ``swf import`` already appends in the batches of
-20,000 that give 7-11%. Every stop's figures, and what was tried and dropped:
-``benchmarks/HISTORY.md``; the standing of every target: ``benchmarks/README.md``.
+What limits it: the store examines every message with the catalog, which the issue's rules
+forbid skipping. That is a quarter to two fifths of a SQLite append (with its verdicts
+precomputed the append was 1.62-1.75x the library, against 1.08-1.20x with them, on one
+machine) and the PostgreSQL append's gap to a raw COPY (0.79-1.02x precomputed), where it also
+slows the server beside it on the second vCPU: that target is decided, not pursued further
+(thirteenth stop). The idempotency index costs 3.5-15% and stays: it is the store's contract that
+a message is stored once. ``swf import`` already appends in the batches of 20,000 that give
+7-11%. The standing of every target: ``benchmarks/README.md``; every stop's figures, and what was
+tried and dropped: ``benchmarks/HISTORY.md``.
 """
 
 from __future__ import annotations

@@ -19,22 +19,17 @@ the store's batched append, then measures in the same run:
 Targets (issue 15): rebuild >= 250,000 events/s and <= 2x the raw read+decode; peak RSS at 1M
 and 5M events within 20% of each other.
 
-Where it stands (issue 15, fifteenth stop): peak RSS at 5M events is 1.14-1.17x the 1M figure
-(met). 250,000 events/s is met in process on the faster machines of this kind (best 252-341k
-events/s on the seventh and ninth to twelfth stops' machines) and not on slower ones (114-173k on
-the thirteenth stop's, 197-231k on the fourteenth's, 130-194k on the fifteenth's), with the same
-instructions (``instructions.py``). The 2x ratio was met in one run (1.90x on the fifteenth stop's
-machine, the raw read slow that minute) and in no other (2.5-3.9x); it is not pursued further in
-this design (thirteenth stop): the fold's thread alone (parse, fold, render, write) is 1.96-3.3x
-the raw read (1.7-1.8x in the two runs whose raw read ran slow), so even a
-read-ahead that cost it nothing would leave the rebuild at the bar or over it; compiling the fold
-as it is does not get there (mypyc 3.2x, Cython with typed records 2.34-2.47x for the thread),
-because half of a compiled handler's instructions are CPython's own dict and set operations on the
-state keyed by identity. What would get there is a second implementation of every projection's
-rules in native code beside the Python fold that catch-up, replay and the tests share: a compiler
-in every install and a second language for the rules the team changes most. Kept: one fold, in
-Python, in bounded memory. Every stop's figures: ``benchmarks/HISTORY.md``; the standing of every
-target: ``benchmarks/README.md``.
+What limits it: the fold, in CPython. Its thread alone (parse, fold, render, write) is 1.7-3.3x
+the raw read, so even a read-ahead that cost it nothing would leave the rebuild at the 2x bar or
+over it (decided, not pursued further: thirteenth stop), and 250,000 events/s is met only on the
+faster machines of this kind, with the same instructions (``instructions.py``). Compiling the
+fold as it is does not get there (mypyc 3.2x, Cython with typed records 2.34-2.47x for the
+thread), because half of a compiled handler's instructions are CPython's own dict and set
+operations on the state keyed by identity. What would is a second implementation of every
+projection's rules in native code beside the Python fold that catch-up, replay and the tests
+share: a compiler in every install and a second language for the rules the team changes most.
+Kept: one fold, in Python, in bounded memory. The standing of every target:
+``benchmarks/README.md``; every stop's figures: ``benchmarks/HISTORY.md``.
 """
 
 from __future__ import annotations

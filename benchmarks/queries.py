@@ -15,16 +15,12 @@ fixed start-up (owned by the CLI, not by the queries); each command is also run 
 
 Target (issue 15): any ``swf query`` on a 1M-event store <= 0.3 s.
 
-Where it stands (issue 15, fifteenth stop): the queries' own work takes 2-25 ms on a 1M-event
-store on every machine measured. As commands, every query was under 0.3 s on the fast machines of
-this kind (0.185-0.235 s); on slower ones some or all were over it (the slowest 0.30-0.60 s), with
-the same instructions (``instructions.py``). The floor is the interpreter's start and SQLAlchemy's
-import: two thirds of a command's instructions are ``import sqlalchemy`` (about 0.2 s on the
-fourteenth stop's machine, where the slowest query took 0.348 s; a fresh ``python -c "import
-sqlalchemy"`` took 0.25-0.36 s on the fifteenth's, where every query took 0.31-0.41 s); the
-project's own imports, opening the
-store, the catch-up check, the query and its output are 15%. Every stop's figures:
-``benchmarks/HISTORY.md``; the standing of every target: ``benchmarks/README.md``.
+What limits it: the queries' own work takes 2-25 ms on a 1M-event store; a command's floor is the
+interpreter's start and SQLAlchemy's import. Two thirds of a command's instructions are ``import
+sqlalchemy``; the project's own imports, opening the store, the catch-up check, the query and its
+output are 15%. So the target is met on the faster machines of this kind and not on slower ones,
+with the same instructions (``instructions.py``). The standing of every target:
+``benchmarks/README.md``; every stop's figures: ``benchmarks/HISTORY.md``.
 """
 
 from __future__ import annotations

@@ -21,13 +21,11 @@ project's bytecode is compiled before the command is timed (``bytecode.py``).
 Target (issue 15): the replay of 1,000,000 events in <= 5 s as a command, its memory bounded
 (1M and 5M within 20%).
 
-Where it stands (issue 15, fifteenth stop): peak RSS at 5M events is 1.11-1.20x the 1M figure
-(met). The 1M replay as a command took 3.1-4.6 s on the faster machines of this kind (met),
-4.8-5.6 s on the fourteenth stop's (met in one run of two), 6.4-9.1 s on the slower ones (the
-thirteenth and fifteenth stops'), with the same
-instructions (``instructions.py``). Its time is the fold's (the rebuild's, ``projections.py``),
-then the compare with the stored rows (SQLite writes them as JSON; about a sixth). Every stop's
-figures: ``benchmarks/HISTORY.md``; the standing of every target: ``benchmarks/README.md``.
+What limits it: its time is the fold's (the rebuild's, ``projections.py``), then the compare
+with the stored rows (SQLite writes them as JSON; about a sixth). So the target is met on the
+faster machines of this kind and not on slower ones, with the same instructions
+(``instructions.py``). The standing of every target: ``benchmarks/README.md``; every stop's
+figures: ``benchmarks/HISTORY.md``.
 """
 
 from __future__ import annotations

@@ -9,15 +9,12 @@
 3. A production-sized run (default 6,000 STFs, about 90,000 slices, 295,635 events): events/s
    of the runtime (agents + store appends, target <= 20 s), then of the projection catch-up.
 
-Where it stands (issue 15, fifteenth stop): ``swf run`` of the default workflow, best of five
-fresh processes, took 0.28-0.51 s on every machine since the third stop but the slowest (0.44-0.68
-s there): met. The production run took 11.8-21.0 s on the earlier machines (over 20 s in two runs
-of the twelfth stop), 24.1-24.6 s on the fourteenth stop's, 25.5-27.5 s on the fifteenth's and
-21.5-37.0 s on the slowest, with the same instructions (``instructions.py``). It is CPU-bound and
-its profile is flat: the store's append about half (the catalog a tenth, SQLite's inserts a fifth,
-commits a twentieth), the agents' deliveries a quarter, writing and checksumming the STF files a
-seventh. Every stop's figures: ``benchmarks/HISTORY.md``; the standing of every target:
-``benchmarks/README.md``.
+What limits the production run: it is CPU-bound and its profile is flat: the store's append about
+half (the catalog a tenth, SQLite's inserts a fifth, commits a twentieth), the agents'
+deliveries a quarter, writing and checksumming the STF files a seventh. So it is met on the
+faster machines of this kind and not on slower ones, with the same instructions
+(``instructions.py``). The standing of every target: ``benchmarks/README.md``; every stop's
+figures: ``benchmarks/HISTORY.md``.
 """
 
 from __future__ import annotations
