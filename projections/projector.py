@@ -199,15 +199,15 @@ class Projector:
                 # transaction per chunk. Not one long transaction: it would hold up checkpoints.
                 size = min(source.CHUNK, limit)
                 packed = Snapshot(conn).fold_packed(done, until, size)
-                if packed is not None:
-                    yield packed, packed.covered
-                    limit -= packed.size
-                    done = packed.covered
-                    continue
-                with conn.begin():
-                    rows, covered = Snapshot(conn).fold_rows(done, until, size)
-                yield rows, covered
-                limit -= len(rows)
+                chunk: list[source.Row] | Packed
+                if packed is None:
+                    with conn.begin():
+                        chunk, covered = Snapshot(conn).fold_rows(done, until, size)
+                    count = len(chunk)
+                else:
+                    chunk, covered, count = packed, packed.covered, packed.size
+                yield chunk, covered
+                limit -= count
                 done = covered
 
     # -- rebuild -------------------------------------------------------------------------------
