@@ -19,7 +19,7 @@ the store's batched append, then measures in the same run:
 Targets (issue 15): rebuild >= 250,000 events/s and <= 2x the raw read+decode; peak RSS at 1M
 and 5M events within 20% of each other.
 
-What limits it: the fold, in CPython. Its thread alone (parse, fold, render, write) is 1.7-3.3x
+What limits it: the fold, in CPython. Its thread alone (parse, fold, render, write) is 1.7-3.5x
 the raw read, so even a read-ahead that cost it nothing would leave the rebuild at the 2x bar or
 over it (decided, not pursued further: thirteenth stop), and 250,000 events/s is met only on the
 faster machines of this kind, with the same instructions (``instructions.py``). Compiling the
